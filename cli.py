@@ -1,0 +1,131 @@
+"""The `crossattn` command line: parses, calls library functions, prints.
+
+Heavy imports (numpy, torch, paddle) happen inside commands, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from crossattn import __version__
+from crossattn.errors import CrossattnError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="crossattn")
+def cli() -> None:
+    """PaddlePaddle <-> PyTorch twins of vision attention blocks.
+
+    One YAML spec builds both twins; `check` proves them equivalent, forward
+    and backward, tensor by tensor.
+    """
+
+
+@cli.command("specs")
+def specs_command() -> None:
+    """List the registered spec types and the shipped specs."""
+    from crossattn import registry
+    from crossattn.spec import shipped_spec_paths
+
+    click.echo("registered types:")
+    for name, entry in registry.entries().items():
+        click.echo(f"  {name:<22} {entry.kind:<6} {entry.summary}")
+    click.echo("shipped specs (pass the name or a path to `check`):")
+    for path in shipped_spec_paths():
+        click.echo(f"  {path.stem:<40} {path.parent.name}/{path.name}")
+
+
+@cli.command("validate")
+@click.argument("specs", nargs=-1, required=True)
+def validate_command(specs: tuple[str, ...]) -> None:
+    """Validate spec files without importing any framework."""
+    from crossattn.spec import load_spec, resolve_spec
+
+    for arg in specs:
+        spec = load_spec(resolve_spec(arg))
+        click.echo(f"ok  {spec.name} ({spec.type})")
+
+
+@cli.command("check")
+@click.argument("specs", nargs=-1)
+@click.option("--all", "all_specs", is_flag=True, help="Check every shipped spec.")
+@click.option("--direction", type=click.Choice(["both", "torch->paddle", "paddle->torch"]), default="both",
+              show_default=True, help="Which framework's weights are transferred to the other.")
+@click.option("--mode", type=click.Choice(["both", "train", "eval"]), default="both", show_default=True)
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
+              help="float64 separates divergence from rounding; float32 shows what a user's run sees.")
+@click.option("--atol", type=float, default=None, help="Absolute tolerance (default: per dtype, see docs).")
+@click.option("--rtol", type=float, default=None, help="Norm-relative tolerance (default: per dtype).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights and inputs.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write every comparison to this JSON file.")
+@click.option("--full", is_flag=True, help="Print every tensor, not only the worst per case.")
+def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode: str, dtype: str,
+                  atol: float | None, rtol: float | None, seed: int, json_path: str | None, full: bool) -> None:
+    """Prove the torch and paddle twins of SPECS equivalent, forward and backward.
+
+    Each spec is built in both frameworks; weights are initialised in one and
+    transferred to the other; the same input goes through both in train and
+    eval mode. Compared: output, input gradient, every parameter gradient and
+    the BatchNorm running statistics. Exit status 0 only if every tensor passes.
+    """
+    from crossattn.atomic import atomic_write_text
+    from crossattn.check import DIRECTIONS, MODES, check_spec
+    from crossattn.report import failure_details, summary_table, to_json
+    from crossattn.spec import load_spec, resolve_spec, shipped_spec_paths
+    from crossattn.tolerances import Tolerance, tolerance_for
+
+    if not specs and not all_specs:
+        raise CrossattnError("check needs SPEC arguments or --all (see `crossattn specs`)")
+    paths = [resolve_spec(s) for s in specs] + (shipped_spec_paths() if all_specs else [])
+    loaded = [load_spec(p) for p in paths]
+    base = tolerance_for(dtype)
+    tol = Tolerance(atol if atol is not None else base.atol, rtol if rtol is not None else base.rtol)
+    directions = DIRECTIONS if direction == "both" else (direction,)
+    modes = MODES if mode == "both" else (mode,)
+    started = time.perf_counter()
+    cases = []
+    for spec in loaded:
+        if spec.input_shape is None:
+            raise CrossattnError(f"spec {spec.path}: `input_shape` is required to check it")
+        cases += check_spec(spec, directions, modes, tol, seed, dtype)
+    elapsed = time.perf_counter() - started
+    click.echo(summary_table(cases, full))
+    notes = sorted({n for case in cases for n in case.notes})
+    for note in notes:
+        click.echo(f"note: {note}")
+    details = failure_details(cases)
+    if details:
+        click.echo(details)
+    passed = sum(c.passed for c in cases)
+    click.echo(f"{passed} passed, {len(cases) - passed} failed ({len(loaded)} spec(s), dtype {dtype}, "
+               f"atol {tol.atol:g}, rtol {tol.rtol:g}, {elapsed:.1f}s)")
+    if json_path:
+        settings = {"dtype": dtype, "atol": tol.atol, "rtol": tol.rtol, "seed": seed,
+                    "directions": list(directions), "modes": list(modes)}
+        atomic_write_text(json_path, to_json(cases, settings))
+        click.echo(f"wrote {json_path}")
+    if passed != len(cases):
+        sys.exit(1)
+
+
+def main() -> None:
+    """Entry point: user mistakes print one paragraph and exit 2, never a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except CrossattnError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Equivalence check of a spec's twins: same weights, same input, forward and backward.
+
+For each direction (weights initialised in one framework and transferred to the
+other) and each mode (train, eval), both twins start from the same state and
+take one forward and one backward of sum(output * r), r a fixed random tensor.
+Compared, in the source framework's naming: the output, the input gradient,
+every parameter gradient and, after the train-mode step, the BatchNorm running
+statistics. The running variance is compared under the stated rule of
+`conventions.paddle_running_var_from_torch`: paddle folds in the biased batch
+variance, torch the unbiased one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from crossattn import registry
+from crossattn.compare import Comparison, compare
+from crossattn.conventions import paddle_running_mean_from_torch, paddle_running_var_from_torch
+from crossattn.frameworks import adapter
+from crossattn.init import initial_state
+from crossattn.spec import Spec
+from crossattn.tolerances import Tolerance, tolerance_for
+from weight_transfer import transfer
+from weight_transfer.slots import Slot
+
+DIRECTIONS = ("torch->paddle", "paddle->torch")
+MODES = ("train", "eval")
+VAR_RULE = ("running statistics compared under the stated rule: paddle folds in the biased batch variance "
+            "(torch the unbiased, n/(n-1)) with its momentum held in float32")
+
+
+@dataclasses.dataclass
+class CheckCase:
+    spec: str
+    direction: str
+    mode: str
+    comparisons: list[Comparison]
+    transfer: str
+    notes: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.comparisons) and all(c.passed for c in self.comparisons)
+
+    @property
+    def worst(self) -> Comparison:
+        return max(self.comparisons, key=lambda c: (not c.passed, c.severity))
+
+    @property
+    def failures(self) -> list[Comparison]:
+        return [c for c in self.comparisons if not c.passed]
+
+    def to_json(self) -> dict:
+        return {"spec": self.spec, "direction": self.direction, "mode": self.mode, "passed": self.passed,
+                "transfer": self.transfer, "notes": self.notes,
+                "comparisons": [c.to_json() for c in self.comparisons]}
+
+
+def _inputs(spec: Spec, seed: int, dtype: str) -> tuple[np.ndarray, Callable[[tuple[int, ...]], np.ndarray]]:
+    if spec.input_shape is None:
+        raise ValueError(f"spec {spec.name} has no input_shape; a check needs one")
+    rng = np.random.default_rng([seed, 1])
+    x = rng.standard_normal(spec.input_shape).astype(dtype)
+
+    def cotangent(shape: tuple[int, ...]) -> np.ndarray:
+        return np.random.default_rng([seed, 2]).standard_normal(shape).astype(dtype)
+
+    return x, cotangent
+
+
+def _is_running_var(slot: Slot) -> bool:
+    return slot.kind == "batchnorm" and slot.name in ("running_var", "_variance")
+
+
+def _is_running_mean(slot: Slot) -> bool:
+    return slot.kind == "batchnorm" and slot.name in ("running_mean", "_mean")
+
+
+def check_spec(spec: Spec, directions: Sequence[str] = DIRECTIONS, modes: Sequence[str] = MODES,
+               tol: Tolerance | None = None, seed: int = 0, dtype: str = "float64",
+               after_transfer: Callable[[dict[str, np.ndarray]], None] | None = None) -> list[CheckCase]:
+    """Run the equivalence check of one spec; `after_transfer` may tamper with the target state (tests)."""
+    tol = tol or tolerance_for(dtype)
+    cases = []
+    for direction in directions:
+        src_fw, dst_fw = direction.split("->")
+        src, dst = adapter(src_fw), adapter(dst_fw)
+        src.setup("cpu")
+        dst.setup("cpu")
+        src_model = src.to_dtype(registry.build(spec, src_fw), dtype)
+        dst_model = dst.to_dtype(registry.build(spec, dst_fw), dtype)
+        src_slots, dst_slots = src.slots(src_model), dst.slots(dst_model)
+        src_init = initial_state(src_slots, src.state(src_model), src_fw, seed, mode="check")
+        dst_init, report = transfer(src_init, src_fw, dst_slots, dst_fw)
+        if after_transfer is not None:
+            after_transfer(dst_init)
+        for mode in modes:
+            src.load_state(src_model, src_init)
+            dst.load_state(dst_model, dst_init)
+            x, cotangent = _inputs(spec, seed, dtype)
+            ref = src.step(src_model, x, cotangent, train=(mode == "train"))
+            got = dst.step(dst_model, x, cotangent, train=(mode == "train"))
+            comparisons = [compare("output", "output", got.output, ref.output, tol),
+                           compare("input.grad", "input_grad", got.input_grad, ref.input_grad, tol)]
+            got_grads, _ = transfer(got.param_grads, dst_fw, src_slots, src_fw, complete=False)
+            for key, slot in src_slots.items():
+                if slot.trainable:
+                    comparisons.append(compare(f"{key}.grad", "param_grad", got_grads.get(key, np.zeros(slot.shape)),
+                                               ref.param_grads[key], tol))
+            notes = []
+            if mode == "train":
+                comparisons += _running_stats(src_fw, src_slots, src_init, ref, got, dst_fw, tol, notes)
+            cases.append(CheckCase(spec.name, direction, mode, comparisons, report.summary(), notes))
+    return cases
+
+
+def _running_stats(src_fw: str, src_slots: dict[str, Slot], src_init: dict[str, np.ndarray], ref, got,
+                   dst_fw: str, tol: Tolerance, notes: list[str]) -> list[Comparison]:
+    got_state, _ = transfer(got.state, dst_fw, src_slots, src_fw, complete=False)
+    torch_counts = ref.bn_counts if src_fw == "torch" else got.bn_counts
+    out = []
+    for key, slot in src_slots.items():
+        if not (_is_running_mean(slot) or _is_running_var(slot)):
+            continue
+        torch_new = ref.state[key] if src_fw == "torch" else got_state[key]
+        paddle_new = got_state[key] if src_fw == "torch" else ref.state[key]
+        if _is_running_mean(slot):
+            expected, note = paddle_running_mean_from_torch(torch_new, src_init[key]), "momentum rule"
+        else:
+            count = torch_counts.get(slot.layer)
+            if count is None or count < 2:
+                notes.append(f"{key}: BatchNorm saw {count} value(s) per channel; running variance not compared")
+                continue
+            expected = paddle_running_var_from_torch(torch_new, src_init[key], count)
+            note = f"biased-variance rule, n={count}"
+        if src_fw == "torch":
+            out.append(compare(key, "running_stat", paddle_new, expected, tol, note))
+        else:
+            out.append(compare(key, "running_stat", expected, paddle_new, tol, note))
+    if any(_is_running_var(s) for s in src_slots.values()):
+        notes.append(VAR_RULE)
+    return out

@@ -1,0 +1,50 @@
+"""Exceptions for user mistakes: the CLI prints their message and exits 2, no traceback."""
+
+from __future__ import annotations
+
+
+class CrossattnError(Exception):
+    """A mistake in the user's input (a spec, a file, an argument), not a bug."""
+
+    exit_code = 2
+
+
+class OptionError(CrossattnError, ValueError):
+    """An option value a block or model cannot be built with.
+
+    `key` is the option's name, so spec loading can point at the file and line.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"option `{key}`: {message}")
+        self.key = key
+        self.message = message
+
+
+class SpecError(CrossattnError):
+    """A spec file that cannot be loaded; the message names file, key path and line."""
+
+    def __init__(self, file: str, key: str | None, line: int | None, message: str) -> None:
+        where = file
+        if line is not None:
+            where += f", line {line}"
+        if key:
+            where += f", key `{key}`"
+        super().__init__(f"spec error in {where}: {message}")
+        self.file = file
+        self.key = key
+        self.line = line
+        self.message = message
+
+
+class FrameworkMissing(CrossattnError):
+    """A command needs a framework that is not installed."""
+
+
+class TransferError(CrossattnError):
+    """A weight transfer that cannot account for every tensor; lists every bad key."""
+
+    def __init__(self, problems: list[str], context: str = "weight transfer") -> None:
+        lines = "; ".join(problems)
+        super().__init__(f"{context} failed, nothing was written ({len(problems)} problem(s)): {lines}")
+        self.problems = problems

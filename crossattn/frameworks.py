@@ -1,0 +1,43 @@
+"""Lazy, checked imports of torch and paddle with an install hint when missing."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from crossattn.errors import FrameworkMissing
+
+_MODULES = {"torch": "torch", "paddle": "paddle"}
+_HINTS = {
+    "torch": "pip install 'crossattn[torch]' (CPU: pip install torch --index-url "
+             "https://download.pytorch.org/whl/cpu)",
+    "paddle": "pip install 'crossattn[paddle]' for the CPU build, or install paddlepaddle-gpu "
+              "for your CUDA version",
+}
+
+
+def require(framework: str) -> ModuleType:
+    """Import `framework` ("torch" or "paddle") or say how to install it."""
+    if framework not in _MODULES:
+        raise FrameworkMissing(f"unknown framework {framework!r}; expected one of: torch, paddle")
+    try:
+        return importlib.import_module(_MODULES[framework])
+    except ImportError as exc:
+        raise FrameworkMissing(
+            f"this command needs {framework}, which is not installed ({exc}); install it with: "
+            f"{_HINTS[framework]}"
+        ) from None
+
+
+def adapter(framework: str) -> ModuleType:
+    """The framework's adapter module (torch_impl.adapter or paddle_impl.adapter)."""
+    require(framework)
+    return importlib.import_module(f"{framework}_impl.adapter")
+
+
+def available(framework: str) -> bool:
+    try:
+        require(framework)
+    except FrameworkMissing:
+        return False
+    return True

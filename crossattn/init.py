@@ -1,0 +1,88 @@
+"""Framework-neutral initialisation: a seed gives the same weights in both twins.
+
+Every tensor is drawn from its own generator, seeded by (seed, torch-side key),
+in torch's layout, then laid out for the framework at hand. The draw therefore
+depends on neither the framework nor the order layers are visited in.
+
+Two modes:
+- "default": torch's default distributions (kaiming-uniform with a=sqrt(5),
+  bias uniform in +-1/sqrt(fan_in)), norms at one/zero, and layers a twin
+  zero-initialised (the identity start of residual attention) kept at zero.
+- "check": every tensor random, norms and running statistics included, so an
+  equivalence check exercises every path (a zero-initialised branch would hide
+  a wrong implementation behind a zero output).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+
+from weight_transfer.rules import rule_for
+from weight_transfer.slots import Slot
+from weight_transfer.transfer import canonical_key
+
+InitMode = Literal["default", "check"]
+
+
+def _rng(seed: int, key: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(key.encode())])
+
+
+def _torch_layout_shape(slot: Slot, framework: str) -> tuple[int, ...]:
+    rule = rule_for(slot.kind, slot.name, framework)
+    if framework == "paddle" and rule is not None and rule.layout == "transpose":
+        return tuple(reversed(slot.shape))
+    return slot.shape
+
+
+def _fan_in(slot: Slot, weight_shape: tuple[int, ...]) -> int:
+    """fan_in as torch computes it from the weight's torch layout [out, in/groups, *kernel]."""
+    if len(weight_shape) < 2:
+        return max(weight_shape[0] if weight_shape else 1, 1)
+    return int(np.prod(weight_shape[1:]))
+
+
+def _draw(slot: Slot, shape: tuple[int, ...], weight_shapes: Mapping[str, tuple[int, ...]],
+          native: np.ndarray, mode: InitMode, rng: np.random.Generator) -> np.ndarray:
+    kind, name = slot.kind, slot.name
+    if kind in ("conv", "linear", "embedding"):
+        if slot.zero_init and mode == "default":
+            return np.zeros(shape)
+        if kind == "embedding":
+            return rng.standard_normal(shape)
+        weight_shape = weight_shapes.get(slot.layer, shape)
+        bound = 1.0 / np.sqrt(max(_fan_in(slot, weight_shape), 1))
+        return rng.uniform(-bound, bound, size=shape)
+    if kind in ("batchnorm", "layernorm", "groupnorm"):
+        if mode == "default":
+            if slot.zero_init and name in ("weight", "bias"):
+                return np.zeros(shape)
+            return np.ones(shape) if name in ("weight", "running_var", "_variance") else np.zeros(shape)
+        if name in ("weight", "running_var", "_variance"):
+            return rng.uniform(0.5, 1.5, size=shape)
+        if name == "num_batches_tracked":
+            return np.zeros(shape)
+        return rng.uniform(-0.5, 0.5, size=shape)
+    # other kinds: custom parameters keep the twin's constant initial value by default
+    if mode == "default" or not np.issubdtype(native.dtype, np.floating):
+        return native
+    return native + rng.uniform(-0.5, 0.5, size=shape)
+
+
+def initial_state(slots: Mapping[str, Slot], native: Mapping[str, np.ndarray], framework: str, seed: int,
+                  mode: InitMode = "default") -> dict[str, np.ndarray]:
+    """Numpy state for a model whose slots are `slots`; `native` supplies custom parameters."""
+    weight_shapes = {s.layer: _torch_layout_shape(s, framework) for s in slots.values() if s.name == "weight"}
+    state: dict[str, np.ndarray] = {}
+    for key, slot in slots.items():
+        torch_shape = _torch_layout_shape(slot, framework)
+        rng = _rng(seed, canonical_key(slot, framework))
+        value = np.asarray(_draw(slot, torch_shape, weight_shapes, np.asarray(native[key]), mode, rng))
+        if torch_shape != slot.shape:
+            value = value.reshape(torch_shape).T if value.ndim == 2 else value.reshape(slot.shape)
+        state[key] = np.ascontiguousarray(value, dtype=slot.dtype).reshape(slot.shape)
+    return state

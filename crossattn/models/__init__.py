@@ -1,0 +1,1 @@
+"""Option sets and shared arithmetic of every model; each module registers its spec type."""

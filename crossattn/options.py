@@ -1,0 +1,183 @@
+"""Typed option sets for blocks and models, validated once for both twins.
+
+A block's options are a frozen dataclass. Spec loading parses raw YAML values
+into it with `parse_options`, and each twin's constructor builds the same
+dataclass from its keyword arguments, so a bad value fails the same way
+whether it came from a spec or from Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+from crossattn.errors import OptionError
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Base of every option set; subclasses add fields and `validate`."""
+
+    #: registry type name, set by subclasses (e.g. "non_local")
+    type_name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            object.__setattr__(self, field.name, _coerce(field.name, value, _hints(type(self))[field.name]))
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; raise OptionError naming the offending key."""
+
+    def kwargs(self) -> dict[str, Any]:
+        """Constructor keyword arguments for the twins (shallow: nested specs stay objects)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def check_input_shape(self, shape: tuple[int, ...]) -> None:
+        """Raise OptionError(key="input_shape") when `shape` cannot be fed to the block."""
+
+
+def parse_options(cls: type[Options], raw: Mapping[str, Any] | None, owner: str) -> Options:
+    """Build `cls` from a raw mapping; unknown or missing keys raise OptionError."""
+    raw = dict(raw or {})
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        raise OptionError(
+            str(unknown[0]),
+            f"unknown option for {owner}; known options: {', '.join(names)}",
+        )
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in raw
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+    ]
+    if missing:
+        raise OptionError(missing[0], f"required option for {owner} is missing")
+    try:
+        return cls(**raw)
+    except TypeError as exc:  # a dataclass signature problem is a bug, but say it plainly
+        raise OptionError(names[0] if names else "options", str(exc)) from None
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    cache = cls.__dict__.get("_hints_cache")
+    if cache is None:
+        cache = typing.get_type_hints(cls)
+        type.__setattr__(cls, "_hints_cache", cache)
+    return cache
+
+
+def describe(annotation: Any) -> str:
+    """Human wording of a type annotation for error messages."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is int:
+        return "an integer"
+    if annotation is float:
+        return "a number"
+    if annotation is bool:
+        return "true or false"
+    if annotation is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        inner = [describe(a) for a in args if a is not type(None)]
+        text = " or ".join(inner)
+        return text + " or null" if type(None) in args else text
+    if origin in (tuple, list):
+        return f"a list of {describe(args[0])}" if args else "a list"
+    if isinstance(annotation, type) and hasattr(annotation, "describe_type"):
+        return annotation.describe_type()
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against `annotation`; lists become tuples so options stay hashable."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    wrong = OptionError(key, f"expected {describe(annotation)}, got {value!r} ({_kind(value)})")
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except OptionError:
+                continue
+        raise wrong
+    if origin is Literal:
+        if value in args and not (isinstance(value, bool) and not any(isinstance(a, bool) for a in args)):
+            return value
+        raise wrong
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise wrong
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise wrong
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise wrong
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise wrong
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise wrong
+        item_type = args[0] if args else Any
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            item_type = args[0]
+        elif origin is tuple and args and len(args) != len(value):
+            raise wrong
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value))
+    if isinstance(annotation, type) and hasattr(annotation, "coerce_option"):
+        return annotation.coerce_option(key, value)
+    if isinstance(annotation, type) and isinstance(value, annotation):
+        return value
+    raise wrong
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise OptionError(key, message) unless `condition` holds."""
+    if not condition:
+        raise OptionError(key, message)
+
+
+def positive(value: int | None, key: str) -> None:
+    require(value is None or value > 0, key, f"must be > 0, got {value}")

@@ -1,0 +1,210 @@
+"""YAML spec files -> validated `Spec` objects.
+
+A spec names a registered type and its options; the same Spec builds the torch
+and the paddle twin. Errors name the file, the key path and the line, and say
+what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from crossattn.errors import OptionError, SpecError
+from crossattn.options import Options, parse_options
+
+SPECS_DIR = Path(__file__).resolve().parent / "specs"
+TOP_LEVEL_KEYS = ("type", "name", "description", "input_shape", "options")
+
+
+class LineDict(dict):
+    """A mapping that remembers the line of each key, for error messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: dict[Any, int] = {}
+        self.line: int | None = None
+
+
+class _LineLoader(yaml.SafeLoader):
+    """Safe YAML loader whose mappings record key lines and reject duplicate keys."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    mapping = LineDict()
+    mapping.line = node.start_mark.line + 1
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {mapping.lines[key]})", key_node.start_mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.lines[key] = line
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A validated block or model description, framework-neutral."""
+
+    type: str
+    options: Options
+    name: str = ""
+    description: str = ""
+    input_shape: tuple[int, ...] | None = None
+    path: str | None = None
+
+    @property
+    def kind(self) -> str:
+        from crossattn import registry
+
+        return registry.entry(self.type).kind
+
+    # Lets an Options field be annotated with `Spec` (a nested block in a model).
+    @classmethod
+    def describe_type(cls) -> str:
+        return "a mapping with `type` and `options`"
+
+    @classmethod
+    def coerce_option(cls, key: str, value: Any) -> "Spec":
+        if isinstance(value, Spec):
+            return value
+        if not isinstance(value, Mapping):
+            raise OptionError(key, f"expected {cls.describe_type()}, got {value!r}")
+        return _parse_component(value, key)
+
+
+class _NestedSpecError(OptionError):
+    """An error inside a nested spec, carrying the full key path."""
+
+
+def _parse_component(raw: Mapping[str, Any], key: str) -> Spec:
+    """Parse a nested `{type, options}` mapping; errors keep the nested key path."""
+    from crossattn import registry
+
+    allowed = ("type", "options")
+    for k in raw:
+        if k not in allowed:
+            raise OptionError(f"{key}.{k}", f"unknown key; a nested spec has only {', '.join(allowed)}")
+    type_name = raw.get("type")
+    if not isinstance(type_name, str):
+        raise OptionError(f"{key}.type", f"expected a block type name, got {type_name!r}")
+    entry = registry.entry(type_name, key=f"{key}.type")
+    opts_raw = raw.get("options") or {}
+    if not isinstance(opts_raw, Mapping):
+        raise OptionError(f"{key}.options", f"expected a mapping, got {opts_raw!r}")
+    try:
+        options = parse_options(entry.options, opts_raw, f"type `{type_name}`")
+    except OptionError as exc:
+        raise OptionError(f"{key}.options.{exc.key}", exc.message) from None
+    return Spec(type=type_name, options=options)
+
+
+def _line_of(raw: Any, path: list[str]) -> int | None:
+    """Walk `path` (keys, with `[i]` list indices stripped) through LineDicts to a line."""
+    node, line = raw, getattr(raw, "line", None)
+    for part in path:
+        name = part.split("[", 1)[0]
+        if isinstance(node, LineDict) and name in node:
+            line = node.lines.get(name, line)
+            node = node[name]
+        else:
+            break
+    return line
+
+
+def parse_spec(raw: Any, file: str = "<spec>") -> Spec:
+    """Validate a loaded YAML document into a Spec."""
+    from crossattn import registry
+
+    if not isinstance(raw, Mapping):
+        raise SpecError(file, None, getattr(raw, "line", None), "expected a mapping with at least a `type` key")
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise SpecError(file, str(key), _line_of(raw, [str(key)]),
+                            f"unknown top-level key; known keys: {', '.join(TOP_LEVEL_KEYS)}")
+    if "type" not in raw:
+        raise SpecError(file, "type", getattr(raw, "line", None), "missing: every spec names a registered type")
+    type_name = raw["type"]
+    try:
+        entry = registry.entry(type_name)
+    except OptionError as exc:
+        raise SpecError(file, "type", _line_of(raw, ["type"]), exc.message) from None
+    opts_raw = raw.get("options") or LineDict()
+    if not isinstance(opts_raw, Mapping):
+        raise SpecError(file, "options", _line_of(raw, ["options"]), f"expected a mapping, got {opts_raw!r}")
+    try:
+        options = parse_options(entry.options, opts_raw, f"type `{type_name}`")
+    except OptionError as exc:
+        path = ["options", *exc.key.split(".")]
+        raise SpecError(file, ".".join(path), _line_of(raw, path), exc.message) from None
+    input_shape = raw.get("input_shape")
+    if input_shape is not None:
+        if not (isinstance(input_shape, list) and input_shape
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_shape)):
+            raise SpecError(file, "input_shape", _line_of(raw, ["input_shape"]),
+                            f"expected a list of positive integers (N, C, ...), got {input_shape!r}")
+        input_shape = tuple(input_shape)
+        try:
+            options.check_input_shape(input_shape)
+        except OptionError as exc:
+            raise SpecError(file, "input_shape", _line_of(raw, ["input_shape"]), exc.message) from None
+    for text_key in ("name", "description"):
+        if text_key in raw and not isinstance(raw[text_key], str):
+            raise SpecError(file, text_key, _line_of(raw, [text_key]), f"expected a string, got {raw[text_key]!r}")
+    name = raw.get("name") or (Path(file).stem if file != "<spec>" else type_name)
+    return Spec(type=type_name, options=options, name=name, description=raw.get("description", ""),
+                input_shape=input_shape, path=file)
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate one spec file."""
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(file, None, None, "no such file; pass a spec path or a shipped spec name "
+                        "(see `crossattn specs`)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(file, None, None, f"cannot read the file: {exc}") from None
+    try:
+        raw = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise SpecError(file, None, line, f"malformed YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(file, None, None, f"malformed YAML: {exc}") from None
+    return parse_spec(raw, file)
+
+
+def shipped_spec_paths(kind: str | None = None) -> list[Path]:
+    """Every YAML spec shipped under crossattn/specs (blocks/ and models/), sorted."""
+    folders = [kind + "s"] if kind else ["blocks", "models"]
+    paths: list[Path] = []
+    for folder in folders:
+        paths.extend(sorted((SPECS_DIR / folder).glob("*.yaml")))
+    return paths
+
+
+def resolve_spec(arg: str) -> Path:
+    """A spec argument is a path, or the name of a shipped spec (file stem)."""
+    path = Path(arg)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    for candidate in shipped_spec_paths():
+        if candidate.stem == arg:
+            return candidate
+    known = ", ".join(p.stem for p in shipped_spec_paths())
+    raise SpecError(arg, None, None, f"no such file and no shipped spec of that name; shipped specs: {known}")

@@ -1,0 +1,1 @@
+"""PaddlePaddle twins of crossattn's blocks and models; mirrors torch_impl file for file."""

@@ -1,0 +1,70 @@
+"""Non-local block, PaddlePaddle twin of torch_impl/blocks/non_local.py."""
+
+from __future__ import annotations
+
+import paddle
+from paddle import nn
+
+from crossattn.blocks.non_local import Mode, NonLocalOptions, pairwise_divisor
+from paddle_impl.layers import batch_norm, conv_nd, max_pool_nd, zero_init_layer
+
+
+class NonLocalBlock(nn.Layer):
+    """z = x + W(softmax-or-normalised f(theta x, phi x) . g x); identity at initialisation."""
+
+    def __init__(self, in_channels: int, inter_channels: int | None = None, reduction: int = 2,
+                 mode: Mode = "embedded_gaussian", dimension: int = 2, sub_sample: bool = True,
+                 bn_layer: bool = True, use_scale: bool = False, zero_init: bool = True,
+                 normalize_by: str = "positions") -> None:
+        super().__init__()
+        self.options = opts = NonLocalOptions(
+            in_channels=in_channels, inter_channels=inter_channels, reduction=reduction, mode=mode,
+            dimension=dimension, sub_sample=sub_sample, bn_layer=bn_layer, use_scale=use_scale,
+            zero_init=zero_init, normalize_by=normalize_by)
+        conv = conv_nd(opts.dimension)
+        self.g = conv(opts.in_channels, opts.inter, kernel_size=1)
+        self.theta = conv(opts.in_channels, opts.inter, kernel_size=1) if opts.embeds_theta_phi else None
+        self.phi = conv(opts.in_channels, opts.inter, kernel_size=1) if opts.embeds_theta_phi else None
+        self.pool = max_pool_nd(opts.dimension, opts.pool_kernel) if opts.sub_sample else None
+        # f(x_i, x_j) = ReLU(w^T [theta_i, phi_j]); stored as the paper's 1x1 conv over the pair
+        self.concat_project = (nn.Conv2D(2 * opts.inter, 1, kernel_size=1, bias_attr=False)
+                               if opts.mode == "concatenation" else None)
+        if opts.bn_layer:
+            self.W = nn.Sequential(conv(opts.inter, opts.in_channels, kernel_size=1),
+                                   batch_norm(opts.dimension, opts.in_channels))
+            last = self.W[1]
+        else:
+            self.W = conv(opts.inter, opts.in_channels, kernel_size=1)
+            last = self.W
+        if opts.zero_init:
+            zero_init_layer(last)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        opts = self.options
+        batch = x.shape[0]
+        keys = self.pool if self.pool is not None else nn.Identity()
+        g_x = keys(self.g(x)).reshape([batch, opts.inter, -1]).transpose([0, 2, 1])  # (B, Nk, Ci)
+        if opts.embeds_theta_phi:
+            theta_x = self.theta(x).reshape([batch, opts.inter, -1])  # (B, Ci, N)
+            phi_x = keys(self.phi(x)).reshape([batch, opts.inter, -1])  # (B, Ci, Nk)
+        else:
+            theta_x = x.reshape([batch, opts.in_channels, -1])
+            phi_x = keys(x).reshape([batch, opts.in_channels, -1])
+        affinity = self._affinity(theta_x, phi_x, tuple(x.shape))  # (B, N, Nk)
+        y = paddle.matmul(affinity, g_x).transpose([0, 2, 1]).reshape([batch, opts.inter, *x.shape[2:]])
+        return x + self.W(y)
+
+    def _affinity(self, theta_x: paddle.Tensor, phi_x: paddle.Tensor, shape: tuple[int, ...]) -> paddle.Tensor:
+        opts = self.options
+        if opts.mode == "concatenation":
+            weight = self.concat_project.weight.reshape([2 * opts.inter])
+            from_theta = paddle.einsum("c,bcn->bn", weight[: opts.inter], theta_x)
+            from_phi = paddle.einsum("c,bcn->bn", weight[opts.inter:], phi_x)
+            f = nn.functional.relu(from_theta.unsqueeze(2) + from_phi.unsqueeze(1))
+            return f / pairwise_divisor(opts, shape, phi_x.shape[2])
+        f = paddle.matmul(theta_x.transpose([0, 2, 1]), phi_x)
+        if opts.mode == "dot_product":
+            return f / pairwise_divisor(opts, shape, phi_x.shape[2])
+        if opts.use_scale:
+            f = f / float(opts.inter) ** 0.5
+        return nn.functional.softmax(f, axis=-1)

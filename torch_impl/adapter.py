@@ -1,0 +1,122 @@
+"""What crossattn's framework-neutral engines need from torch: slots, state, one step.
+
+Mirrors paddle_impl/adapter.py function for function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from crossattn.errors import TransferError
+from torch_impl.layers import ZERO_INIT_ATTR
+from weight_transfer.slots import Slot, join
+
+FRAMEWORK = "torch"
+KIND_ATTR = "crossattn_layer_kind"
+
+
+@dataclasses.dataclass
+class StepResult:
+    output: np.ndarray
+    input_grad: np.ndarray
+    param_grads: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]  # state after the step (running statistics moved in train mode)
+    bn_counts: dict[str, int]  # values per channel each BatchNorm saw, for the variance rule
+
+
+def setup(device: str = "cpu") -> None:
+    """Deterministic CPU kernels for checks."""
+    torch.use_deterministic_algorithms(False)
+
+
+def to_dtype(model: nn.Module, dtype: str) -> nn.Module:
+    """Cast every parameter and buffer (checks run in float64 so rounding is not mistaken for divergence)."""
+    return model.to(dtype=getattr(torch, dtype))
+
+
+def layer_kind(module: nn.Module) -> str:
+    declared = getattr(module, KIND_ATTR, None)
+    if declared:
+        return declared
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return "batchnorm"
+    if isinstance(module, nn.LayerNorm):
+        return "layernorm"
+    if isinstance(module, nn.GroupNorm):
+        return "groupnorm"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return "conv"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    return "other"
+
+
+def slots(model: nn.Module) -> dict[str, Slot]:
+    """Every state tensor of `model`, with the kind of the layer that owns it."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    table: dict[str, Slot] = {}
+    for layer_name, module in model.named_modules():
+        kind = layer_kind(module)
+        zero = bool(getattr(module, ZERO_INIT_ATTR, False))
+        tensors = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+        for name, tensor in tensors:
+            if name in module._non_persistent_buffers_set:
+                continue
+            key = join(layer_name, name)
+            table[key] = Slot(key, layer_name, name, kind, tuple(tensor.shape),
+                              str(tensor.detach().numpy().dtype), key in trainable, zero)
+    return table
+
+
+def state(model: nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def load_state(model: nn.Module, values: Mapping[str, np.ndarray]) -> None:
+    """Load exactly the model's keys with exactly its shapes, or raise naming each problem."""
+    own = slots(model)
+    problems = [f"missing `{k}`" for k in own if k not in values]
+    problems += [f"unexpected `{k}`" for k in values if k not in own]
+    problems += [f"mis-shaped `{k}`: got {list(np.shape(v))}, model has {list(own[k].shape)}"
+                 for k, v in values.items() if k in own and tuple(np.shape(v)) != own[k].shape]
+    if problems:
+        raise TransferError(problems, "loading torch state")
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in values.items()}, strict=True)
+
+
+def _bn_count_hooks(model: nn.Module, counts: dict[str, int]) -> list:
+    handles = []
+    for name, module in model.named_modules():
+        if layer_kind(module) == "batchnorm":
+            def hook(mod, inputs, name=name):
+                counts[name] = int(np.prod(inputs[0].shape)) // int(inputs[0].shape[1])
+            handles.append(module.register_forward_pre_hook(hook))
+    return handles
+
+
+def step(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray],
+         train: bool) -> StepResult:
+    """One forward in train or eval mode and a backward of sum(output * cotangent)."""
+    model.train(train)
+    counts: dict[str, int] = {}
+    handles = _bn_count_hooks(model, counts)
+    try:
+        inputs = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
+        output = model(inputs)
+        weight = torch.from_numpy(cotangent(tuple(output.shape)))
+        model.zero_grad(set_to_none=True)
+        (output * weight).sum().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    grads = {name: (p.grad.detach().numpy().copy() if p.grad is not None else np.zeros(tuple(p.shape), x.dtype))
+             for name, p in model.named_parameters() if p.requires_grad}
+    input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
+    return StepResult(output.detach().numpy().copy(), input_grad, grads, state(model), counts)

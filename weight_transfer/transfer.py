@@ -1,0 +1,123 @@
+"""State transfer between twins: every target tensor filled, every source tensor used or recorded."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+
+from crossattn.errors import TransferError
+from weight_transfer.rules import counterpart_name, rule_for
+from weight_transfer.slots import Slot, join
+
+
+@dataclasses.dataclass
+class TransferReport:
+    """What a transfer did besides copying: the user sees each convention applied."""
+
+    source: str
+    target: str
+    copied: int = 0
+    transposed: list[str] = dataclasses.field(default_factory=list)
+    renamed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    reshaped: list[str] = dataclasses.field(default_factory=list)
+    cast: list[str] = dataclasses.field(default_factory=list)
+    #: source tensors with no twin in the target, with their values (e.g. num_batches_tracked)
+    dropped: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    #: target tensors with no twin in the source, and the value given
+    filled: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [f"{self.copied} tensors {self.source}->{self.target}"]
+        if self.transposed:
+            parts.append(f"{len(self.transposed)} transposed")
+        if self.renamed:
+            parts.append(f"{len(self.renamed)} renamed")
+        if self.reshaped:
+            parts.append(f"{len(self.reshaped)} reshaped")
+        if self.dropped:
+            parts.append(f"{len(self.dropped)} recorded without twin ({', '.join(sorted(self.dropped))})")
+        if self.filled:
+            parts.append(f"{len(self.filled)} filled ({', '.join(sorted(self.filled))})")
+        return ", ".join(parts)
+
+
+def _convert(value: np.ndarray, layout: str, target_shape: tuple[int, ...], to_framework: str) -> np.ndarray:
+    if layout == "transpose" and value.ndim == 2:
+        return np.ascontiguousarray(value.T)
+    if layout == "reshape" and value.size == int(np.prod(target_shape, dtype=np.int64)):
+        return value.reshape(target_shape)
+    return value
+
+
+def transfer(source: Mapping[str, np.ndarray], source_framework: str, target_slots: Mapping[str, Slot],
+             target_framework: str, complete: bool = True,
+             context: str = "weight transfer") -> tuple[dict[str, np.ndarray], TransferReport]:
+    """Map a source state dict onto the target model's slots.
+
+    complete=True: every target slot must be filled and every source key used
+    or recorded, else TransferError lists each problem. complete=False maps only
+    what is present (used for gradients, which exist for trainable tensors only).
+    """
+    report = TransferReport(source_framework, target_framework)
+    if source_framework == target_framework:
+        raise TransferError([f"source and target are both {source_framework}"], context)
+    out: dict[str, np.ndarray] = {}
+    problems: list[str] = []
+    used: set[str] = set()
+    layer_kinds = {slot.layer: slot.kind for slot in target_slots.values()}
+    for key, slot in target_slots.items():
+        source_name, rule = counterpart_name(slot.kind, slot.name, target_framework)
+        if source_name is None:
+            if complete:
+                out[key] = np.zeros(slot.shape, dtype=slot.dtype)
+                report.filled[key] = f"0 ({rule.why})"
+            continue
+        source_key = join(slot.layer, source_name)
+        if source_key not in source:
+            if complete:
+                problems.append(f"missing `{source_key}` (for {target_framework} `{key}`, shape {list(slot.shape)})")
+            continue
+        used.add(source_key)
+        value = np.asarray(source[source_key])
+        layout = rule.layout if rule else "same"
+        converted = _convert(value, layout, slot.shape, target_framework)
+        if tuple(converted.shape) != tuple(slot.shape):
+            problems.append(f"mis-shaped `{source_key}`: {source_framework} shape {list(value.shape)}, "
+                            f"{target_framework} `{key}` expects {list(slot.shape)}")
+            continue
+        if layout == "transpose":
+            report.transposed.append(key)
+        elif layout == "reshape" and value.shape != converted.shape:
+            report.reshaped.append(key)
+        if source_key != key:
+            report.renamed.append((source_key, key))
+        if converted.dtype != np.dtype(slot.dtype):
+            report.cast.append(f"{key}: {converted.dtype}->{slot.dtype}")
+            converted = converted.astype(slot.dtype)
+        out[key] = converted
+        report.copied += 1
+    for source_key in source:
+        if source_key in used:
+            continue
+        layer, _, name = source_key.rpartition(".")
+        kind = layer_kinds.get(layer)
+        rule = rule_for(kind, name, source_framework) if kind else None
+        other = rule and (rule.paddle_name if source_framework == "torch" else rule.torch_name)
+        if rule is not None and other is None:
+            report.dropped[source_key] = np.asarray(source[source_key])
+        elif complete:
+            problems.append(f"unexpected `{source_key}` (shape {list(np.shape(source[source_key]))}): "
+                            f"no {target_framework} tensor takes it")
+    if problems:
+        raise TransferError(problems, context)
+    return out, report
+
+
+def canonical_key(slot: Slot, framework: str) -> str:
+    """The torch-side name of a slot, so both twins agree on per-tensor identities."""
+    if framework == "torch":
+        return slot.key
+    name, _ = counterpart_name(slot.kind, slot.name, "paddle")
+    return join(slot.layer, name or slot.name)
