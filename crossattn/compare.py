@@ -29,7 +29,13 @@ class Comparison:
     @property
     def severity(self) -> float:
         """Error in units of tolerance (the better of the two bounds): > 1 fails."""
-        return min(self.max_abs / self.atol, self.norm_rel / self.rtol)
+        return min(_ratio(self.max_abs, self.atol), _ratio(self.norm_rel, self.rtol))
+
+
+def _ratio(error: float, limit: float) -> float:
+    if limit > 0:
+        return error / limit
+    return 0.0 if error == 0 else math.inf
 
 
 def compare(name: str, category: str, candidate: np.ndarray, reference: np.ndarray, tol: Tolerance,

@@ -1,0 +1,38 @@
+"""`crossattn check` end to end: table, JSON, exit status."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+import cli
+
+
+def test_check_prints_a_table_and_writes_json(tmp_path):
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(cli.cli, ["check", "non_local_dot_product", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "non_local_dot_product" in result.output and "PASS" in result.output
+    assert "4 passed, 0 failed" in result.output
+    data = json.loads(out.read_text())
+    assert data["passed"] is True and data["settings"]["dtype"] == "float64"
+    tensors = {c["tensor"] for case in data["cases"] for c in case["comparisons"]}
+    assert {"output", "input.grad", "theta.weight.grad", "W.1.running_var"} <= tensors
+
+
+def test_absurdly_tight_tolerance_fails_with_status_1():
+    result = CliRunner().invoke(cli.cli, ["check", "non_local_embedded_gaussian", "--atol", "0", "--rtol", "0",
+                                          "--direction", "torch->paddle", "--mode", "eval"])
+    assert result.exit_code == 1
+    assert "FAIL" in result.output
+
+
+def test_check_without_specs_is_a_user_error():
+    result = CliRunner().invoke(cli.cli, ["check"], standalone_mode=False)
+    assert result.exception is not None and "needs SPEC" in str(result.exception)
+
+
+def test_unknown_spec_name_is_a_user_error():
+    result = CliRunner().invoke(cli.cli, ["check", "no_such_spec"], standalone_mode=False)
+    assert "no shipped spec of that name" in str(result.exception)
