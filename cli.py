@@ -63,8 +63,11 @@ def validate_command(specs: tuple[str, ...]) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write every comparison to this JSON file.")
 @click.option("--full", is_flag=True, help="Print every tensor, not only the worst per case.")
+@click.option("--layers", is_flag=True, help="Also trace every layer and mark the first that diverges.")
+@click.option("--single-step", is_flag=True, help="With --layers: feed each layer the reference's input.")
 def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode: str, dtype: str,
-                  atol: float | None, rtol: float | None, seed: int, json_path: str | None, full: bool) -> None:
+                  atol: float | None, rtol: float | None, seed: int, json_path: str | None, full: bool,
+                  layers: bool, single_step: bool) -> None:
     """Prove the torch and paddle twins of SPECS equivalent, forward and backward.
 
     Each spec is built in both frameworks; weights are initialised in one and
@@ -94,6 +97,16 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
         cases += check_spec(spec, directions, modes, tol, seed, dtype)
     elapsed = time.perf_counter() - started
     click.echo(summary_table(cases, full))
+    layer_reports = []
+    if layers:
+        from crossattn.diff import diff_spec
+        from crossattn.report import diff_table
+
+        for spec in loaded:
+            for direction_name in directions:
+                for mode_name in modes:
+                    layer_reports.append(diff_spec(spec, direction_name, mode_name, single_step, tol, seed, dtype))
+                    click.echo("\n" + diff_table(layer_reports[-1]))
     notes = sorted({n for case in cases for n in case.notes})
     for note in notes:
         click.echo(f"note: {note}")
@@ -106,9 +119,65 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     if json_path:
         settings = {"dtype": dtype, "atol": tol.atol, "rtol": tol.rtol, "seed": seed,
                     "directions": list(directions), "modes": list(modes)}
-        atomic_write_text(json_path, to_json(cases, settings))
+        atomic_write_text(json_path, to_json(cases, settings, [r.to_json() for r in layer_reports]))
         click.echo(f"wrote {json_path}")
     if passed != len(cases):
+        sys.exit(1)
+
+
+@cli.command("diff")
+@click.argument("spec", required=False)
+@click.option("--direction", type=click.Choice(["torch->paddle", "paddle->torch"]), default="torch->paddle",
+              show_default=True, help="Reference framework -> candidate framework.")
+@click.option("--mode", type=click.Choice(["train", "eval"]), default="eval", show_default=True)
+@click.option("--single-step", is_flag=True,
+              help="Feed each candidate layer the reference's input (and incoming gradient): no accumulation.")
+@click.option("--torch-model", metavar="MODULE:FACTORY", help="Your torch model: a callable returning it.")
+@click.option("--paddle-model", metavar="MODULE:FACTORY", help="Your paddle model: a callable returning it.")
+@click.option("--name-map", type=click.Path(exists=True, dir_okay=False),
+              help="YAML mapping torch layer names to paddle layer names (your own models).")
+@click.option("--input-shape", help="Input shape for your own models, e.g. 2,3,32,32.")
+@click.option("--transfer/--no-transfer", "do_transfer", default=True, show_default=True,
+              help="Your own models: copy the reference's weights into the candidate through the name map.")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
+@click.option("--atol", type=float, default=None)
+@click.option("--rtol", type=float, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+def diff_command(spec: str | None, direction: str, mode: str, single_step: bool, torch_model: str | None,
+                 paddle_model: str | None, name_map: str | None, input_shape: str | None, do_transfer: bool,
+                 dtype: str, atol: float | None, rtol: float | None, seed: int, json_path: str | None) -> None:
+    """Find the first layer where two implementations diverge.
+
+    Either SPEC (the twins of a spec) or your own pair: --torch-model,
+    --paddle-model, --input-shape and, when names differ, --name-map.
+    """
+    import json
+
+    from crossattn.atomic import atomic_write_text
+    from crossattn.diff import diff_spec
+    from crossattn.report import diff_table
+    from crossattn.tolerances import Tolerance, tolerance_for
+
+    base = tolerance_for(dtype)
+    tol = Tolerance(atol if atol is not None else base.atol, rtol if rtol is not None else base.rtol)
+    if spec:
+        from crossattn.spec import load_spec, resolve_spec
+
+        loaded = load_spec(resolve_spec(spec))
+        if loaded.input_shape is None:
+            raise CrossattnError(f"spec {loaded.path}: `input_shape` is required to trace it")
+        report = diff_spec(loaded, direction, mode, single_step, tol, seed, dtype)
+    else:
+        from crossattn.user_models import diff_user_models
+
+        report = diff_user_models(torch_model, paddle_model, name_map, input_shape, direction, mode, single_step,
+                                  tol, seed, dtype, do_transfer)
+    click.echo(diff_table(report))
+    if json_path:
+        atomic_write_text(json_path, json.dumps(report.to_json(), indent=2))
+        click.echo(f"wrote {json_path}")
+    if not report.passed:
         sys.exit(1)
 
 

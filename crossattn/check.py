@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +26,7 @@ from crossattn.frameworks import adapter
 from crossattn.init import initial_state
 from crossattn.spec import Spec
 from crossattn.tolerances import Tolerance, tolerance_for
-from weight_transfer import transfer
+from weight_transfer import TransferReport, transfer
 from weight_transfer.slots import Slot
 
 DIRECTIONS = ("torch->paddle", "paddle->torch")
@@ -80,6 +82,45 @@ def _is_running_mean(slot: Slot) -> bool:
     return slot.kind == "batchnorm" and slot.name in ("running_mean", "_mean")
 
 
+@dataclasses.dataclass
+class TwinPair:
+    """Both twins of a spec, cast to the check dtype, with the shared initial state."""
+
+    src_fw: str
+    dst_fw: str
+    src: ModuleType
+    dst: ModuleType
+    src_model: Any
+    dst_model: Any
+    src_slots: dict[str, Slot]
+    src_init: dict[str, np.ndarray]
+    dst_init: dict[str, np.ndarray]
+    report: TransferReport
+
+    def reload(self) -> None:
+        self.src.load_state(self.src_model, self.src_init)
+        self.dst.load_state(self.dst_model, self.dst_init)
+
+
+def prepare_pair(spec: Spec, direction: str, dtype: str = "float64", seed: int = 0,
+                 after_transfer: Callable[[dict[str, np.ndarray]], None] | None = None) -> TwinPair:
+    """Build both twins, draw random weights in the source, transfer them to the target."""
+    src_fw, dst_fw = direction.split("->")
+    src, dst = adapter(src_fw), adapter(dst_fw)
+    src.setup("cpu")
+    dst.setup("cpu")
+    src_model = src.to_dtype(registry.build(spec, src_fw), dtype)
+    dst_model = dst.to_dtype(registry.build(spec, dst_fw), dtype)
+    src_slots, dst_slots = src.slots(src_model), dst.slots(dst_model)
+    src_init = initial_state(src_slots, src.state(src_model), src_fw, seed, mode="check")
+    dst_init, report = transfer(src_init, src_fw, dst_slots, dst_fw)
+    if after_transfer is not None:
+        after_transfer(dst_init)
+    pair = TwinPair(src_fw, dst_fw, src, dst, src_model, dst_model, src_slots, src_init, dst_init, report)
+    pair.reload()
+    return pair
+
+
 def check_spec(spec: Spec, directions: Sequence[str] = DIRECTIONS, modes: Sequence[str] = MODES,
                tol: Tolerance | None = None, seed: int = 0, dtype: str = "float64",
                after_transfer: Callable[[dict[str, np.ndarray]], None] | None = None) -> list[CheckCase]:
@@ -87,35 +128,29 @@ def check_spec(spec: Spec, directions: Sequence[str] = DIRECTIONS, modes: Sequen
     tol = tol or tolerance_for(dtype)
     cases = []
     for direction in directions:
-        src_fw, dst_fw = direction.split("->")
-        src, dst = adapter(src_fw), adapter(dst_fw)
-        src.setup("cpu")
-        dst.setup("cpu")
-        src_model = src.to_dtype(registry.build(spec, src_fw), dtype)
-        dst_model = dst.to_dtype(registry.build(spec, dst_fw), dtype)
-        src_slots, dst_slots = src.slots(src_model), dst.slots(dst_model)
-        src_init = initial_state(src_slots, src.state(src_model), src_fw, seed, mode="check")
-        dst_init, report = transfer(src_init, src_fw, dst_slots, dst_fw)
-        if after_transfer is not None:
-            after_transfer(dst_init)
+        pair = prepare_pair(spec, direction, dtype, seed, after_transfer)
         for mode in modes:
-            src.load_state(src_model, src_init)
-            dst.load_state(dst_model, dst_init)
-            x, cotangent = _inputs(spec, seed, dtype)
-            ref = src.step(src_model, x, cotangent, train=(mode == "train"))
-            got = dst.step(dst_model, x, cotangent, train=(mode == "train"))
-            comparisons = [compare("output", "output", got.output, ref.output, tol),
-                           compare("input.grad", "input_grad", got.input_grad, ref.input_grad, tol)]
-            got_grads, _ = transfer(got.param_grads, dst_fw, src_slots, src_fw, complete=False)
-            for key, slot in src_slots.items():
-                if slot.trainable:
-                    comparisons.append(compare(f"{key}.grad", "param_grad", got_grads.get(key, np.zeros(slot.shape)),
-                                               ref.param_grads[key], tol))
-            notes = []
-            if mode == "train":
-                comparisons += _running_stats(src_fw, src_slots, src_init, ref, got, dst_fw, tol, notes)
-            cases.append(CheckCase(spec.name, direction, mode, comparisons, report.summary(), notes))
+            cases.append(_check_case(spec, pair, mode, tol, seed, dtype))
     return cases
+
+
+def _check_case(spec: Spec, pair: TwinPair, mode: str, tol: Tolerance, seed: int, dtype: str) -> CheckCase:
+    pair.reload()
+    x, cotangent = _inputs(spec, seed, dtype)
+    ref = pair.src.step(pair.src_model, x, cotangent, train=(mode == "train"))
+    got = pair.dst.step(pair.dst_model, x, cotangent, train=(mode == "train"))
+    comparisons = [compare("output", "output", got.output, ref.output, tol),
+                   compare("input.grad", "input_grad", got.input_grad, ref.input_grad, tol)]
+    got_grads, _ = transfer(got.param_grads, pair.dst_fw, pair.src_slots, pair.src_fw, complete=False)
+    for key, slot in pair.src_slots.items():
+        if slot.trainable:
+            comparisons.append(compare(f"{key}.grad", "param_grad", got_grads.get(key, np.zeros(slot.shape)),
+                                       ref.param_grads[key], tol))
+    notes: list[str] = []
+    if mode == "train":
+        comparisons += _running_stats(pair.src_fw, pair.src_slots, pair.src_init, ref, got, pair.dst_fw, tol, notes)
+    direction = f"{pair.src_fw}->{pair.dst_fw}"
+    return CheckCase(spec.name, direction, mode, comparisons, pair.report.summary(), notes)
 
 
 def _running_stats(src_fw: str, src_slots: dict[str, Slot], src_init: dict[str, np.ndarray], ref, got,

@@ -52,6 +52,41 @@ def failure_details(cases: Sequence[CheckCase]) -> str:
     return "\n".join(lines)
 
 
-def to_json(cases: Sequence[CheckCase], settings: dict) -> str:
-    return json.dumps({"settings": settings, "passed": all(c.passed for c in cases),
-                       "cases": [c.to_json() for c in cases]}, indent=2)
+def to_json(cases: Sequence[CheckCase], settings: dict, layers: list[dict] | None = None) -> str:
+    data = {"settings": settings, "passed": all(c.passed for c in cases), "cases": [c.to_json() for c in cases]}
+    if layers:
+        data["layers"] = layers
+    return json.dumps(data, indent=2)
+
+
+def diff_table(report) -> str:
+    """Layers in execution order with output and gradient errors; the first divergences marked."""
+    rows = []
+    for index, row in enumerate(report.rows, 1):
+        mark = []
+        if row.layer == report.first_output:
+            mark.append("<- first output divergence")
+        if row.layer == report.first_grad:
+            mark.append("<- first gradient divergence")
+        grad = row.grad
+        rows.append([str(index), row.layer or "(model)", row.candidate if row.candidate != row.layer else "",
+                     _num(row.output.max_abs), _num(row.output.norm_rel), "ok" if row.output.passed else "DIFF",
+                     _num(grad.max_abs) if grad else "-", _num(grad.norm_rel) if grad else "-",
+                     ("ok" if grad.passed else "DIFF") if grad else "-", " ".join(mark)])
+    header = ["#", "layer", "candidate name", "out max abs", "out norm rel", "out", "grad max abs",
+              "grad norm rel", "grad", ""]
+    mode = "single-step" if report.single_step else "accumulated"
+    lines = [f"{report.title} [{report.direction}, {report.mode}, {mode}]", table(rows, header)]
+    if report.unmatched_reference:
+        lines.append("reference layers without a match: " + ", ".join(report.unmatched_reference))
+    if report.unmatched_candidate:
+        lines.append("candidate layers without a match: " + ", ".join(report.unmatched_candidate))
+    if report.passed:
+        lines.append("no layer diverges")
+    else:
+        if report.first_output is not None:
+            lines.append(f"first output divergence: `{report.first_output or '(model)'}`")
+        if report.first_grad is not None:
+            lines.append(f"first gradient divergence (backward order): gradient arriving at "
+                         f"`{report.first_grad or '(model)'}`, computed by the layers consuming its output")
+    return "\n".join(lines)

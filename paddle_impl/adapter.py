@@ -13,6 +13,7 @@ import paddle
 from paddle import nn
 
 from crossattn.errors import TransferError
+from crossattn.tracing import LayerTrace, call_key
 from paddle_impl.layers import ZERO_INIT_ATTR
 from weight_transfer.slots import Slot, join
 
@@ -121,3 +122,72 @@ def step(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], 
              for name, p in model.named_parameters() if not p.stop_gradient}
     input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
     return StepResult(output.numpy().copy(), input_grad, grads, state(model), counts)
+
+
+def trace(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray], train: bool,
+          feed: Mapping[str, list[np.ndarray]] | None = None,
+          feed_grads: Mapping[str, np.ndarray] | None = None) -> LayerTrace:
+    """A step recording every layer's inputs, output and output gradient.
+
+    `feed` replaces a layer's inputs by given values (single-step mode: each
+    layer sees the other framework's input, so errors do not accumulate);
+    the replacement keeps the graph connected so gradients still flow.
+    `feed_grads` likewise replaces the gradient arriving at a layer's output.
+    """
+    model.train() if train else model.eval()
+    record = LayerTrace()
+    calls: dict[str, int] = {}
+    handles = []
+
+    def pre_hook(layer, args, name):
+        calls[name] = calls.get(name, 0) + 1
+        key = call_key(name, calls[name])
+        if feed is None or key not in feed:
+            return None
+        given = iter(feed[key])
+        return tuple(a + (paddle.to_tensor(next(given)).astype(a.dtype) - a).detach() if _is_float(a) else a
+                     for a in args)
+
+    def post_hook(layer, args, output, name):
+        key = call_key(name, calls[name])
+        tensor = _first_tensor(output)
+        if tensor is None:
+            return
+        record.order.append(key)
+        record.inputs[key] = [a.detach().numpy().copy() for a in args if _is_float(a)]
+        record.outputs[key] = tensor.detach().numpy().copy()
+        if not tensor.stop_gradient:
+            def grad_hook(grad, key=key):
+                record.grads[key] = grad.detach().numpy().copy()
+                if feed_grads is not None and key in feed_grads:
+                    return paddle.to_tensor(feed_grads[key]).astype(grad.dtype)
+                return None
+            tensor.register_hook(grad_hook)
+
+    for name, layer in model.named_sublayers(include_self=True):
+        handles.append(layer.register_forward_pre_hook(lambda m, a, name=name: pre_hook(m, a, name)))
+        handles.append(layer.register_forward_post_hook(lambda m, a, o, name=name: post_hook(m, a, o, name)))
+    try:
+        inputs = paddle.to_tensor(np.ascontiguousarray(x), stop_gradient=False)
+        output = model(inputs)
+        weight = paddle.to_tensor(cotangent(tuple(output.shape)))
+        model.clear_gradients(set_to_zero=False)
+        (output * weight).sum().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    record.output = output.numpy().copy()
+    return record
+
+
+def _is_float(value) -> bool:
+    return isinstance(value, paddle.Tensor) and value.dtype in (paddle.float16, paddle.bfloat16, paddle.float32,
+                                                                paddle.float64)
+
+
+def _first_tensor(output):
+    if _is_float(output):
+        return output
+    if isinstance(output, (tuple, list)):
+        return next((o for o in output if _is_float(o)), None)
+    return None

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from crossattn.errors import TransferError
+from crossattn.tracing import LayerTrace, call_key
 from torch_impl.layers import ZERO_INIT_ATTR
 from weight_transfer.slots import Slot, join
 
@@ -120,3 +121,71 @@ def step(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]],
              for name, p in model.named_parameters() if p.requires_grad}
     input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
     return StepResult(output.detach().numpy().copy(), input_grad, grads, state(model), counts)
+
+
+def trace(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray], train: bool,
+          feed: Mapping[str, list[np.ndarray]] | None = None,
+          feed_grads: Mapping[str, np.ndarray] | None = None) -> LayerTrace:
+    """A step recording every layer's inputs, output and output gradient.
+
+    `feed` replaces a layer's inputs by given values (single-step mode: each
+    layer sees the other framework's input, so errors do not accumulate);
+    the replacement keeps the graph connected so gradients still flow.
+    `feed_grads` likewise replaces the gradient arriving at a layer's output.
+    """
+    model.train(train)
+    record = LayerTrace()
+    calls: dict[str, int] = {}
+    handles = []
+
+    def pre_hook(module, args, name):
+        calls[name] = calls.get(name, 0) + 1
+        key = call_key(name, calls[name])
+        if feed is None or key not in feed:
+            return None
+        given = iter(feed[key])
+        return tuple(a + (torch.from_numpy(next(given)).to(a.dtype) - a).detach() if _is_float(a) else a
+                     for a in args)
+
+    def post_hook(module, args, output, name):
+        key = call_key(name, calls[name])
+        tensor = _first_tensor(output)
+        if tensor is None:
+            return
+        record.order.append(key)
+        record.inputs[key] = [a.detach().numpy().copy() for a in args if _is_float(a)]
+        record.outputs[key] = tensor.detach().numpy().copy()
+        if tensor.requires_grad:
+            def grad_hook(grad, key=key):
+                record.grads[key] = grad.detach().numpy().copy()
+                if feed_grads is not None and key in feed_grads:
+                    return torch.from_numpy(feed_grads[key]).to(grad.dtype)
+                return None
+            tensor.register_hook(grad_hook)
+
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(lambda m, a, name=name: pre_hook(m, a, name)))
+        handles.append(module.register_forward_hook(lambda m, a, o, name=name: post_hook(m, a, o, name)))
+    try:
+        inputs = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
+        output = model(inputs)
+        weight = torch.from_numpy(cotangent(tuple(output.shape)))
+        model.zero_grad(set_to_none=True)
+        (output * weight).sum().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    record.output = output.detach().numpy().copy()
+    return record
+
+
+def _is_float(value) -> bool:
+    return torch.is_tensor(value) and value.is_floating_point()
+
+
+def _first_tensor(output):
+    if _is_float(output):
+        return output
+    if isinstance(output, (tuple, list)):
+        return next((o for o in output if _is_float(o)), None)
+    return None

@@ -121,3 +121,22 @@ def canonical_key(slot: Slot, framework: str) -> str:
         return slot.key
     name, _ = counterpart_name(slot.kind, slot.name, "paddle")
     return join(slot.layer, name or slot.name)
+
+
+def rename_layers(slots: Mapping[str, Slot], layer_map: Mapping[str, str]) -> dict[str, Slot]:
+    """Slots re-keyed through a layer-name map (own name -> other name), for pairs that do not share names.
+
+    A layer is renamed by its longest mapped prefix, so mapping `backbone` to
+    `features` also renames `backbone.0.conv`.
+    """
+    renamed: dict[str, Slot] = {}
+    prefixes = sorted(layer_map, key=len, reverse=True)
+    for slot in slots.values():
+        layer = slot.layer
+        for prefix in prefixes:
+            if layer == prefix or layer.startswith(prefix + "."):
+                layer = layer_map[prefix] + layer[len(prefix):]
+                break
+        new = dataclasses.replace(slot, layer=layer, key=join(layer, slot.name))
+        renamed[new.key] = new
+    return renamed

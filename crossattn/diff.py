@@ -1,0 +1,145 @@
+"""Layer-by-layer divergence: where two implementations first part ways.
+
+Both models are traced through one step; every layer's output (forward) and
+the gradient arriving at it (backward) are matched by name — identical for
+twins, through a name map for a user's own pair — and compared in the
+reference's execution order. The report marks the first layer whose output
+exceeds the tolerance, and the first (in backward order) whose gradient does.
+
+Single-step mode feeds every candidate layer the reference layer's inputs,
+and every candidate output the reference's incoming gradient, so errors do
+not accumulate: a small mismatch deep in a network is pinned to its layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+
+from crossattn.check import _inputs, prepare_pair
+from crossattn.compare import Comparison, compare
+from crossattn.spec import Spec
+from crossattn.tolerances import Tolerance, tolerance_for
+from crossattn.tracing import LayerTrace
+
+
+@dataclasses.dataclass
+class LayerRow:
+    layer: str  # reference name (with #k for a repeated call)
+    candidate: str  # the candidate's name for it
+    output: Comparison
+    grad: Comparison | None
+
+
+@dataclasses.dataclass
+class DiffReport:
+    title: str
+    direction: str
+    mode: str
+    single_step: bool
+    rows: list[LayerRow]
+    first_output: str | None  # first layer (forward order) whose output diverges
+    first_grad: str | None  # first layer (backward order) whose incoming gradient diverges
+    unmatched_reference: list[str]
+    unmatched_candidate: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return self.first_output is None and self.first_grad is None
+
+    def to_json(self) -> dict:
+        return {"title": self.title, "direction": self.direction, "mode": self.mode,
+                "single_step": self.single_step, "first_output": self.first_output,
+                "first_grad": self.first_grad, "unmatched_reference": self.unmatched_reference,
+                "unmatched_candidate": self.unmatched_candidate,
+                "layers": [{"layer": r.layer, "candidate": r.candidate, "output": r.output.to_json(),
+                            "grad": r.grad.to_json() if r.grad else None} for r in self.rows]}
+
+
+def map_call_key(key: str, name_map: Mapping[str, str]) -> str:
+    """Map `layer#k` through a layer-name map; unmapped names stay as they are."""
+    name, sep, call = key.partition("#")
+    return name_map.get(name, name) + sep + call
+
+
+def compare_traces(ref: LayerTrace, got: LayerTrace, name_map: Mapping[str, str], tol: Tolerance) -> tuple:
+    rows = []
+    matched = set()
+    for key in ref.order:
+        other = map_call_key(key, name_map)
+        if other not in got.outputs:
+            continue
+        matched.add(other)
+        output = compare(key, "layer_output", got.outputs[other], ref.outputs[key], tol)
+        grad = None
+        if key in ref.grads and other in got.grads:
+            grad = compare(key, "layer_grad", got.grads[other], ref.grads[key], tol)
+        rows.append(LayerRow(key, other, output, grad))
+    first_output = next((r.layer for r in rows if not r.output.passed), None)
+    first_grad = next((r.layer for r in reversed(rows) if r.grad is not None and not r.grad.passed), None)
+    unmatched_ref = [k for k in ref.order if map_call_key(k, name_map) not in got.outputs]
+    unmatched_got = [k for k in got.order if k not in matched]
+    return rows, first_output, first_grad, unmatched_ref, unmatched_got
+
+
+def trace_pair(ref_adapter, ref_model, got_adapter, got_model, x: np.ndarray, cotangent, train: bool,
+               name_map: Mapping[str, str], single_step: bool) -> tuple[LayerTrace, LayerTrace]:
+    ref = ref_adapter.trace(ref_model, x, cotangent, train)
+    feed = feed_grads = None
+    if single_step:
+        feed = {map_call_key(k, name_map): v for k, v in ref.inputs.items()}
+        feed_grads = {map_call_key(k, name_map): v for k, v in ref.grads.items()}
+    got = got_adapter.trace(got_model, x, cotangent, train, feed=feed, feed_grads=feed_grads)
+    return ref, got
+
+
+def diff_spec(spec: Spec, direction: str = "torch->paddle", mode: str = "eval", single_step: bool = False,
+              tol: Tolerance | None = None, seed: int = 0, dtype: str = "float64",
+              after_transfer=None) -> DiffReport:
+    """Trace a spec's twins (weights drawn in the source and transferred) and compare layer by layer."""
+    tol = tol or tolerance_for(dtype)
+    pair = prepare_pair(spec, direction, dtype, seed, after_transfer)
+    x, cotangent = _inputs(spec, seed, dtype)
+    ref, got = trace_pair(pair.src, pair.src_model, pair.dst, pair.dst_model, x, cotangent, mode == "train", {},
+                          single_step)
+    return DiffReport(spec.name, direction, mode, single_step, *compare_traces(ref, got, {}, tol))
+
+
+def transfer_by_name_map(ref_fw: str, ref_model, got_fw: str, got_model, name_map: Mapping[str, str]):
+    """Copy the reference's weights into the candidate through the transfer rules and a layer-name map."""
+    from crossattn.frameworks import adapter
+    from weight_transfer import transfer
+    from weight_transfer.transfer import rename_layers
+
+    ref_adapter, got_adapter = adapter(ref_fw), adapter(got_fw)
+    inverse = {v: k for k, v in name_map.items()}
+    got_slots = got_adapter.slots(got_model)
+    as_reference = rename_layers(got_slots, inverse)  # candidate slots under reference names
+    state, report = transfer(ref_adapter.state(ref_model), ref_fw, as_reference, got_fw)
+    back = {slot.key: state[ref_key] for ref_key, slot in zip(as_reference, got_slots.values())}
+    got_adapter.load_state(got_model, back)
+    return report
+
+
+def diff_models(reference: tuple[str, object], candidate: tuple[str, object], x: np.ndarray,
+                name_map: Mapping[str, str] | None = None, mode: str = "eval", single_step: bool = False,
+                tol: Tolerance | None = None, seed: int = 0, title: str = "models") -> DiffReport:
+    """Compare a user's own pair of models, given as (framework, model), weights already loaded.
+
+    `name_map` maps reference layer names to candidate layer names; layers not
+    in it are matched by identical name (see `transfer_by_name_map` to copy weights first).
+    """
+    from crossattn.frameworks import adapter
+
+    (ref_fw, ref_model), (got_fw, got_model) = reference, candidate
+    tol = tol or tolerance_for(str(x.dtype))
+
+    def cotangent(shape: tuple[int, ...]) -> np.ndarray:
+        return np.random.default_rng([seed, 2]).standard_normal(shape).astype(x.dtype)
+
+    ref, got = trace_pair(adapter(ref_fw), ref_model, adapter(got_fw), got_model, x, cotangent, mode == "train",
+                          name_map or {}, single_step)
+    return DiffReport(title, f"{ref_fw}->{got_fw}", mode, single_step,
+                      *compare_traces(ref, got, name_map or {}, tol))
