@@ -5,9 +5,9 @@ other) and each mode (train, eval), both twins start from the same state and
 take one forward and one backward of sum(output * r), r a fixed random tensor.
 Compared, in the source framework's naming: the output, the input gradient,
 every parameter gradient and, after the train-mode step, the BatchNorm running
-statistics. The running variance is compared under the stated rule of
-`conventions.paddle_running_var_from_torch`: paddle folds in the biased batch
-variance, torch the unbiased one.
+statistics, under the stated rule of `conventions.replay_running_stats`: the
+candidate's statistics must equal its own framework's update (paddle: biased
+variance; torch: unbiased) replayed over the reference's batch statistics.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from crossattn import registry
 from crossattn.compare import Comparison, compare
-from crossattn.conventions import paddle_running_mean_from_torch, paddle_running_var_from_torch
+from crossattn.conventions import replay_running_stats
 from crossattn.frameworks import adapter
 from crossattn.init import initial_state
 from crossattn.spec import Spec
@@ -31,8 +31,9 @@ from weight_transfer.slots import Slot
 
 DIRECTIONS = ("torch->paddle", "paddle->torch")
 MODES = ("train", "eval")
-VAR_RULE = ("running statistics compared under the stated rule: paddle folds in the biased batch variance "
-            "(torch the unbiased, n/(n-1)) with its momentum held in float32")
+VAR_RULE = ("running statistics compared under the stated rule: each framework's update replayed over the "
+            "reference's batch statistics (torch: unbiased variance n/(n-1), momentum 0.1; paddle: biased "
+            "variance, momentum 0.9 held in float32)")
 
 
 @dataclasses.dataclass
@@ -155,27 +156,26 @@ def _check_case(spec: Spec, pair: TwinPair, mode: str, tol: Tolerance, seed: int
 
 def _running_stats(src_fw: str, src_slots: dict[str, Slot], src_init: dict[str, np.ndarray], ref, got,
                    dst_fw: str, tol: Tolerance, notes: list[str]) -> list[Comparison]:
+    """The candidate's running statistics against its own framework's rule replayed over the reference's batches."""
     got_state, _ = transfer(got.state, dst_fw, src_slots, src_fw, complete=False)
-    torch_counts = ref.bn_counts if src_fw == "torch" else got.bn_counts
-    out = []
+    by_layer: dict[str, dict[str, str]] = {}
     for key, slot in src_slots.items():
-        if not (_is_running_mean(slot) or _is_running_var(slot)):
-            continue
-        torch_new = ref.state[key] if src_fw == "torch" else got_state[key]
-        paddle_new = got_state[key] if src_fw == "torch" else ref.state[key]
         if _is_running_mean(slot):
-            expected, note = paddle_running_mean_from_torch(torch_new, src_init[key]), "momentum rule"
-        else:
-            count = torch_counts.get(slot.layer)
-            if count is None or count < 2:
-                notes.append(f"{key}: BatchNorm saw {count} value(s) per channel; running variance not compared")
-                continue
-            expected = paddle_running_var_from_torch(torch_new, src_init[key], count)
-            note = f"biased-variance rule, n={count}"
-        if src_fw == "torch":
-            out.append(compare(key, "running_stat", paddle_new, expected, tol, note))
-        else:
-            out.append(compare(key, "running_stat", expected, paddle_new, tol, note))
-    if any(_is_running_var(s) for s in src_slots.values()):
+            by_layer.setdefault(slot.layer, {})["mean"] = key
+        elif _is_running_var(slot):
+            by_layer.setdefault(slot.layer, {})["var"] = key
+    out = []
+    for layer, keys in by_layer.items():
+        calls = ref.bn_batches.get(layer, [])
+        if not calls:
+            notes.append(f"{layer}: BatchNorm not run in train mode; running statistics not compared")
+            continue
+        if len(calls) > 1:
+            notes.append(f"{layer}: BatchNorm ran {len(calls)} times per step; compared by replaying each call")
+        mean, var = replay_running_stats(src_init[keys["mean"]], src_init[keys["var"]], calls, dst_fw)
+        note = f"{dst_fw} rule over {src_fw} batches, n={calls[0][2]}"
+        out.append(compare(keys["mean"], "running_stat", got_state[keys["mean"]], mean, tol, note))
+        out.append(compare(keys["var"], "running_stat", got_state[keys["var"]], var, tol, note))
+    if by_layer:
         notes.append(VAR_RULE)
     return out

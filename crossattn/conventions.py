@@ -35,28 +35,22 @@ def torch_bn_momentum(paddle_momentum: float) -> float:
 PADDLE_BN_MOMENTUM_EFFECTIVE = float(np.float32(BN_MOMENTUM_PADDLE))
 
 
-def paddle_running_mean_from_torch(torch_new: np.ndarray, old: np.ndarray,
-                                   torch_momentum: float = BN_MOMENTUM_TORCH) -> np.ndarray:
-    """The running mean paddle holds after the step torch took, from the shared old value.
+def replay_running_stats(mean: np.ndarray, var: np.ndarray, calls: list[tuple[np.ndarray, np.ndarray, int]],
+                         framework: str) -> tuple[np.ndarray, np.ndarray]:
+    """Running statistics a framework's BatchNorm holds after seeing `calls`.
 
-    The batch mean is recovered from torch's update, then folded in with
-    paddle's effective (float32) momentum.
+    Each call is (batch mean, biased batch variance, values per channel n).
+    torch folds in the unbiased variance b n/(n-1) with momentum 0.1; paddle the
+    biased one with its momentum held in float32. Replaying per call also covers
+    a BatchNorm that runs more than once in a forward pass.
     """
-    batch_mean = (torch_new - (1.0 - torch_momentum) * old) / torch_momentum
-    keep = PADDLE_BN_MOMENTUM_EFFECTIVE
-    return keep * old + (1.0 - keep) * batch_mean
-
-
-def paddle_running_var_from_torch(torch_new: np.ndarray, old: np.ndarray, count: int,
-                                  torch_momentum: float = BN_MOMENTUM_TORCH) -> np.ndarray:
-    """The running variance paddle holds after the step torch took.
-
-    torch folds the unbiased batch variance u into its running variance, paddle
-    the biased one b = u (n-1)/n (n values per channel), with its effective
-    float32 momentum. From torch's result and the shared old value:
-    u = (new - (1-m) old) / m, and paddle holds k old + (1-k) b.
-    """
-    unbiased = (torch_new - (1.0 - torch_momentum) * old) / torch_momentum
-    biased = unbiased * (count - 1) / count
-    keep = PADDLE_BN_MOMENTUM_EFFECTIVE
-    return keep * old + (1.0 - keep) * biased
+    for batch_mean, batch_var, count in calls:
+        if framework == "torch":
+            m = BN_MOMENTUM_TORCH
+            mean = (1.0 - m) * mean + m * batch_mean
+            var = (1.0 - m) * var + m * batch_var * count / max(count - 1, 1)
+        else:
+            keep = PADDLE_BN_MOMENTUM_EFFECTIVE
+            mean = keep * mean + (1.0 - keep) * batch_mean
+            var = keep * var + (1.0 - keep) * batch_var
+    return mean, var

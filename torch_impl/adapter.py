@@ -27,7 +27,8 @@ class StepResult:
     input_grad: np.ndarray
     param_grads: dict[str, np.ndarray]
     state: dict[str, np.ndarray]  # state after the step (running statistics moved in train mode)
-    bn_counts: dict[str, int]  # values per channel each BatchNorm saw, for the variance rule
+    #: per BatchNorm, per call: (batch mean, biased batch variance, values per channel)
+    bn_batches: dict[str, list[tuple[np.ndarray, np.ndarray, int]]]
 
 
 def setup(device: str = "cpu") -> None:
@@ -92,12 +93,15 @@ def load_state(model: nn.Module, values: Mapping[str, np.ndarray]) -> None:
     model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in values.items()}, strict=True)
 
 
-def _bn_count_hooks(model: nn.Module, counts: dict[str, int]) -> list:
+def _bn_batch_hooks(model, batches: dict[str, list]) -> list:
+    """Record each BatchNorm call's batch statistics (train mode), for the running-statistics rule."""
     handles = []
     for name, module in model.named_modules():
         if layer_kind(module) == "batchnorm":
             def hook(mod, inputs, name=name):
-                counts[name] = int(np.prod(inputs[0].shape)) // int(inputs[0].shape[1])
+                values = inputs[0].detach().numpy().astype(np.float64)
+                values = np.moveaxis(values, 1, 0).reshape(values.shape[1], -1)
+                batches.setdefault(name, []).append((values.mean(axis=1), values.var(axis=1), values.shape[1]))
             handles.append(module.register_forward_pre_hook(hook))
     return handles
 
@@ -106,8 +110,8 @@ def step(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]],
          train: bool) -> StepResult:
     """One forward in train or eval mode and a backward of sum(output * cotangent)."""
     model.train(train)
-    counts: dict[str, int] = {}
-    handles = _bn_count_hooks(model, counts)
+    batches: dict[str, list] = {}
+    handles = _bn_batch_hooks(model, batches) if train else []
     try:
         inputs = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
         output = model(inputs)
@@ -120,7 +124,7 @@ def step(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]],
     grads = {name: (p.grad.detach().numpy().copy() if p.grad is not None else np.zeros(tuple(p.shape), x.dtype))
              for name, p in model.named_parameters() if p.requires_grad}
     input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
-    return StepResult(output.detach().numpy().copy(), input_grad, grads, state(model), counts)
+    return StepResult(output.detach().numpy().copy(), input_grad, grads, state(model), batches)
 
 
 def trace(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray], train: bool,
