@@ -1,0 +1,41 @@
+"""Selective Kernel convolution, PaddlePaddle twin of torch_impl/blocks/selective_kernel.py."""
+
+from __future__ import annotations
+
+import paddle
+from paddle import nn
+
+from crossattn.blocks.selective_kernel import KERNEL_SIZE, SelectiveKernelOptions
+from paddle_impl.layers import batch_norm
+
+
+class SelectiveKernelConv(nn.Layer):
+    """Convolve with M dilated 3x3 paths and let each channel choose among them by a softmax."""
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, stride: int = 1, paths: int = 2,
+                 groups: int = 32, reduction: int = 16, min_dim: int = 32) -> None:
+        super().__init__()
+        self.options = opts = SelectiveKernelOptions(
+            in_channels=in_channels, out_channels=out_channels, stride=stride, paths=paths, groups=groups,
+            reduction=reduction, min_dim=min_dim)
+        self.paths = nn.LayerList([_path(opts, i) for i in range(opts.paths)])
+        self.compress = nn.Sequential(nn.Linear(opts.channels, opts.reduced_dim, bias_attr=False),
+                                      batch_norm(1, opts.reduced_dim),
+                                      nn.ReLU())
+        self.projections = nn.LayerList([nn.Linear(opts.reduced_dim, opts.channels) for _ in range(opts.paths)])
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        features = paddle.stack([path(x) for path in self.paths], axis=1)  # (B, M, C, H, W)
+        descriptor = features.sum(axis=1).mean(axis=[2, 3])  # (B, C): global average pool of the fused paths
+        compressed = self.compress(descriptor)  # (B, d)
+        scores = paddle.stack([projection(compressed) for projection in self.projections], axis=1)  # (B, M, C)
+        weights = nn.functional.softmax(scores, axis=1)  # across paths, per channel
+        return (features * weights.reshape([*weights.shape, 1, 1])).sum(axis=1)
+
+
+def _path(opts: SelectiveKernelOptions, index: int) -> nn.Sequential:
+    dilation = opts.dilation(index)
+    return nn.Sequential(nn.Conv2D(opts.in_channels, opts.channels, kernel_size=KERNEL_SIZE, stride=opts.stride,
+                                   padding=dilation, dilation=dilation, groups=opts.groups, bias_attr=False),
+                         batch_norm(2, opts.channels),
+                         nn.ReLU())

@@ -1,0 +1,93 @@
+"""Strip pooling gate and mixed pooling module, PaddlePaddle twins of torch_impl/blocks/strip_pooling.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+from paddle import nn
+
+from crossattn.blocks.strip_pooling import (STRIP_H_KERNEL, STRIP_H_PADDING, STRIP_W_KERNEL, STRIP_W_PADDING,
+                                            MixedPoolingOptions, StripPoolingOptions, adaptive_pool_matrix,
+                                            bilinear_matrix)
+from paddle_impl.layers import batch_norm
+
+
+class StripPoolingBlock(nn.Layer):
+    """z = x * sigmoid(fuse(ReLU(expand(conv_h(mean_W x)) + expand(conv_w(mean_H x)))))."""
+
+    def __init__(self, in_channels: int, mid_channels: int | None = None, output_bn: bool = False) -> None:
+        super().__init__()
+        self.options = opts = StripPoolingOptions(in_channels=in_channels, mid_channels=mid_channels,
+                                                  output_bn=output_bn)
+        self.strip_h = _conv_bn(opts.in_channels, opts.mid, STRIP_H_KERNEL, STRIP_H_PADDING)
+        self.strip_w = _conv_bn(opts.in_channels, opts.mid, STRIP_W_KERNEL, STRIP_W_PADDING)
+        if opts.output_bn:
+            self.fuse = _conv_bn(opts.mid, opts.in_channels, 1, 0)
+        else:
+            self.fuse = nn.Sequential(nn.Conv2D(opts.mid, opts.in_channels, kernel_size=1))
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        strip_h = self.strip_h(x.mean(axis=3, keepdim=True))  # (B, M, H, 1)
+        strip_w = self.strip_w(x.mean(axis=2, keepdim=True))  # (B, M, 1, W)
+        mixed = nn.functional.relu(strip_h + strip_w)  # broadcasting expands both strips to H x W
+        return x * nn.functional.sigmoid(self.fuse(mixed))
+
+
+class MixedPoolingBlock(nn.Layer):
+    """z = ReLU(x + project([square path, strip path])): pyramid pooling beside strip pooling."""
+
+    def __init__(self, in_channels: int, pool_sizes: tuple[int, ...] = (20, 12), reduction: int = 4,
+                 align_corners: bool = False) -> None:
+        super().__init__()
+        self.options = opts = MixedPoolingOptions(in_channels=in_channels, pool_sizes=pool_sizes,
+                                                  reduction=reduction, align_corners=align_corners)
+        inter = opts.inter
+        self.reduce_square = _conv_bn(opts.in_channels, inter, 1, 0, relu=True)
+        self.reduce_strip = _conv_bn(opts.in_channels, inter, 1, 0, relu=True)
+        self.local = _conv_bn(inter, inter, 3, 1)
+        self.pyramid = nn.LayerList([_conv_bn(inter, inter, 3, 1) for _ in opts.pool_sizes])
+        self.strip_h = _conv_bn(inter, inter, STRIP_H_KERNEL, STRIP_H_PADDING)
+        self.strip_w = _conv_bn(inter, inter, STRIP_W_KERNEL, STRIP_W_PADDING)
+        self.fuse_square = _conv_bn(inter, inter, 3, 1, relu=True)
+        self.fuse_strip = _conv_bn(inter, inter, 3, 1, relu=True)
+        self.project = _conv_bn(2 * inter, opts.in_channels, 1, 0)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        opts = self.options
+        height, width = x.shape[2], x.shape[3]
+        square_in = self.reduce_square(x)
+        strip_in = self.reduce_strip(x)
+        square = self.local(square_in)
+        for size, branch in zip(opts.pool_sizes, self.pyramid):
+            pooled = branch(_adaptive_avg_pool(square_in, size))
+            square = square + _bilinear_resize(pooled, height, width, opts.align_corners)
+        square = self.fuse_square(nn.functional.relu(square))
+        strip_h = self.strip_h(strip_in.mean(axis=3, keepdim=True))  # (B, Ci, H, 1)
+        strip_w = self.strip_w(strip_in.mean(axis=2, keepdim=True))  # (B, Ci, 1, W)
+        strip = self.fuse_strip(nn.functional.relu(strip_h + strip_w))
+        return nn.functional.relu(x + self.project(paddle.concat([square, strip], axis=1)))
+
+
+def _conv_bn(in_channels: int, out_channels: int, kernel: int | tuple[int, int], padding: int | tuple[int, int],
+             relu: bool = False) -> nn.Sequential:
+    layers = [nn.Conv2D(in_channels, out_channels, kernel_size=kernel, padding=padding, bias_attr=False),
+              batch_norm(2, out_channels)]
+    if relu:
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _resample(x: paddle.Tensor, rows: np.ndarray, cols: np.ndarray) -> paddle.Tensor:
+    """rows @ x @ cols^T over the spatial axes: the same float64 linear map in both twins."""
+    rows_t = paddle.to_tensor(rows, dtype=x.dtype, place=x.place)
+    cols_t = paddle.to_tensor(cols, dtype=x.dtype, place=x.place)
+    return paddle.matmul(paddle.matmul(rows_t, x), cols_t.transpose([1, 0]))
+
+
+def _adaptive_avg_pool(x: paddle.Tensor, size: int) -> paddle.Tensor:
+    return _resample(x, adaptive_pool_matrix(x.shape[2], size), adaptive_pool_matrix(x.shape[3], size))
+
+
+def _bilinear_resize(x: paddle.Tensor, height: int, width: int, align_corners: bool) -> paddle.Tensor:
+    return _resample(x, bilinear_matrix(x.shape[2], height, align_corners),
+                     bilinear_matrix(x.shape[3], width, align_corners))
