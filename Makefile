@@ -21,7 +21,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/cli_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
