@@ -1,0 +1,1 @@
+"""PaddlePaddle model twins."""
