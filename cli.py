@@ -41,12 +41,20 @@ def specs_command() -> None:
 @cli.command("validate")
 @click.argument("specs", nargs=-1, required=True)
 def validate_command(specs: tuple[str, ...]) -> None:
-    """Validate spec files without importing any framework."""
+    """Validate spec files without importing any framework; every file is reported."""
     from crossattn.spec import load_spec, resolve_spec
 
+    errors = []
     for arg in specs:
-        spec = load_spec(resolve_spec(arg))
+        try:
+            spec = load_spec(resolve_spec(arg))
+        except CrossattnError as exc:
+            errors.append(exc)
+            click.echo(f"error: {exc}", err=True)
+            continue
         click.echo(f"ok  {spec.name} ({spec.type})")
+    if errors:
+        sys.exit(2)
 
 
 @cli.command("check")
@@ -179,6 +187,17 @@ def diff_command(spec: str | None, direction: str, mode: str, single_step: bool,
         click.echo(f"wrote {json_path}")
     if not report.passed:
         sys.exit(1)
+
+
+def _register_subcommands() -> None:
+    """Commands defined in their own modules; importing them stays framework-free."""
+    from crossattn.cli_train import ablation_command, train_command
+
+    cli.add_command(train_command)
+    cli.add_command(ablation_command)
+
+
+_register_subcommands()
 
 
 def main() -> None:

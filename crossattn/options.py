@@ -128,6 +128,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if value is None and type(None) in args:
             return None
         for arg in args:
+            # a nested spec's own error (naming its inner key) beats "expected X or null"
+            if isinstance(arg, type) and hasattr(arg, "coerce_option") and isinstance(value, Mapping):
+                return arg.coerce_option(key, value)
+        for arg in args:
             if arg is type(None):
                 continue
             try:

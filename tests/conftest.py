@@ -4,4 +4,5 @@ import os
 import warnings
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before any framework loads; see crossattn/__init__.py
 warnings.filterwarnings("ignore")
