@@ -1,0 +1,52 @@
+"""Top-k accuracy (one tie rule for both frameworks) and per-epoch metric files written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossattn.atomic import atomic_write_text
+
+METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
+                 "epoch_seconds", "images_per_second")
+
+
+def topk_correct(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[int, int]:
+    """Samples whose label is among the k largest logits; ties go to the lower class index."""
+    order = np.argsort(-logits, axis=1, kind="stable")
+    hits = order == labels[:, None]
+    return {k: int(hits[:, :min(k, logits.shape[1])].any(axis=1).sum()) for k in ks}
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _csv_text(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in fields})
+    return buffer.getvalue()
+
+
+def write_metrics(run_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rewrite metrics.jsonl and metrics.csv whole (each atomically): a crash never leaves half a line."""
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(dict(r)) + "\n" for r in rows))
+    atomic_write_text(run_dir / "metrics.csv", _csv_text(rows, METRIC_FIELDS))
+
+
+def write_table_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:
+    atomic_write_text(path, _csv_text(rows, fields))

@@ -1,0 +1,277 @@
+"""Twin training loops on synthetic data: learning, resume, identical starts, schedules, configs, ablation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from crossattn.errors import CrossattnError, SpecError
+from crossattn.spec import load_spec
+from crossattn.training import runner
+from crossattn.training.ablation import load_ablation
+from crossattn.training.augment import apply_numpy, crop_flip
+from crossattn.training.config import load_train_config, resolve_train_config
+from crossattn.training.metrics import read_jsonl, topk_correct
+from crossattn.training.schedule import lr_table
+
+torch = pytest.importorskip("torch")
+paddle = pytest.importorskip("paddle")
+
+TINY_SPEC = """# tiny resnet_ablation for tests
+type: resnet_ablation
+input_shape: [2, 3, 16, 16]
+options:
+  stem: cifar
+  widths: [8, 16]
+  stage_blocks: [1, 1]
+  attention_stage: 2
+"""
+TINY_NL_SPEC = TINY_SPEC.replace("  attention_stage: 2\n", """  attention_stage: 2
+  attention:
+    type: non_local
+    options:
+      mode: dot_product
+      reduction: 2
+      sub_sample: false
+""")
+FRAMEWORKS = ("torch", "paddle")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Two cores shared with other processes: one intra-op thread keeps torch's timing stable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("train_specs")
+    (folder / "tiny.yaml").write_text(TINY_SPEC)
+    (folder / "tiny_nl.yaml").write_text(TINY_NL_SPEC)
+    return {"tiny": folder / "tiny.yaml", "tiny_nl": folder / "tiny_nl.yaml", "dir": folder}
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_train_config(resolve_train_config("fast_cpu"))
+
+
+@pytest.fixture(scope="module")
+def data(config):
+    return runner.load_datasets(config)
+
+
+@pytest.fixture(scope="module")
+def full_runs(files, config, data, tmp_path_factory) -> dict[str, runner.RunResult]:
+    """One uninterrupted 3-epoch run per framework."""
+    out = tmp_path_factory.mktemp("full")
+    return {fw: runner.train(files["tiny"], config, fw, "cpu", out / fw, log=lambda s: None, datasets=data)
+            for fw in FRAMEWORKS}
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_each_framework_learns(full_runs, framework):
+    rows = full_runs[framework].rows
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["val_top1"] > 0.5, rows  # chance is 0.1
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    run_dir = full_runs[framework].run_dir
+    assert len(read_jsonl(run_dir / "metrics.jsonl")) == 3
+    assert (run_dir / "metrics.csv").read_text().count("\n") == 4
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "spec.yaml").is_file()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_0002.ckpt", "epoch_0003.ckpt"]
+
+
+def test_frameworks_train_alike(full_runs):
+    """Same weights, batches and learning rates: the first epoch's mean training loss agrees closely."""
+    t, p = full_runs["torch"].rows[0], full_runs["paddle"].rows[0]
+    assert abs(t["train_loss"] - p["train_loss"]) < 1e-3 * abs(t["train_loss"])
+    assert full_runs["torch"].info["parameters"] == full_runs["paddle"].info["parameters"]
+    assert full_runs["torch"].info["macs_per_image"] == full_runs["paddle"].info["macs_per_image"]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_resume_reproduces_uninterrupted_run(full_runs, files, config, data, tmp_path, framework):
+    run_dir = tmp_path / "run"
+    first = runner.train(files["tiny"], config, framework, "cpu", run_dir, log=lambda s: None, stop_after=2,
+                         datasets=data)
+    assert [r["epoch"] for r in first.rows] == [1, 2]
+    resumed = runner.resume_run(run_dir, device="cpu", log=lambda s: None, datasets=data)
+    full = full_runs[framework]
+    assert [r["epoch"] for r in resumed.rows] == [1, 2, 3]
+    for got, want in zip(resumed.rows, full.rows):
+        for key in ("lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5"):
+            assert got[key] == pytest.approx(want[key], abs=1e-6), (key, got, want)
+    got_state, want_state = resumed.trainer.state(), full.trainer.state()
+    for key, value in want_state.items():
+        np.testing.assert_allclose(got_state[key], value, atol=1e-6, err_msg=key)
+
+
+def test_resume_through_cli(files, tmp_path):
+    run_dir = tmp_path / "cli_run"
+    cli = CliRunner()
+    from crossattn.cli_train import train_command
+
+    result = cli.invoke(train_command, ["--spec", str(files["tiny"]), "--config", "fast_cpu", "--framework",
+                                        "paddle", "--device", "cpu", "--run-dir", str(run_dir), "--epochs", "2",
+                                        "--stop-after", "1"])
+    assert result.exit_code == 0, result.output
+    assert "img/s" in result.output and "ETA" in result.output
+    result = cli.invoke(train_command, ["--resume", str(run_dir), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+    again = cli.invoke(train_command, ["--spec", str(files["tiny"]), "--config", "fast_cpu", "--framework",
+                                       "paddle", "--run-dir", str(run_dir)])
+    assert isinstance(again.exception, CrossattnError) and "--resume" in str(again.exception)
+
+
+def test_identical_initial_weights(files):
+    from torch_impl import adapter as torch_adapter
+    from torch_impl.train import build_model as build_torch
+    from paddle_impl import adapter as paddle_adapter
+    from paddle_impl.train import build_model as build_paddle
+    from weight_transfer import transfer
+
+    spec = load_spec(files["tiny_nl"])
+    torch_model = build_torch(spec, seed=7)
+    with paddle.utils.unique_name.guard():
+        paddle_model = build_paddle(spec, seed=7)
+    moved, _ = transfer(torch_adapter.state(torch_model), "torch", paddle_adapter.slots(paddle_model), "paddle")
+    paddle_state = paddle_adapter.state(paddle_model)
+    assert moved.keys() == paddle_state.keys()
+    for key, value in paddle_state.items():
+        np.testing.assert_array_equal(moved[key], value, err_msg=key)
+
+
+def test_lr_schedule_same_per_step(config):
+    from paddle_impl.train import make_optimizer as paddle_optimizer, set_lr as paddle_set_lr
+    from torch_impl.train import make_optimizer as torch_optimizer, set_lr as torch_set_lr
+
+    cfg = config.replace(schedule="cosine", warmup_epochs=1, epochs=4, lr=0.1, min_lr=0.001)
+    table = lr_table(cfg, steps_per_epoch=5)
+    assert table[:5] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1])
+    assert table[5] == pytest.approx(0.1) and table[-1] == pytest.approx(0.001)
+    assert np.all(np.diff(table[5:]) <= 0)
+    stepped = lr_table(cfg.replace(schedule="step", warmup_epochs=0, step_epochs=2, step_gamma=0.5), 5)
+    assert stepped.tolist() == [0.1] * 10 + [0.05] * 10
+    t_opt = torch_optimizer(torch.nn.Linear(2, 2), cfg)
+    p_opt = paddle_optimizer(paddle.nn.Linear(2, 2), cfg)
+    for lr in table:
+        torch_set_lr(t_opt, float(lr))
+        paddle_set_lr(p_opt, float(lr))
+        assert t_opt.param_groups[0]["lr"] == p_opt.get_lr() == float(lr)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_batch_pipeline_matches_numpy(files, config, data, framework):
+    """gather -> float -> crop/flip -> normalise on the device equals the numpy reference."""
+    cfg = config.replace(augment=True, crop_padding=3, image_size=None, mean=(100.0, 120.0, 140.0),
+                         std=(50.0, 60.0, 70.0))
+    module = runner.twin(framework)
+    with module.session():
+        trainer = module.Trainer(load_spec(files["tiny"]), cfg, "cpu", *data)
+    indices = np.array([5, 0, 17, 3, 9, 12])
+    aug = crop_flip(len(indices), 32, 32, 3, True, seed=1, epoch=2, batch=4)
+    assert aug.flipped.any() and not aug.flipped.all()
+    got = trainer.batch(trainer.train_images, indices, aug).numpy()
+    mean = np.array(cfg.mean)[None, :, None, None]
+    std = np.array(cfg.std)[None, :, None, None]
+    want = (apply_numpy(data[0].images[indices].astype(np.float32), aug) - mean) / std
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+
+
+def test_bilinear_resize_twins_agree(files, config, data):
+    """paddle's interpolate with align_mode=0 follows torch's half-pixel rule (align_mode=1 would not)."""
+    cfg = config.replace(image_size=96)
+    out = {}
+    for fw in FRAMEWORKS:
+        module = runner.twin(fw)
+        with module.session():
+            trainer = module.Trainer(load_spec(files["tiny"]), cfg, "cpu", *data)
+        out[fw] = trainer.batch(trainer.train_images, np.arange(4), None).numpy()
+    assert out["torch"].shape == (4, 3, 96, 96)
+    np.testing.assert_allclose(out["paddle"], out["torch"], atol=1e-5)
+
+
+def test_topk_ties_and_counts():
+    logits = np.array([[0.0, 2.0, 2.0, -1.0], [3.0, 0.0, 0.0, 0.0]])
+    assert topk_correct(logits, np.array([1, 0]), (1, 5)) == {1: 2, 5: 2}
+    assert topk_correct(logits, np.array([2, 3]), (1, 2)) == {1: 0, 2: 1}
+
+
+def test_config_errors_name_key_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("# bad\noptimizer: adam\nlr: fast\nepochs: 3\n")
+    with pytest.raises(SpecError) as err:
+        load_train_config(bad)
+    assert err.value.key == "lr" and err.value.line == 3 and "a number" in err.value.message
+    bad.write_text("optimizer: adam\nepochs: 3\nmomentun: 0.9\n")
+    with pytest.raises(SpecError) as err:
+        load_train_config(bad)
+    assert err.value.key == "momentun" and err.value.line == 3 and "known options" in err.value.message
+    bad.write_text("dataset: mnist\nmean: [1.0, 2.0, 3.0]\nstd: [1.0, 1.0, 1.0]\n")
+    with pytest.raises(SpecError) as err:
+        load_train_config(bad)
+    assert err.value.key == "mean" and err.value.line == 2
+    bad.write_text("optimizer: adam\nnesterov: true\n")
+    with pytest.raises(SpecError, match="nesterov"):
+        load_train_config(bad)
+
+
+def test_shipped_configs_and_ablation_load():
+    seed = load_train_config(resolve_train_config("seed004"))
+    assert (seed.optimizer, seed.lr, seed.batch_size, seed.image_size, seed.epochs) == ("adam", 1e-4, 32, 96, 30)
+    assert seed.channel_mean() == (127.5,) * 3 and seed.adam_epsilon == 1e-8 and not seed.augment
+    ablation = load_ablation(Path(__file__).resolve().parent.parent / "crossattn/specs/ablations/seed004.yaml")
+    assert ablation.baseline.stem == "resnet18_baseline" and len(ablation.variants) == 5
+
+
+def test_fp16_refused_on_cpu(files, config, data):
+    module = runner.twin("torch")
+    with pytest.raises(CrossattnError, match="fp16 needs a GPU"):
+        module.Trainer(load_spec(files["tiny"]), config.replace(amp="fp16"), "cpu", *data)
+
+
+def test_ablation_writes_table(files, tmp_path):
+    ablation = tmp_path / "tiny_ablation.yaml"
+    ablation.write_text(f"# tiny\nname: tiny\nconfig: fast_cpu\nbaseline: {files['tiny']}\n"
+                        f"variants:\n  - {files['tiny_nl']}\n")
+    from crossattn.cli_train import ablation_command
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(ablation_command, [str(ablation), "--framework", "torch", "--epochs", "1",
+                                                   "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = (out / "ablation.md").read_text()
+    assert "| tiny | baseline | torch |" in table and "| tiny_nl | variant | torch |" in table
+    csv_lines = (out / "ablation.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("spec,role,framework,parameters,mmacs") and len(csv_lines) == 3
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "ablation.png").is_file()
+    else:
+        assert "pip install 'crossattn[plot]'" in result.output
+    # a second invocation reads the finished runs back; --devices without GPUs falls back to sequential
+    again = CliRunner().invoke(ablation_command, [str(ablation), "--framework", "torch", "--epochs", "1",
+                                                  "--devices", "0", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "already trained" in again.output and "no GPU is visible" in again.output
+
+
+def test_augmented_smoothed_training_agrees(files, config, data, tmp_path):
+    """Crop/flip, label smoothing, a warmup+cosine schedule and torch's channels_last, in both loops."""
+    cfg = config.replace(epochs=2, augment=True, crop_padding=2, label_smoothing=0.1, schedule="cosine",
+                         warmup_epochs=1, channels_last=True)
+    rows = {fw: runner.train(files["tiny"], cfg, fw, "cpu", tmp_path / fw, log=lambda s: None, stop_after=1,
+                             datasets=data).rows[0] for fw in FRAMEWORKS}
+    assert abs(rows["torch"]["train_loss"] - rows["paddle"]["train_loss"]) < 1e-3 * rows["torch"]["train_loss"]
+    assert rows["torch"]["lr"] == rows["paddle"]["lr"] == pytest.approx(cfg.lr)
+    info = json.loads((tmp_path / "paddle" / "run.json").read_text())
+    assert "ignored" in info["channels_last"]
