@@ -24,6 +24,11 @@ def cli() -> None:
     """
 
 
+def _direction(value: str) -> str:
+    """`torch2paddle` is the shell-safe spelling (an unquoted `->` is a redirect); the engine says `torch->paddle`."""
+    return value.replace("2", "->") if "2" in value else value
+
+
 @cli.command("specs")
 def specs_command() -> None:
     """List the registered spec types and the shipped specs."""
@@ -60,8 +65,9 @@ def validate_command(specs: tuple[str, ...]) -> None:
 @cli.command("check")
 @click.argument("specs", nargs=-1)
 @click.option("--all", "all_specs", is_flag=True, help="Check every shipped spec.")
-@click.option("--direction", type=click.Choice(["both", "torch->paddle", "paddle->torch"]), default="both",
-              show_default=True, help="Which framework's weights are transferred to the other.")
+@click.option("--direction", type=click.Choice(["both", "torch2paddle", "paddle2torch", "torch->paddle", "paddle->torch"]),
+              default="both", show_default=True, callback=lambda c, p, v: _direction(v),
+              help="Which framework's weights are transferred to the other.")
 @click.option("--mode", type=click.Choice(["both", "train", "eval"]), default="both", show_default=True)
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="float64 separates divergence from rounding; float32 shows what a user's run sees.")
@@ -135,8 +141,9 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
 
 @cli.command("diff")
 @click.argument("spec", required=False)
-@click.option("--direction", type=click.Choice(["torch->paddle", "paddle->torch"]), default="torch->paddle",
-              show_default=True, help="Reference framework -> candidate framework.")
+@click.option("--direction", type=click.Choice(["torch2paddle", "paddle2torch", "torch->paddle", "paddle->torch"]),
+              default="torch2paddle", show_default=True, callback=lambda c, p, v: _direction(v),
+              help="Reference framework -> candidate framework.")
 @click.option("--mode", type=click.Choice(["train", "eval"]), default="eval", show_default=True)
 @click.option("--single-step", is_flag=True,
               help="Feed each candidate layer the reference's input (and incoming gradient): no accumulation.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from types import ModuleType
 
 from crossattn.errors import FrameworkMissing
@@ -21,7 +22,10 @@ def require(framework: str) -> ModuleType:
     if framework not in _MODULES:
         raise FrameworkMissing(f"unknown framework {framework!r}; expected one of: torch, paddle")
     try:
-        return importlib.import_module(_MODULES[framework])
+        with warnings.catch_warnings():
+            # paddle warns at import that ccache is missing; it concerns building C++ extensions only
+            warnings.filterwarnings("ignore", message="No ccache found")
+            return importlib.import_module(_MODULES[framework])
     except ImportError as exc:
         raise FrameworkMissing(
             f"this command needs {framework}, which is not installed ({exc}); install it with: "

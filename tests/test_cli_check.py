@@ -23,7 +23,7 @@ def test_check_prints_a_table_and_writes_json(tmp_path):
 
 def test_absurdly_tight_tolerance_fails_with_status_1():
     result = CliRunner().invoke(cli.cli, ["check", "non_local_embedded_gaussian", "--atol", "0", "--rtol", "0",
-                                          "--direction", "torch->paddle", "--mode", "eval"])
+                                          "--direction", "torch2paddle", "--mode", "eval"])
     assert result.exit_code == 1
     assert "FAIL" in result.output
 

@@ -84,7 +84,7 @@ def test_cli_diff_on_a_user_pair(tmp_path):
 
 
 def test_cli_check_layers_prints_the_trace():
-    result = CliRunner().invoke(cli.cli, ["check", "non_local_gaussian", "--layers", "--direction", "torch->paddle",
+    result = CliRunner().invoke(cli.cli, ["check", "non_local_gaussian", "--layers", "--direction", "torch2paddle",
                                           "--mode", "eval"])
     assert result.exit_code == 0, result.output
     assert "no layer diverges" in result.output and "W.0" in result.output
