@@ -8,8 +8,8 @@ import pytest
 
 from crossattn import registry
 from crossattn.blocks.global_context import GlobalContextOptions
-from crossattn.blocks.strip_pooling import (MixedPoolingOptions, StripPoolingOptions, adaptive_bin,
-                                            adaptive_pool_matrix, bilinear_matrix)
+from crossattn.blocks.strip_pooling import MixedPoolingOptions, StripPoolingOptions
+from crossattn.resample import adaptive_bin, adaptive_pool_matrix, bilinear_matrix
 from crossattn.check import check_spec
 from crossattn.conventions import LN_EPSILON
 from crossattn.errors import OptionError, SpecError
@@ -335,7 +335,7 @@ def test_paddle_adaptive_pool_gradient_is_float32_precise_only(in_size, out_size
     assert 1e-12 < np.abs(grad - _pool_reference(x, cotangent, out_size)[1]).max() < 1e-6
 
 
-@pytest.mark.parametrize("name,native", [("_bilinear_resize", "interpolate"), ("_adaptive_avg_pool", "pool")])
+@pytest.mark.parametrize("name,native", [("bilinear_resize", "interpolate"), ("adaptive_avg_pool_2d", "pool")])
 def test_check_fails_when_the_paddle_twin_uses_paddles_own_operator(monkeypatch, name, native):
     """The float32 offsets are small but real: the train-mode check sees them (through the BNs)."""
     import paddle

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from crossattn.blocks.deform_conv import DeformConvOptions
-from crossattn.blocks.res2net import Res2NetOptions, avg_pool_geometry
+from crossattn.blocks.res2net import Res2NetOptions
+from crossattn.resample import avg_pool_geometry
 from crossattn.check import check_spec
 from crossattn.errors import OptionError, SpecError
 from crossattn.spec import SPECS_DIR, Spec, load_spec

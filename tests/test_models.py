@@ -12,7 +12,8 @@ import pytest
 from crossattn import registry
 from crossattn.check import check_spec
 from crossattn.errors import OptionError, SpecError
-from crossattn.models.gcnet_seg import GCNetSegOptions, bilinear_matrix
+from crossattn.models.gcnet_seg import GCNetSegOptions
+from crossattn.resample import bilinear_matrix
 from crossattn.models.hybrid_sn import HybridSNOptions
 from crossattn.models.mnist_non_local import MnistNonLocalOptions
 from crossattn.models.nested import require_single_input

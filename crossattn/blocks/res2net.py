@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-import numpy as np
-
 from crossattn.options import Options, positive, require
 from crossattn.registry import register
 
@@ -85,39 +83,6 @@ class Res2NetOptions(Options):
         require(len(shape) == 4, "input_shape", f"takes 4-dimensional input (N, C, H, W), got {len(shape)} dimensions")
         require(shape[1] == self.inplanes, "input_shape",
                 f"channel dimension {shape[1]} does not match inplanes {self.inplanes}")
-
-
-@dataclasses.dataclass(frozen=True)
-class PoolGeometry:
-    """Where an average pool reads and what it divides by, for one input size."""
-
-    out_size: tuple[int, int]
-    #: zeros added (top, bottom, left, right) so that every window is a full strided slice
-    pads: tuple[int, int, int, int]
-    #: divisor of each output cell [out_h, out_w]
-    divisor: np.ndarray
-
-
-def _pool_axis(size: int, kernel: int, stride: int, padding: int, count_padding: bool,
-               ceil_mode: bool) -> tuple[int, int, np.ndarray]:
-    """Output length, zeros needed after the input, divisors: torch's AvgPool rules along one axis."""
-    out = (size + 2 * padding - kernel + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:  # no window may start in the trailing padding
-        out -= 1
-    starts = np.arange(out) * stride - padding
-    ends = np.minimum(starts + kernel, size + padding)
-    counted = ends - starts if count_padding else np.minimum(ends, size) - np.maximum(starts, 0)
-    after = max(padding, (out - 1) * stride + kernel - size - padding)
-    return out, after, counted
-
-
-def avg_pool_geometry(height: int, width: int, kernel: int, stride: int, padding: int = 0,
-                      count_padding: bool = True, ceil_mode: bool = False) -> PoolGeometry:
-    """`count_padding` is torch's count_include_pad (paddle: exclusive = not count_padding)."""
-    out_h, after_h, count_h = _pool_axis(height, kernel, stride, padding, count_padding, ceil_mode)
-    out_w, after_w, count_w = _pool_axis(width, kernel, stride, padding, count_padding, ceil_mode)
-    divisor = np.outer(count_h, count_w).astype(np.float64)
-    return PoolGeometry((out_h, out_w), (padding, after_h, padding, after_w), divisor)
 
 
 register("res2net", "block", Res2NetOptions, "blocks.res2net:Res2NetBottleneck",

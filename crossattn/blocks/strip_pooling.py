@@ -14,10 +14,6 @@ from torch's in float64 (see `docs/blocks/strip_pooling.md`):
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
-
-import numpy as np
 
 from crossattn.options import Options, positive, require
 from crossattn.registry import register
@@ -81,44 +77,6 @@ def _check_image_input(shape: tuple[int, ...], in_channels: int, what: str) -> N
             f"the {what} module takes 4-dimensional input (N, C, H, W), got {len(shape)} dimensions")
     require(shape[1] == in_channels, "input_shape",
             f"channel dimension {shape[1]} does not match in_channels {in_channels}")
-
-
-def adaptive_bin(index: int, in_size: int, out_size: int) -> tuple[int, int]:
-    """Input range [start, end) averaged into output `index`: floor(i*n/m) to ceil((i+1)*n/m)."""
-    return (index * in_size) // out_size, -((-(index + 1) * in_size) // out_size)
-
-
-@functools.lru_cache(maxsize=256)
-def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """(out_size, in_size) float64 matrix of adaptive average pooling along one axis."""
-    matrix = np.zeros((out_size, in_size))
-    for i in range(out_size):
-        start, end = adaptive_bin(i, in_size, out_size)
-        matrix[i, start:end] = 1.0 / (end - start)
-    matrix.setflags(write=False)
-    return matrix
-
-
-def bilinear_source(index: int, in_size: int, out_size: int, align_corners: bool) -> float:
-    """Source coordinate of output `index` under torch's linear interpolation rule."""
-    if align_corners:
-        return index * (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-    return max((index + 0.5) * in_size / out_size - 0.5, 0.0)  # half-pixel centres, clamped at 0
-
-
-@functools.lru_cache(maxsize=256)
-def bilinear_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
-    """(out_size, in_size) float64 matrix of linear interpolation along one axis."""
-    matrix = np.zeros((out_size, in_size))
-    for i in range(out_size):
-        source = bilinear_source(i, in_size, out_size, align_corners)
-        low = min(math.floor(source), in_size - 1)
-        high = min(low + 1, in_size - 1)
-        frac = source - low
-        matrix[i, low] += 1.0 - frac
-        matrix[i, high] += frac
-    matrix.setflags(write=False)
-    return matrix
 
 
 register("strip_pooling", "block", StripPoolingOptions, "blocks.strip_pooling:StripPoolingBlock",

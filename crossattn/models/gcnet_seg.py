@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from crossattn.blocks.global_context import GlobalContextOptions, Pooling
 from crossattn.errors import OptionError
 from crossattn.models.resnet_parts import UnitPlan, plan_stages
@@ -74,28 +72,6 @@ class GCNetSegOptions(Options):
         require(len(shape) == 4, "input_shape", f"the network takes (N, C, H, W) images, got {len(shape)} dimensions")
         require(shape[1] == self.in_channels, "input_shape",
                 f"channel dimension {shape[1]} does not match in_channels {self.in_channels}")
-
-
-def bilinear_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
-    """(out_size, in_size) weights of 1-D linear interpolation, as torch's bilinear upsampling.
-
-    The twins upsample with two matmuls by these float64 weights: paddle's own
-    interpolate computes align_corners=True source coordinates in single
-    precision (5e-7 off in float64), torch in double.
-    """
-    out = np.arange(out_size, dtype=np.float64)
-    if align_corners:
-        source = out * ((in_size - 1) / (out_size - 1)) if out_size > 1 else np.zeros(out_size)
-    else:
-        source = np.maximum((out + 0.5) * (in_size / out_size) - 0.5, 0.0)
-    lower = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
-    upper = np.minimum(lower + 1, in_size - 1)
-    frac = source - lower
-    weights = np.zeros((out_size, in_size), dtype=np.float64)
-    rows = np.arange(out_size)
-    np.add.at(weights, (rows, lower), 1.0 - frac)
-    np.add.at(weights, (rows, upper), frac)
-    return weights
 
 
 register("gcnet_seg", "model", GCNetSegOptions, "models.gcnet_seg:GCNetSeg",

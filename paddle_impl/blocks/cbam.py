@@ -11,7 +11,7 @@ from paddle import nn
 from paddle.nn import functional as F
 
 from crossattn.blocks.cbam import CBAMOptions
-from paddle_impl.blocks.se import global_avg_pool
+from paddle_impl.layers import global_avg_pool
 
 
 class ChannelGate(nn.Layer):

@@ -6,7 +6,7 @@ import paddle
 from paddle import nn
 
 from crossattn.blocks.eca import DEFAULT_B, DEFAULT_GAMMA, ECAOptions
-from paddle_impl.blocks.se import global_avg_pool
+from paddle_impl.layers import global_avg_pool
 
 
 class ECABlock(nn.Layer):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import paddle
 from paddle import nn
 
-from crossattn.blocks.res2net import Res2NetOptions, Shortcut, avg_pool_geometry
+from crossattn.blocks.res2net import Res2NetOptions, Shortcut
+from crossattn.resample import avg_pool_geometry
 from paddle_impl.layers import batch_norm
 
 

@@ -7,16 +7,7 @@ from paddle import nn
 from paddle.nn import functional as F
 
 from crossattn.blocks.se import Gate, Rounding, SEOptions
-from paddle_impl.layers import conv_nd
-
-
-def global_avg_pool(x: paddle.Tensor) -> paddle.Tensor:
-    """Mean over every spatial axis, keeping them as size 1: any input size works.
-
-    Written as a mean rather than an adaptive pooling layer: paddle's adaptive
-    average pooling scales its gradient by 1/N held in float32.
-    """
-    return x.mean(axis=tuple(range(2, x.ndim)), keepdim=True)
+from paddle_impl.layers import conv_nd, global_avg_pool
 
 
 def apply_gate(x: paddle.Tensor, kind: Gate) -> paddle.Tensor:

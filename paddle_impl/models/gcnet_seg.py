@@ -6,9 +6,9 @@ import paddle
 from paddle import nn
 
 from crossattn.blocks.global_context import Pooling
-from crossattn.models.gcnet_seg import GCNetSegOptions, bilinear_matrix
+from crossattn.models.gcnet_seg import GCNetSegOptions
 from paddle_impl.blocks.global_context import GlobalContextBlock
-from paddle_impl.layers import batch_norm
+from paddle_impl.layers import batch_norm, bilinear_resize
 from paddle_impl.models.resnet_parts import make_stage, make_stem
 
 
@@ -22,12 +22,7 @@ class BilinearUpsample(nn.Layer):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         height, width = x.shape[2], x.shape[3]
-        rows = bilinear_matrix(height, height * self.scale_factor, self.align_corners)  # (H', H)
-        cols = bilinear_matrix(width, width * self.scale_factor, self.align_corners).T  # (W, W')
-        rows_t = paddle.to_tensor(rows, dtype=x.dtype)
-        cols_t = paddle.to_tensor(cols, dtype=x.dtype)
-        return paddle.matmul(paddle.matmul(rows_t, x), cols_t)
-
+        return bilinear_resize(x, height * self.scale_factor, width * self.scale_factor, self.align_corners)
 
 class GCNetSeg(nn.Layer):
     """backbone -> global context block -> 3x3 conv-BN-ReLU -> bilinear x output stride -> 3x3 classifier."""

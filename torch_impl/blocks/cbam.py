@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from crossattn.blocks.cbam import CBAMOptions
-from torch_impl.blocks.se import global_avg_pool
+from torch_impl.layers import global_avg_pool
 
 
 class ChannelGate(nn.Module):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from crossattn.blocks.eca import DEFAULT_B, DEFAULT_GAMMA, ECAOptions
-from torch_impl.blocks.se import global_avg_pool
+from torch_impl.layers import global_avg_pool
 
 
 class ECABlock(nn.Module):

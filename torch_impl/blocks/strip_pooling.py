@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from crossattn.blocks.strip_pooling import (STRIP_H_KERNEL, STRIP_H_PADDING, STRIP_W_KERNEL, STRIP_W_PADDING,
-                                            MixedPoolingOptions, StripPoolingOptions, adaptive_pool_matrix,
-                                            bilinear_matrix)
-from torch_impl.layers import batch_norm
+                                            MixedPoolingOptions, StripPoolingOptions)
+from torch_impl.layers import adaptive_avg_pool_2d, batch_norm, bilinear_resize
 
 
 class StripPoolingBlock(nn.Module):
@@ -59,8 +57,8 @@ class MixedPoolingBlock(nn.Module):
         strip_in = self.reduce_strip(x)
         square = self.local(square_in)
         for size, branch in zip(opts.pool_sizes, self.pyramid):
-            pooled = branch(_adaptive_avg_pool(square_in, size))
-            square = square + _bilinear_resize(pooled, height, width, opts.align_corners)
+            pooled = branch(adaptive_avg_pool_2d(square_in, size))
+            square = square + bilinear_resize(pooled, height, width, opts.align_corners)
         square = self.fuse_square(torch.relu(square))
         strip_h = self.strip_h(strip_in.mean(dim=3, keepdim=True))  # (B, Ci, H, 1)
         strip_w = self.strip_w(strip_in.mean(dim=2, keepdim=True))  # (B, Ci, 1, W)
@@ -75,19 +73,3 @@ def _conv_bn(in_channels: int, out_channels: int, kernel: int | tuple[int, int],
     if relu:
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)
-
-
-def _resample(x: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
-    """rows @ x @ cols^T over the spatial axes: the same float64 linear map in both twins."""
-    rows_t = torch.tensor(rows, dtype=x.dtype, device=x.device)
-    cols_t = torch.tensor(cols, dtype=x.dtype, device=x.device)
-    return torch.matmul(torch.matmul(rows_t, x), cols_t.transpose(0, 1))
-
-
-def _adaptive_avg_pool(x: torch.Tensor, size: int) -> torch.Tensor:
-    return _resample(x, adaptive_pool_matrix(x.shape[2], size), adaptive_pool_matrix(x.shape[3], size))
-
-
-def _bilinear_resize(x: torch.Tensor, height: int, width: int, align_corners: bool) -> torch.Tensor:
-    return _resample(x, bilinear_matrix(x.shape[2], height, align_corners),
-                     bilinear_matrix(x.shape[3], width, align_corners))

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from crossattn.blocks.global_context import Pooling
-from crossattn.models.gcnet_seg import GCNetSegOptions, bilinear_matrix
+from crossattn.models.gcnet_seg import GCNetSegOptions
 from torch_impl.blocks.global_context import GlobalContextBlock
-from torch_impl.layers import batch_norm
+from torch_impl.layers import batch_norm, bilinear_resize
 from torch_impl.models.resnet_parts import make_stage, make_stem
 
 
@@ -22,12 +22,7 @@ class BilinearUpsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[2], x.shape[3]
-        rows = bilinear_matrix(height, height * self.scale_factor, self.align_corners)  # (H', H)
-        cols = bilinear_matrix(width, width * self.scale_factor, self.align_corners).T  # (W, W')
-        rows_t = torch.from_numpy(rows).to(x.dtype)
-        cols_t = torch.from_numpy(cols).to(x.dtype)
-        return torch.matmul(torch.matmul(rows_t, x), cols_t)
-
+        return bilinear_resize(x, height * self.scale_factor, width * self.scale_factor, self.align_corners)
 
 class GCNetSeg(nn.Module):
     """backbone -> global context block -> 3x3 conv-BN-ReLU -> bilinear x output stride -> 3x3 classifier."""
