@@ -87,7 +87,24 @@ def test_each_framework_learns(full_runs, framework):
     assert len(read_jsonl(run_dir / "metrics.jsonl")) == 3
     assert (run_dir / "metrics.csv").read_text().count("\n") == 4
     assert (run_dir / "config.yaml").is_file() and (run_dir / "spec.yaml").is_file()
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_0002.ckpt", "epoch_0003.ckpt"]
+    suffix = {"torch": ".pt", "paddle": ".pdparams"}[framework]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [f"epoch_0002{suffix}", f"epoch_0003{suffix}"]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_training_checkpoint_converts_to_the_other_framework(full_runs, framework, tmp_path):
+    """Train in one framework, continue in the other: the run's checkpoint converts as it is, safely."""
+    from click.testing import CliRunner
+
+    import cli
+
+    run_dir = full_runs[framework].run_dir
+    source = sorted((run_dir / "checkpoints").iterdir())[-1]
+    target = tmp_path / ("weights.pdparams" if framework == "torch" else "weights.pt")
+    result = CliRunner().invoke(cli.cli, ["convert", str(source), str(target), "--spec", str(run_dir / "spec.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "model" in result.output and "PASS" in result.output
+    assert target.is_file()
 
 
 def test_frameworks_train_alike(full_runs):

@@ -37,10 +37,23 @@ class TransferReport:
         if self.reshaped:
             parts.append(f"{len(self.reshaped)} reshaped")
         if self.dropped:
-            parts.append(f"{len(self.dropped)} recorded without twin ({', '.join(sorted(self.dropped))})")
+            parts.append(f"{len(self.dropped)} recorded without twin ({_folded(self.dropped)})")
         if self.filled:
-            parts.append(f"{len(self.filled)} filled ({', '.join(sorted(self.filled))})")
+            parts.append(f"{len(self.filled)} filled ({_folded(self.filled)})")
+        if self.cast:
+            parts.append(f"{len(self.cast)} cast")
         return ", ".join(parts)
+
+
+def _folded(keys) -> str:
+    """`num_batches_tracked of 155 layers` rather than 155 names; a few names are listed as they are."""
+    keys = sorted(keys)
+    if len(keys) <= 3:
+        return ", ".join(keys)
+    names = {k.rpartition(".")[2] for k in keys}
+    if len(names) == 1:
+        return f"{names.pop()} of {len(keys)} layers"
+    return ", ".join(keys[:3]) + f", ... ({len(keys) - 3} more)"
 
 
 def _convert(value: np.ndarray, layout: str, target_shape: tuple[int, ...], to_framework: str) -> np.ndarray:

@@ -5,7 +5,8 @@
       spec.yaml              the model spec as given
       run.json               framework, device, parameter and multiply-add counts
       metrics.jsonl / .csv   one row per finished epoch
-      checkpoints/epoch_0003.ckpt   model + optimizer state after epoch 3 (1-based)
+      checkpoints/epoch_0003.pt     model + optimizer state after epoch 3 (1-based); .pdparams
+                             in paddle runs, so `crossattn convert` reads it directly
 
 A checkpoint is written by the framework's own save to a temporary file in the
 same folder and renamed into place, so any file matching the pattern is whole.
@@ -19,21 +20,22 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from crossattn.atomic import atomic_write_text
+from crossattn.atomic import atomic_write, atomic_write_text
 from crossattn.errors import CrossattnError
 
 CHECKPOINT_DIR = "checkpoints"
-_PATTERN = re.compile(r"^epoch_(\d{4,})\.ckpt$")
+#: each framework's own checkpoint extension, the one `crossattn convert` recognises
+CHECKPOINT_SUFFIX = {"torch": ".pt", "paddle": ".pdparams"}
+_PATTERN = re.compile(r"^epoch_(\d{4,})\.(pt|pdparams)$")
 
 
-def checkpoint_path(run_dir: str | os.PathLike, epoch: int) -> Path:
+def checkpoint_path(run_dir: str | os.PathLike, epoch: int, framework: str) -> Path:
     """Checkpoint after `epoch` epochs (1-based count of finished epochs)."""
-    return Path(run_dir) / CHECKPOINT_DIR / f"epoch_{epoch:04d}.ckpt"
+    return Path(run_dir) / CHECKPOINT_DIR / f"epoch_{epoch:04d}{CHECKPOINT_SUFFIX[framework]}"
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -50,17 +52,8 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[int, Path] | None:
 
 
 def save_atomically(path: Path, save: Callable[[str], None]) -> Path:
-    """save(tmp) with the framework's own writer, then os.replace onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """save(tmp) with the framework's own writer, then rename onto `path`."""
+    return atomic_write(path, lambda tmp: save(str(tmp)))
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:

@@ -192,7 +192,7 @@ def _run(run: Path, spec: Spec, config: TrainConfig, framework: str, device: str
                    "epoch_seconds": seconds, "images_per_second": per_epoch * config.batch_size / seconds}
             rows.append(row)
             write_metrics(run, rows)
-            runs.save_atomically(runs.checkpoint_path(run, epoch + 1),
+            runs.save_atomically(runs.checkpoint_path(run, epoch + 1, framework),
                                  lambda tmp, e=epoch: trainer.save(tmp, e + 1, (e + 1) * per_epoch))
             runs.prune_checkpoints(run, config.keep_checkpoints)
             log(f"epoch {epoch + 1}/{config.epochs} done in {seconds:.1f}s: train loss {row['train_loss']:.4f} "
