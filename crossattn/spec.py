@@ -110,7 +110,7 @@ def _parse_component(raw: Mapping[str, Any], key: str) -> Spec:
     return Spec(type=type_name, options=options)
 
 
-def _line_of(raw: Any, path: list[str]) -> int | None:
+def line_of(raw: Any, path: list[str]) -> int | None:
     """Walk `path` (keys, with `[i]` list indices stripped) through LineDicts to a line."""
     node, line = raw, getattr(raw, "line", None)
     for part in path:
@@ -131,7 +131,7 @@ def parse_spec(raw: Any, file: str = "<spec>") -> Spec:
         raise SpecError(file, None, getattr(raw, "line", None), "expected a mapping with at least a `type` key")
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
-            raise SpecError(file, str(key), _line_of(raw, [str(key)]),
+            raise SpecError(file, str(key), line_of(raw, [str(key)]),
                             f"unknown top-level key; known keys: {', '.join(TOP_LEVEL_KEYS)}")
     if "type" not in raw:
         raise SpecError(file, "type", getattr(raw, "line", None), "missing: every spec names a registered type")
@@ -139,54 +139,69 @@ def parse_spec(raw: Any, file: str = "<spec>") -> Spec:
     try:
         entry = registry.entry(type_name)
     except OptionError as exc:
-        raise SpecError(file, "type", _line_of(raw, ["type"]), exc.message) from None
+        raise SpecError(file, "type", line_of(raw, ["type"]), exc.message) from None
     opts_raw = raw.get("options") or LineDict()
     if not isinstance(opts_raw, Mapping):
-        raise SpecError(file, "options", _line_of(raw, ["options"]), f"expected a mapping, got {opts_raw!r}")
+        raise SpecError(file, "options", line_of(raw, ["options"]), f"expected a mapping, got {opts_raw!r}")
     try:
         options = parse_options(entry.options, opts_raw, f"type `{type_name}`")
     except OptionError as exc:
         path = ["options", *exc.key.split(".")]
-        raise SpecError(file, ".".join(path), _line_of(raw, path), exc.message) from None
+        raise SpecError(file, ".".join(path), line_of(raw, path), exc.message) from None
     input_shape = raw.get("input_shape")
     if input_shape is not None:
         if not (isinstance(input_shape, list) and input_shape
                 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_shape)):
-            raise SpecError(file, "input_shape", _line_of(raw, ["input_shape"]),
+            raise SpecError(file, "input_shape", line_of(raw, ["input_shape"]),
                             f"expected a list of positive integers (N, C, ...), got {input_shape!r}")
         input_shape = tuple(input_shape)
         try:
             options.check_input_shape(input_shape)
         except OptionError as exc:
-            raise SpecError(file, "input_shape", _line_of(raw, ["input_shape"]), exc.message) from None
+            raise SpecError(file, "input_shape", line_of(raw, ["input_shape"]), exc.message) from None
     for text_key in ("name", "description"):
         if text_key in raw and not isinstance(raw[text_key], str):
-            raise SpecError(file, text_key, _line_of(raw, [text_key]), f"expected a string, got {raw[text_key]!r}")
+            raise SpecError(file, text_key, line_of(raw, [text_key]), f"expected a string, got {raw[text_key]!r}")
     name = raw.get("name") or (Path(file).stem if file != "<spec>" else type_name)
     return Spec(type=type_name, options=options, name=name, description=raw.get("description", ""),
                 input_shape=input_shape, path=file)
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read and validate one spec file."""
-    path = Path(path)
+def read_yaml(path: str | Path, missing_hint: str) -> Any:
+    """Load a YAML file with key lines recorded; every failure is a SpecError naming the file (and line)."""
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError(file, None, None, "no such file; pass a spec path or a shipped spec name "
-                        "(see `crossattn specs`)") from None
+        raise SpecError(file, None, None, f"no such file; {missing_hint}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(file, None, None, f"cannot read the file: {exc}") from None
     try:
-        raw = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         raise SpecError(file, None, line, f"malformed YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise SpecError(file, None, None, f"malformed YAML: {exc}") from None
-    return parse_spec(raw, file)
+
+
+def resolve_named(arg: str, folder: Path, what: str) -> Path:
+    """A path, or the stem of a shipped YAML file in `folder`; an unknown name lists the shipped ones."""
+    path = Path(arg)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    shipped = folder / f"{arg}.yaml"
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(p.stem for p in sorted(folder.glob("*.yaml")))
+    raise SpecError(arg, None, None, f"no such file and no shipped {what} of that name; shipped: {known}")
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate one spec file."""
+    raw = read_yaml(path, "pass a spec path or a shipped spec name (see `crossattn specs`)")
+    return parse_spec(raw, str(path))
 
 
 def shipped_spec_paths(kind: str | None = None) -> list[Path]:

@@ -107,6 +107,17 @@ def _bn_batch_hooks(model, batches: dict[str, list]) -> list:
     return handles
 
 
+def _forward_backward(model: nn.Layer, x: np.ndarray,
+                      cotangent: Callable[[tuple[int, ...]], np.ndarray]) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """Forward `x`, then backward sum(output * cotangent); returns (input, output) tensors."""
+    inputs = paddle.to_tensor(np.ascontiguousarray(x), stop_gradient=False)
+    output = model(inputs)
+    weight = paddle.to_tensor(cotangent(tuple(output.shape)))
+    model.clear_gradients(set_to_zero=False)
+    (output * weight).sum().backward()
+    return inputs, output
+
+
 def step(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray],
          train: bool) -> StepResult:
     """One forward in train or eval mode and a backward of sum(output * cotangent)."""
@@ -114,11 +125,7 @@ def step(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], 
     batches: dict[str, list] = {}
     handles = _bn_batch_hooks(model, batches) if train else []
     try:
-        inputs = paddle.to_tensor(np.ascontiguousarray(x), stop_gradient=False)
-        output = model(inputs)
-        weight = paddle.to_tensor(cotangent(tuple(output.shape)))
-        model.clear_gradients(set_to_zero=False)
-        (output * weight).sum().backward()
+        inputs, output = _forward_backward(model, x, cotangent)
     finally:
         for handle in handles:
             handle.remove()
@@ -172,11 +179,7 @@ def trace(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]],
         handles.append(layer.register_forward_pre_hook(lambda m, a, name=name: pre_hook(m, a, name)))
         handles.append(layer.register_forward_post_hook(lambda m, a, o, name=name: post_hook(m, a, o, name)))
     try:
-        inputs = paddle.to_tensor(np.ascontiguousarray(x), stop_gradient=False)
-        output = model(inputs)
-        weight = paddle.to_tensor(cotangent(tuple(output.shape)))
-        model.clear_gradients(set_to_zero=False)
-        (output * weight).sum().backward()
+        inputs, output = _forward_backward(model, x, cotangent)
     finally:
         for handle in handles:
             handle.remove()

@@ -105,6 +105,17 @@ def _bn_batch_hooks(model, batches: dict[str, list]) -> list:
     return handles
 
 
+def _forward_backward(model: nn.Module, x: np.ndarray,
+                      cotangent: Callable[[tuple[int, ...]], np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward `x`, then backward sum(output * cotangent); returns (input, output) tensors."""
+    inputs = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
+    output = model(inputs)
+    weight = torch.from_numpy(cotangent(tuple(output.shape)))
+    model.zero_grad(set_to_none=True)
+    (output * weight).sum().backward()
+    return inputs, output
+
+
 def step(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray],
          train: bool) -> StepResult:
     """One forward in train or eval mode and a backward of sum(output * cotangent)."""
@@ -112,11 +123,7 @@ def step(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]],
     batches: dict[str, list] = {}
     handles = _bn_batch_hooks(model, batches) if train else []
     try:
-        inputs = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
-        output = model(inputs)
-        weight = torch.from_numpy(cotangent(tuple(output.shape)))
-        model.zero_grad(set_to_none=True)
-        (output * weight).sum().backward()
+        inputs, output = _forward_backward(model, x, cotangent)
     finally:
         for handle in handles:
             handle.remove()
@@ -170,11 +177,7 @@ def trace(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]]
         handles.append(module.register_forward_pre_hook(lambda m, a, name=name: pre_hook(m, a, name)))
         handles.append(module.register_forward_hook(lambda m, a, o, name=name: post_hook(m, a, o, name)))
     try:
-        inputs = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
-        output = model(inputs)
-        weight = torch.from_numpy(cotangent(tuple(output.shape)))
-        model.zero_grad(set_to_none=True)
-        (output * weight).sum().backward()
+        inputs, output = _forward_backward(model, x, cotangent)
     finally:
         for handle in handles:
             handle.remove()

@@ -22,11 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from crossattn.atomic import atomic_write_text
 from crossattn.errors import CrossattnError, SpecError
-from crossattn.spec import _LineLoader, _line_of, resolve_spec
+from crossattn.spec import line_of, read_yaml, resolve_named, resolve_spec
 from crossattn.training import run_dir as runs
 from crossattn.training.config import load_train_config, resolve_train_config
 from crossattn.training.metrics import read_jsonl, write_table_csv
@@ -54,54 +52,41 @@ class Ablation:
 
 
 def resolve_ablation(arg: str) -> Path:
-    path = Path(arg)
-    if path.exists() or path.suffix in (".yaml", ".yml"):
-        return path
-    shipped = ABLATION_DIR / f"{arg}.yaml"
-    if shipped.is_file():
-        return shipped
-    raise SpecError(arg, None, None, "no such file and no shipped ablation of that name; shipped: "
-                    + ", ".join(p.stem for p in sorted(ABLATION_DIR.glob("*.yaml"))))
+    return resolve_named(arg, ABLATION_DIR, "ablation")
 
 
 def _spec_path(value: Any, key: str, raw: Any, file: str) -> Path:
     if not isinstance(value, str):
-        raise SpecError(file, key, _line_of(raw, [key.split("[")[0]]), f"expected a spec name or path, got {value!r}")
+        raise SpecError(file, key, line_of(raw, [key.split("[")[0]]), f"expected a spec name or path, got {value!r}")
     beside = Path(file).parent / value
     if beside.suffix in (".yaml", ".yml") and beside.is_file():
         return beside
     try:
         return resolve_spec(value)
     except SpecError as exc:
-        raise SpecError(file, key, _line_of(raw, [key.split("[")[0]]), exc.message) from None
+        raise SpecError(file, key, line_of(raw, [key.split("[")[0]]), exc.message) from None
 
 
 def load_ablation(path: str | os.PathLike) -> Ablation:
     """Read an ablation file; errors name the file, key and line."""
     file = str(path)
-    try:
-        raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506
-    except FileNotFoundError:
-        raise SpecError(file, None, None, "no such file") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise SpecError(file, None, mark.line + 1 if mark else None, f"malformed YAML: {exc.problem}") from None
+    raw = read_yaml(path, "pass an ablation file or a shipped ablation name")
     if not isinstance(raw, Mapping):
         raise SpecError(file, None, None, "expected a mapping with config, baseline and variants")
     for key in raw:
         if key not in KEYS:
-            raise SpecError(file, str(key), _line_of(raw, [str(key)]), f"unknown key; known keys: {', '.join(KEYS)}")
+            raise SpecError(file, str(key), line_of(raw, [str(key)]), f"unknown key; known keys: {', '.join(KEYS)}")
     for key in ("config", "baseline", "variants"):
         if key not in raw:
             raise SpecError(file, key, getattr(raw, "line", None), "missing")
     if not isinstance(raw["variants"], list) or not raw["variants"]:
-        raise SpecError(file, "variants", _line_of(raw, ["variants"]), "expected a non-empty list of spec names")
+        raise SpecError(file, "variants", line_of(raw, ["variants"]), "expected a non-empty list of spec names")
     try:
         config = resolve_train_config(str(raw["config"]))
         if not config.is_file():
             config = Path(file).parent / str(raw["config"])
     except SpecError as exc:
-        raise SpecError(file, "config", _line_of(raw, ["config"]), exc.message) from None
+        raise SpecError(file, "config", line_of(raw, ["config"]), exc.message) from None
     return Ablation(name=str(raw.get("name") or Path(file).stem), description=str(raw.get("description", "")),
                     config=config, baseline=_spec_path(raw["baseline"], "baseline", raw, file),
                     variants=tuple(_spec_path(v, f"variants[{i}]", raw, file) for i, v in enumerate(raw["variants"])),

@@ -14,7 +14,7 @@ import yaml
 
 from crossattn.errors import OptionError, SpecError
 from crossattn.options import Options, parse_options, positive, require
-from crossattn.spec import LineDict, _LineLoader, _line_of
+from crossattn.spec import LineDict, line_of, read_yaml, resolve_named
 
 TRAIN_SPECS_DIR = Path(__file__).resolve().parent.parent / "specs" / "train"
 DATASET_CHANNELS = {"cifar10": 3, "mnist": 1}
@@ -141,38 +141,15 @@ def parse_train_config(raw: Any, file: str = "<train config>") -> TrainConfig:
         return parse_options(TrainConfig, options, "a training config")  # type: ignore[return-value]
     except OptionError as exc:
         path = exc.key.split("[", 1)[0].split(".")
-        raise SpecError(file, exc.key, _line_of(raw, path), exc.message) from None
+        raise SpecError(file, exc.key, line_of(raw, path), exc.message) from None
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
     """Read and validate one training config file."""
-    path = Path(path)
-    file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        known = ", ".join(p.stem for p in sorted(TRAIN_SPECS_DIR.glob("*.yaml")))
-        raise SpecError(file, None, None, f"no such file; shipped training configs: {known}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(file, None, None, f"cannot read the file: {exc}") from None
-    try:
-        raw = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise SpecError(file, None, mark.line + 1 if mark else None,
-                        f"malformed YAML: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(file, None, None, f"malformed YAML: {exc}") from None
-    return parse_train_config(raw, file)
+    known = ", ".join(p.stem for p in sorted(TRAIN_SPECS_DIR.glob("*.yaml")))
+    return parse_train_config(read_yaml(path, f"shipped training configs: {known}"), str(path))
 
 
 def resolve_train_config(arg: str) -> Path:
     """A path, or the name of a shipped training config (crossattn/specs/train/NAME.yaml)."""
-    path = Path(arg)
-    if path.exists() or path.suffix in (".yaml", ".yml"):
-        return path
-    shipped = TRAIN_SPECS_DIR / f"{arg}.yaml"
-    if shipped.is_file():
-        return shipped
-    known = ", ".join(p.stem for p in sorted(TRAIN_SPECS_DIR.glob("*.yaml")))
-    raise SpecError(arg, None, None, f"no such file and no shipped training config of that name; shipped: {known}")
+    return resolve_named(arg, TRAIN_SPECS_DIR, "training config")
