@@ -20,16 +20,6 @@ BN_EPSILON = float(np.float32(1e-5))
 LN_EPSILON = float(np.float32(1e-5))
 
 
-def paddle_bn_momentum(torch_momentum: float) -> float:
-    """Paddle momentum equal in effect to a torch momentum."""
-    return 1.0 - torch_momentum
-
-
-def torch_bn_momentum(paddle_momentum: float) -> float:
-    """Torch momentum equal in effect to a paddle momentum."""
-    return 1.0 - paddle_momentum
-
-
 #: paddle keeps its BatchNorm momentum as a float32 attribute, so in float64 its
 #: running statistics move by float32(0.9), not 0.9 (a 2e-8 relative offset)
 PADDLE_BN_MOMENTUM_EFFECTIVE = float(np.float32(BN_MOMENTUM_PADDLE))

@@ -84,10 +84,6 @@ class Spec:
         return _parse_component(value, key)
 
 
-class _NestedSpecError(OptionError):
-    """An error inside a nested spec, carrying the full key path."""
-
-
 def _parse_component(raw: Mapping[str, Any], key: str) -> Spec:
     """Parse a nested `{type, options}` mapping; errors keep the nested key path."""
     from crossattn import registry
