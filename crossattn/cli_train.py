@@ -30,11 +30,14 @@ DEVICES = click.Choice(["cpu", "gpu", "auto"])
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset files are.")
 @click.option("--download", is_flag=True, help="Download the dataset when it is missing.")
 @click.option("--seed", type=int, help="Override the config's seed.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None,
+              help="Override the config's dtype; float64 runs of the two frameworks agree step by step.")
 @click.option("--stop-after", type=int, metavar="N",
               help="Stop after N epochs of this invocation (continue later with --resume).")
 def train_command(spec_arg: str | None, config_arg: str | None, framework: str | None, device: str,
                   run_dir: Path | None, epochs: int | None, resume_dir: Path | None, dataset: str | None,
-                  data_dir: str | None, download: bool, seed: int | None, stop_after: int | None) -> None:
+                  data_dir: str | None, download: bool, seed: int | None, dtype: str | None,
+                  stop_after: int | None) -> None:
     """Train a model spec in one framework with a training config.
 
     Both frameworks start from the same weights (seeded numpy init), see the
@@ -49,9 +52,9 @@ def train_command(spec_arg: str | None, config_arg: str | None, framework: str |
     if stop_after is not None and stop_after < 1:
         raise CrossattnError("--stop-after must be at least 1")
     if resume_dir is not None:
-        if spec_arg or config_arg or run_dir or dataset or seed is not None:
-            raise CrossattnError("--resume takes the spec, config, dataset and seed from the run directory; "
-                                 "drop --spec/--config/--run-dir/--dataset/--seed")
+        if spec_arg or config_arg or run_dir or dataset or seed is not None or dtype:
+            raise CrossattnError("--resume takes the spec, config, dataset, seed and dtype from the run directory; "
+                                 "drop --spec/--config/--run-dir/--dataset/--seed/--dtype")
         runner.resume_run(resume_dir, device=device, epochs=epochs, log=click.echo, stop_after=stop_after,
                           framework=framework, data_dir=data_dir, download=download)
         return
@@ -61,7 +64,7 @@ def train_command(spec_arg: str | None, config_arg: str | None, framework: str |
         raise CrossattnError(f"train needs {', '.join(missing)} (or --resume RUN_DIR)")
     config = load_train_config(resolve_train_config(config_arg))
     overrides = {k: v for k, v in (("epochs", epochs), ("dataset", dataset), ("data_dir", data_dir),
-                                   ("seed", seed)) if v is not None}
+                                   ("seed", seed), ("dtype", dtype)) if v is not None}
     if download:
         overrides["download"] = True
     config = config.replace(**overrides) if overrides else config

@@ -23,6 +23,7 @@ from crossattn.spec import Spec
 from crossattn.training.augment import CropFlip
 from crossattn.training.config import TrainConfig
 from paddle_impl import adapter
+from paddle_impl.layers import bilinear_resize
 
 FRAMEWORK = "paddle"
 CHANNELS_LAST_NOTE = "paddle: channels_last is ignored (the twins are built NCHW; paddle sets layout per layer)"
@@ -93,7 +94,9 @@ def set_lr(optimizer: paddle.optimizer.Optimizer, lr: float) -> None:
 
 def smoothed_cross_entropy(logits: paddle.Tensor, labels: paddle.Tensor, smoothing: float) -> paddle.Tensor:
     """Mean of (1-s) * NLL + s * mean over classes of -log p, written out so both twins compute the same."""
-    log_probs = F.log_softmax(logits.astype("float32"), axis=1)
+    if logits.dtype in (paddle.float16, paddle.bfloat16):  # mixed precision: the loss in float32
+        logits = logits.astype("float32")
+    log_probs = F.log_softmax(logits, axis=1)
     loss = -paddle.take_along_axis(log_probs, labels[:, None], axis=1).squeeze(1)
     if smoothing:
         loss = (1.0 - smoothing) * loss - smoothing * log_probs.mean(axis=1)
@@ -136,15 +139,17 @@ class Trainer:
         self.device = resolve_device(device)
         check_amp(config.amp, self.device)
         paddle.seed(config.seed)  # nothing here draws from it; a dropout layer would
+        self.dtype = config.dtype
         self.model = build_model(spec, config.seed)
+        self.model.to(dtype=self.dtype)
         self.optimizer = make_optimizer(self.model, config)
         self.scaler = paddle.amp.GradScaler(init_loss_scaling=2.0**16) if config.amp == "fp16" else None
         self.autocast_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(config.amp)
         self.train_images, self.train_labels = self._to_device(train_set)
         self.test_images, self.test_labels = self._to_device(test_set)
         shape = (1, config.channels, 1, 1)
-        self.mean = paddle.to_tensor(config.channel_mean(), dtype="float32").reshape(shape)
-        self.std = paddle.to_tensor(config.channel_std(), dtype="float32").reshape(shape)
+        self.mean = paddle.to_tensor(config.channel_mean(), dtype=self.dtype).reshape(shape)
+        self.std = paddle.to_tensor(config.channel_std(), dtype=self.dtype).reshape(shape)
 
     @property
     def device_name(self) -> str:
@@ -161,7 +166,7 @@ class Trainer:
     def batch(self, images: paddle.Tensor, indices: np.ndarray, aug: CropFlip | None) -> paddle.Tensor:
         """Gather uint8 -> float -> crop/flip -> bilinear resize -> normalise, all on the device."""
         # paddle.index_select has no uint8 kernel; gather has
-        x = paddle.gather(images, paddle.to_tensor(indices), axis=0).astype("float32")
+        x = paddle.gather(images, paddle.to_tensor(indices), axis=0).astype(self.dtype)
         if aug is not None:
             p = aug.padding
             x = F.pad(x, [p, p, p, p])
@@ -171,8 +176,7 @@ class Trainer:
             x = paddle.take_along_axis(x, cols, axis=3, broadcast=True)
         size = self.config.image_size
         if size is not None and tuple(x.shape[2:]) != (size, size):
-            # align_mode=0 is the half-pixel rule torch uses with align_corners=False (tests pin this)
-            x = F.interpolate(x, size=[size, size], mode="bilinear", align_corners=False, align_mode=0)
+            x = bilinear_resize(x, size, size, align_corners=False)
         x = (x - self.mean) / self.std
         return x
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from crossattn.errors import CrossattnError, SpecError
+from crossattn.errors import CrossattnError, OptionError, SpecError
 from crossattn.spec import load_spec
 from crossattn.training import runner
 from crossattn.training.ablation import load_ablation
@@ -305,3 +305,38 @@ def test_augmented_smoothed_training_agrees(files, config, data, tmp_path):
     assert rows["torch"]["lr"] == rows["paddle"]["lr"] == pytest.approx(cfg.lr)
     info = json.loads((tmp_path / "paddle" / "run.json").read_text())
     assert "ignored" in info["channels_last"]
+
+
+@pytest.mark.parametrize("optimizer", [
+    {"optimizer": "adam"},
+    {"optimizer": "adamw", "weight_decay": 5e-4},
+    {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+])
+def test_float64_training_runs_agree_step_by_step(files, config, data, tmp_path, optimizer):
+    """Same weights, batches, augmentation, resize, schedule and optimizer: after 40 steps in float64
+    every trained weight agrees to rounding. (The spec has no conv bias before BatchNorm: such a bias
+    has a zero gradient in exact arithmetic, and Adam would step on the rounding noise.)"""
+    from crossattn.frameworks import adapter
+    from crossattn.tolerances import FLOAT64
+    from weight_transfer import transfer
+
+    spec = tmp_path / "tiny_no_bias.yaml"
+    spec.write_text(TINY_SPEC.replace("  stem: cifar\n", "  stem: cifar\n  conv_bias: false\n"))
+    cfg = config.replace(dtype="float64", epochs=2, augment=True, crop_padding=2, label_smoothing=0.1,
+                         schedule="cosine", **optimizer)
+    runs = {fw: runner.train(spec, cfg, fw, "cpu", tmp_path / fw, log=lambda s: None, datasets=data)
+            for fw in FRAMEWORKS}
+    for t_row, p_row in zip(runs["torch"].rows, runs["paddle"].rows):
+        assert p_row["train_loss"] == pytest.approx(t_row["train_loss"], rel=FLOAT64.rtol)
+    torch_state = runs["torch"].trainer.state()
+    slots = adapter("torch").slots(runs["torch"].trainer.model)
+    paddle_state, _ = transfer(runs["paddle"].trainer.state(), "paddle", slots, "torch", complete=False)
+    for key, slot in slots.items():
+        if slot.trainable:
+            error = np.linalg.norm(paddle_state[key] - torch_state[key]) / np.linalg.norm(torch_state[key])
+            assert error <= FLOAT64.rtol, (key, error)
+
+
+def test_float64_training_refuses_mixed_precision():
+    with pytest.raises(OptionError, match="amp"):
+        load_train_config(resolve_train_config("fast_cpu")).replace(dtype="float64", amp="bf16")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from crossattn import registry
+from crossattn.conventions import as_paddle_holds
 from crossattn.data import Dataset
 from crossattn.errors import CrossattnError
 from crossattn.init import initial_state
@@ -23,6 +24,7 @@ from crossattn.spec import Spec
 from crossattn.training.augment import CropFlip
 from crossattn.training.config import TrainConfig
 from torch_impl import adapter
+from torch_impl.layers import bilinear_resize
 
 FRAMEWORK = "torch"
 CHANNELS_LAST_NOTE = "torch: model and inputs in channels_last (NHWC) memory format"
@@ -61,11 +63,15 @@ def build_model(spec: Spec, seed: int) -> torch.nn.Module:
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """adam: weight decay added to the gradient (L2, coupled), as paddle.optimizer.Adam does; adamw: decoupled."""
+    """adam: weight decay added to the gradient (L2, coupled), as paddle.optimizer.Adam does; adamw: decoupled.
+
+    SGD's momentum and weight decay are rounded as paddle's Momentum holds them
+    (conventions.as_paddle_holds); paddle's Adam applies its coefficients unrounded.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                               weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=config.lr, momentum=as_paddle_holds(config.momentum),
+                               nesterov=config.nesterov, weight_decay=as_paddle_holds(config.weight_decay))
     adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return adam(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
                 weight_decay=config.weight_decay)
@@ -78,7 +84,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
     """Mean of (1-s) * NLL + s * mean over classes of -log p, written out so both twins compute the same."""
-    log_probs = F.log_softmax(logits.float(), dim=1)
+    if logits.dtype in (torch.float16, torch.bfloat16):  # mixed precision: the loss in float32
+        logits = logits.float()
+    log_probs = F.log_softmax(logits, dim=1)
     loss = -log_probs.gather(1, labels[:, None]).squeeze(1)
     if smoothing:
         loss = (1.0 - smoothing) * loss - smoothing * log_probs.mean(dim=1)
@@ -121,7 +129,8 @@ class Trainer:
         self.device = resolve_device(device)
         check_amp(config.amp, self.device)
         torch.manual_seed(config.seed)  # nothing here draws from it; a dropout layer would
-        self.model = build_model(spec, config.seed).to(self.device)
+        self.dtype = getattr(torch, config.dtype)
+        self.model = build_model(spec, config.seed).to(device=self.device, dtype=self.dtype)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.optimizer = make_optimizer(self.model, config)
@@ -130,8 +139,8 @@ class Trainer:
         self.train_images, self.train_labels = self._to_device(train_set)
         self.test_images, self.test_labels = self._to_device(test_set)
         shape = (1, config.channels, 1, 1)
-        self.mean = torch.tensor(config.channel_mean(), dtype=torch.float32, device=self.device).reshape(shape)
-        self.std = torch.tensor(config.channel_std(), dtype=torch.float32, device=self.device).reshape(shape)
+        self.mean = torch.tensor(config.channel_mean(), dtype=self.dtype, device=self.device).reshape(shape)
+        self.std = torch.tensor(config.channel_std(), dtype=self.dtype, device=self.device).reshape(shape)
 
     @property
     def device_name(self) -> str:
@@ -147,7 +156,7 @@ class Trainer:
 
     def batch(self, images: torch.Tensor, indices: np.ndarray, aug: CropFlip | None) -> torch.Tensor:
         """Gather uint8 -> float -> crop/flip -> bilinear resize -> normalise, all on the device."""
-        x = images.index_select(0, torch.from_numpy(indices).to(self.device)).float()
+        x = images.index_select(0, torch.from_numpy(indices).to(self.device)).to(self.dtype)
         if aug is not None:
             p = aug.padding
             x = F.pad(x, [p, p, p, p])
@@ -157,7 +166,7 @@ class Trainer:
             x = x.gather(3, cols.expand(-1, x.shape[1], x.shape[2], -1))
         size = self.config.image_size
         if size is not None and tuple(x.shape[2:]) != (size, size):
-            x = F.interpolate(x, size=[size, size], mode="bilinear", align_corners=False)
+            x = bilinear_resize(x, size, size, align_corners=False)
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=self.memory_format)
 

@@ -59,6 +59,9 @@ class TrainConfig(Options):
     hflip: bool = True
     label_smoothing: float = 0.0
     amp: Literal["none", "bf16", "fp16"] = "none"
+    #: float64 makes both frameworks train in double precision: slow, but their runs then agree
+    #: step by step to rounding, which proves two training set-ups the same before a long run
+    dtype: Literal["float32", "float64"] = "float32"
     #: torch: NHWC memory format for model and inputs; paddle: ignored (its twins are built NCHW)
     channels_last: bool = False
     seed: int = 0
@@ -94,6 +97,8 @@ class TrainConfig(Options):
         require(0 <= self.label_smoothing < 1, "label_smoothing", f"must lie in [0, 1), got {self.label_smoothing}")
         require(self.crop_padding >= 0, "crop_padding", f"must be >= 0, got {self.crop_padding}")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        require(self.dtype == "float32" or self.amp == "none", "dtype",
+                f"float64 training runs without mixed precision; set amp: none (got amp: {self.amp})")
         require(len(self.mean) > 0, "mean", "give one value or one per channel")
         require(len(self.std) == len(self.mean), "std", f"give as many values as mean ({len(self.mean)})")
         for i, s in enumerate(self.std):
