@@ -217,13 +217,16 @@ def test_ms_cam_matches_its_formula_in_training():
     np.testing.assert_allclose(_np(block(torch.from_numpy(x))), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("select_bias", [False, True])
 @pytest.mark.parametrize("train", [True, False])
-def test_selective_kernel_softmax_runs_across_paths(train):
+def test_selective_kernel_softmax_runs_across_paths(train, select_bias):
     import torch
 
     from torch_impl.blocks.selective_kernel import SelectiveKernelConv
 
-    block = _random_torch(SelectiveKernelConv(in_channels=4, paths=3, groups=2, reduction=2, min_dim=3))
+    block = _random_torch(SelectiveKernelConv(in_channels=4, paths=3, groups=2, reduction=2, min_dim=3,
+                                              select_bias=select_bias))
+    assert all((p.bias is not None) == select_bias for p in block.projections)  # paper: A_i z, no bias
     x = torch.from_numpy(np.random.default_rng(5).standard_normal((3, 4, 5, 5)))
     block.train(train)
     got = _np(block(x))
@@ -231,7 +234,8 @@ def test_selective_kernel_softmax_runs_across_paths(train):
         features = np.stack([_np(path(x)) for path in block.paths], axis=1)  # (B, M, C, H, W)
     descriptor = features.sum(1).mean((2, 3))
     compressed = np.maximum(_batch_norm(descriptor @ _np(block.compress[0].weight).T, block.compress[1], train), 0)
-    scores = np.stack([compressed @ _np(p.weight).T + _np(p.bias) for p in block.projections], axis=1)
+    scores = np.stack([compressed @ _np(p.weight).T + (_np(p.bias) if select_bias else 0.0)
+                       for p in block.projections], axis=1)
     weights = np.exp(scores - scores.max(1, keepdims=True))
     weights /= weights.sum(1, keepdims=True)  # (B, M, C): each channel's weights over the paths sum to one
     expected = (features * weights[..., None, None]).sum(1)

@@ -1,7 +1,7 @@
 """Selective Kernel convolution (Li et al., CVPR 2019): options and shape arithmetic shared by the twins.
 
 U_i = ReLU(BN(conv3x3_dilation(1+i)(x)));  z = ReLU(BN1d(W_c GAP(sum_i U_i)));
-a_i = softmax over paths of (A_i z + b_i);  V = sum_i a_i * U_i.
+a_i = softmax over paths of (A_i z) (+ b_i with `select_bias`, the seed's layers);  V = sum_i a_i * U_i.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ class SelectiveKernelOptions(Options):
     reduction: int = 16
     #: L in d = max(C / r, L): the smallest width of the compressed descriptor z
     min_dim: int = 32
+    #: a bias in each path's selection layer A_i z + b_i: the seed's 1x1 convs carry one; the
+    #: paper's (Eq. 5) and the authors' selection matrices do not
+    select_bias: bool = False
 
     def validate(self) -> None:
         for key in ("in_channels", "out_channels", "stride", "paths", "groups", "reduction", "min_dim"):

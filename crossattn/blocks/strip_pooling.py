@@ -1,6 +1,6 @@
 """Strip pooling (Hou et al., CVPR 2020): the strip pooling gate and the mixed pooling module.
 
-Options, channel arithmetic and the resampling matrices shared by the twins.
+Options and channel arithmetic shared by the twins; the resampling matrices live in crossattn.resample.
 Adaptive average pooling and bilinear resizing are linear maps along each
 spatial axis: out = R_h x R_w^T. The twins apply the matrices built here
 instead of the frameworks' own operators, because paddle's operators differ

@@ -13,16 +13,19 @@ class SelectiveKernelConv(nn.Layer):
     """Convolve with M dilated 3x3 paths and let each channel choose among them by a softmax."""
 
     def __init__(self, in_channels: int, out_channels: int | None = None, stride: int = 1, paths: int = 2,
-                 groups: int = 32, reduction: int = 16, min_dim: int = 32) -> None:
+                 groups: int = 32, reduction: int = 16, min_dim: int = 32,
+                 select_bias: bool = False) -> None:
         super().__init__()
         self.options = opts = SelectiveKernelOptions(
             in_channels=in_channels, out_channels=out_channels, stride=stride, paths=paths, groups=groups,
-            reduction=reduction, min_dim=min_dim)
+            reduction=reduction, min_dim=min_dim, select_bias=select_bias)
         self.paths = nn.LayerList([_path(opts, i) for i in range(opts.paths)])
         self.compress = nn.Sequential(nn.Linear(opts.channels, opts.reduced_dim, bias_attr=False),
                                       batch_norm(1, opts.reduced_dim),
                                       nn.ReLU())
-        self.projections = nn.LayerList([nn.Linear(opts.reduced_dim, opts.channels) for _ in range(opts.paths)])
+        self.projections = nn.LayerList([nn.Linear(opts.reduced_dim, opts.channels,
+                                                     bias_attr=None if opts.select_bias else False)
+                                          for _ in range(opts.paths)])
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         features = paddle.stack([path(x) for path in self.paths], axis=1)  # (B, M, C, H, W)
