@@ -17,18 +17,38 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+        with open(tmp_path, "rb+") as handle:  # on disk before it gets the real name
+            os.fsync(handle.fileno())
         os.replace(tmp_path, path)
+        _fsync_folder(path.parent)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
     return path
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+_UMASK = _read_umask()  # read once at import: changing it later would race with other threads
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (a power loss must not bring back the old file or none)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from crossattn.errors import CrossattnError
+from crossattn.errors import CrossattnError, OptionError
 
 DEVICES = click.Choice(["cpu", "gpu", "auto"])
 
@@ -67,7 +67,12 @@ def train_command(spec_arg: str | None, config_arg: str | None, framework: str |
                                    ("seed", seed), ("dtype", dtype)) if v is not None}
     if download:
         overrides["download"] = True
-    config = config.replace(**overrides) if overrides else config
+    if overrides:
+        try:
+            config = config.replace(**overrides)
+        except OptionError as exc:
+            flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items())
+            raise CrossattnError(f"{resolve_train_config(config_arg)} with {flags}: {exc}") from None
     runner.train(resolve_spec(spec_arg), config, framework, device, run_dir, log=click.echo, stop_after=stop_after)
 
 

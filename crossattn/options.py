@@ -23,6 +23,8 @@ class Options:
 
     #: registry type name, set by subclasses (e.g. "non_local")
     type_name: ClassVar[str] = ""
+    #: models that map (N, C, H, W) images to class scores, which `crossattn train` can train
+    image_classifier: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

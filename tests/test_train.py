@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from crossattn.errors import CrossattnError, OptionError, SpecError
-from crossattn.spec import load_spec
+from crossattn.spec import resolve_spec, load_spec
 from crossattn.training import runner
 from crossattn.training.ablation import load_ablation
 from crossattn.training.augment import apply_numpy, crop_flip
@@ -256,7 +256,7 @@ def test_fp16_refused_on_cpu(files, config, data):
         module.Trainer(load_spec(files["tiny"]), config.replace(amp="fp16"), "cpu", *data)
 
 
-def test_ablation_writes_table(files, tmp_path):
+def test_ablation_writes_table(files, tmp_path, monkeypatch):
     ablation = tmp_path / "tiny_ablation.yaml"
     ablation.write_text(f"# tiny\nname: tiny\nconfig: fast_cpu\nbaseline: {files['tiny']}\n"
                         f"variants:\n  - {files['tiny_nl']}\n")
@@ -273,6 +273,12 @@ def test_ablation_writes_table(files, tmp_path):
     png = (out / "ablation.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000  # the test extra installs matplotlib
     # a second invocation reads the finished runs back; --devices without GPUs falls back to sequential
+    import torch_impl.train as torch_train
+
+    def no_gpu(device):
+        raise CrossattnError("no GPU here")
+
+    monkeypatch.setattr(torch_train, "resolve_device", no_gpu)  # holds on machines that do have one
     again = CliRunner().invoke(ablation_command, [str(ablation), "--framework", "torch", "--epochs", "1",
                                                   "--devices", "0", "--out", str(out)])
     assert again.exit_code == 0, again.output
@@ -311,6 +317,7 @@ def test_augmented_smoothed_training_agrees(files, config, data, tmp_path):
     {"optimizer": "adam"},
     {"optimizer": "adamw", "weight_decay": 5e-4},
     {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+    {"optimizer": "sgd", "lr": 0.05, "momentum": 0.0, "weight_decay": 5e-3},
 ])
 def test_float64_training_runs_agree_step_by_step(files, config, data, tmp_path, optimizer):
     """Same weights, batches, augmentation, resize, schedule and optimizer: after 40 steps in float64
@@ -340,3 +347,88 @@ def test_float64_training_runs_agree_step_by_step(files, config, data, tmp_path,
 def test_float64_training_refuses_mixed_precision():
     with pytest.raises(OptionError, match="amp"):
         load_train_config(resolve_train_config("fast_cpu")).replace(dtype="float64", amp="bf16")
+
+
+def _ablation_file(tmp_path, baseline, variants, config="fast_cpu"):
+    path = tmp_path / "ablation.yaml"
+    path.write_text(f"name: t\nconfig: {config}\nbaseline: {baseline}\nvariants:\n"
+                    + "".join(f"  - {v}\n" for v in variants))
+    return path
+
+
+def test_ablation_refuses_two_specs_with_one_file_name(files, tmp_path):
+    from crossattn.training.ablation import load_ablation
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tiny.yaml").write_text(TINY_NL_SPEC)
+    with pytest.raises(SpecError, match="same file name") as info:
+        load_ablation(_ablation_file(tmp_path, files["tiny"], [other / "tiny.yaml"]))
+    assert info.value.key == "variants[0]"
+
+
+def test_ablation_refuses_to_mix_recipes(files, tmp_path):
+    from crossattn.training.ablation import run_ablation
+
+    ablation = _ablation_file(tmp_path, files["tiny"], [files["tiny_nl"]])
+    out = tmp_path / "out"
+    run_ablation(ablation, "torch", out, epochs=1, device="cpu", log=lambda s: None)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(resolve_train_config("fast_cpu").read_text().replace("lr: 0.01", "lr: 0.3"))
+    with pytest.raises(CrossattnError, match="different recipe .*lr"):
+        run_ablation(_ablation_file(tmp_path, files["tiny"], [files["tiny_nl"]], changed), "torch", out, epochs=1,
+                     device="cpu", log=lambda s: None)
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(files, config, data, tmp_path):
+    run = tmp_path / "run"
+    runner.train(files["tiny"], config, "torch", "cpu", run, log=lambda s: None, stop_after=2, datasets=data)
+    newest = sorted((run / "checkpoints").iterdir())[-1]
+    newest.write_bytes(newest.read_bytes()[:100])  # cut short, as by a crash
+    lines = []
+    result = runner.resume_run(run, device="cpu", log=lines.append, datasets=data)
+    assert any("cannot read checkpoint" in line for line in lines)
+    assert [r["epoch"] for r in result.rows] == [1, 2, 3]  # resumed after epoch 1, then trained 2 and 3
+
+
+def test_resume_cannot_lower_the_total_epochs(files, config, data, tmp_path):
+    run = tmp_path / "run"
+    runner.train(files["tiny"], config, "torch", "cpu", run, log=lambda s: None, stop_after=2, datasets=data)
+    with pytest.raises(CrossattnError, match="can only raise it"):
+        runner.resume_run(run, device="cpu", epochs=1, log=lambda s: None, datasets=data)
+
+
+@pytest.mark.parametrize("change,message", [
+    ("  stem: cifar\n  in_channels: 1\n", "options.in_channels"),
+    ("  stem: cifar\n  num_classes: 5\n", "options.num_classes"),
+])
+def test_train_refuses_a_model_that_does_not_fit_the_data(config, tmp_path, change, message):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(TINY_SPEC.replace("  stem: cifar\n", change).replace("input_shape: [2, 3, 16, 16]\n", ""))
+    with pytest.raises(CrossattnError, match=message):
+        runner.train(spec, config, "torch", "cpu", tmp_path / "run", log=lambda s: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_refuses_a_block_spec(config, tmp_path):
+    with pytest.raises(CrossattnError, match="image classifiers"):
+        runner.train(resolve_spec("se_default"), config, "torch", "cpu", tmp_path / "run", log=lambda s: None)
+
+
+def test_train_keeps_out_of_a_folder_with_other_files(files, config, tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(CrossattnError, match="did not write"):
+        runner.train(files["tiny"], config, "torch", "cpu", folder, log=lambda s: None)
+    assert (folder / "notes.txt").read_text() == "mine" and len(list(folder.iterdir())) == 1
+
+
+def test_cli_override_errors_name_the_flag(files, tmp_path):
+    from crossattn.cli_train import train_command
+
+    result = CliRunner().invoke(train_command, ["--spec", str(files["tiny"]), "--config", "seed004", "--framework",
+                                                "torch", "--run-dir", str(tmp_path / "r"), "--dataset", "mnist"],
+                                standalone_mode=False)
+    assert isinstance(result.exception, CrossattnError)
+    assert "--dataset mnist" in str(result.exception) and "seed004.yaml" in str(result.exception)

@@ -70,8 +70,10 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
+        # momentum 0 maps to paddle's plain SGD, which applies its weight decay unrounded
+        decay = as_paddle_holds(config.weight_decay) if config.momentum > 0 else config.weight_decay
         return torch.optim.SGD(params, lr=config.lr, momentum=as_paddle_holds(config.momentum),
-                               nesterov=config.nesterov, weight_decay=as_paddle_holds(config.weight_decay))
+                               nesterov=config.nesterov, weight_decay=decay)
     adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return adam(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
                 weight_decay=config.weight_decay)

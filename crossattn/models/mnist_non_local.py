@@ -7,6 +7,7 @@ two; then Linear-ReLU-Dropout-Linear on the flattened features.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from crossattn.blocks.non_local import Mode, NonLocalOptions
 from crossattn.errors import OptionError
@@ -16,6 +17,7 @@ from crossattn.registry import register
 
 @dataclasses.dataclass(frozen=True)
 class MnistNonLocalOptions(Options):
+    image_classifier: ClassVar[bool] = True
     num_classes: int = 10
     in_channels: int = 1
     #: (H, W) of the input images; fixes the first Linear layer's width

@@ -8,7 +8,7 @@ so a gain comes from the block rather than from added parameters.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 from crossattn.models.nested import check_block_fits, check_block_input, parse_block, with_channels
 from crossattn.models.resnet_parts import Stem, UnitPlan, plan_stages, stage_sizes
@@ -21,6 +21,7 @@ Projection = Literal["conv", "conv_bn"]
 
 @dataclasses.dataclass(frozen=True)
 class ResNetAblationOptions(Options):
+    image_classifier: ClassVar[bool] = True
     num_classes: int = 10
     in_channels: int = 3
     #: 7x7/2 conv + 3x3/2 max-pool (seed 004, `imagenet`) or a 3x3/1 conv without pooling (`cifar`)

@@ -8,7 +8,7 @@ space), so any input size large enough for five halvings works.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 from crossattn.blocks.se import SEOptions
 from crossattn.models.resnet_parts import UnitKind, UnitPlan, plan_stages
@@ -29,6 +29,7 @@ DEPTHS: dict[int, tuple[UnitKind, tuple[int, int, int, int]]] = {
 
 @dataclasses.dataclass(frozen=True)
 class SEResNetOptions(Options):
+    image_classifier: ClassVar[bool] = True
     depth: Depth = 50
     num_classes: int = 1000
     in_channels: int = 3

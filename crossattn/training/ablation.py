@@ -87,10 +87,17 @@ def load_ablation(path: str | os.PathLike) -> Ablation:
             config = Path(file).parent / str(raw["config"])
     except SpecError as exc:
         raise SpecError(file, "config", line_of(raw, ["config"]), exc.message) from None
+    baseline = _spec_path(raw["baseline"], "baseline", raw, file)
+    variants = tuple(_spec_path(v, f"variants[{i}]", raw, file) for i, v in enumerate(raw["variants"]))
+    seen = {baseline.stem: "baseline"}
+    for i, variant in enumerate(variants):
+        if variant.stem in seen:
+            raise SpecError(file, f"variants[{i}]", line_of(raw, ["variants"]),
+                            f"`{variant}` has the same file name as {seen[variant.stem]}; runs are stored by spec "
+                            f"file name, so give every spec a distinct one")
+        seen[variant.stem] = f"variants[{i}]"
     return Ablation(name=str(raw.get("name") or Path(file).stem), description=str(raw.get("description", "")),
-                    config=config, baseline=_spec_path(raw["baseline"], "baseline", raw, file),
-                    variants=tuple(_spec_path(v, f"variants[{i}]", raw, file) for i, v in enumerate(raw["variants"])),
-                    path=file)
+                    config=config, baseline=baseline, variants=variants, path=file)
 
 
 @dataclasses.dataclass
@@ -103,6 +110,27 @@ class Job:
     @property
     def label(self) -> str:
         return f"{self.spec.stem} ({self.framework})"
+
+
+#: settings a run may differ in and still belong to the same ablation
+_RECIPE_FREE = ("epochs", "data_dir", "download", "log_every", "keep_checkpoints")
+
+
+def _check_same_recipe(job: Job, config: Any) -> None:
+    """A run found in the output folder is reused only if it was trained with this spec and recipe."""
+    from crossattn.training.config import load_train_config
+
+    if not (job.run_dir / "config.yaml").is_file():
+        return
+    stored = load_train_config(job.run_dir / "config.yaml")
+    differ = [f.name for f in dataclasses.fields(config)
+              if f.name not in _RECIPE_FREE and getattr(stored, f.name) != getattr(config, f.name)]
+    spec_path = job.run_dir / "spec.yaml"
+    if spec_path.is_file() and spec_path.read_text(encoding="utf-8") != job.spec.read_text(encoding="utf-8"):
+        differ.append(f"the spec ({job.spec})")
+    if differ:
+        raise CrossattnError(f"{job.run_dir} was trained with a different recipe ({', '.join(differ)}); "
+                             f"remove it or choose another --out, so one table does not mix recipes")
 
 
 def _finished(job: Job, epochs: int) -> bool:
@@ -143,7 +171,7 @@ def _run_on_devices(jobs: Sequence[Job], config_path: Path, epochs: int, devices
             if device not in active and queue:
                 job = queue.pop(0)
                 job.run_dir.parent.mkdir(parents=True, exist_ok=True)
-                handle = open(job.run_dir.parent / f"{job.run_dir.name}.log", "w", encoding="utf-8")  # noqa: SIM115
+                handle = open(job.run_dir.parent / f"{job.run_dir.name}.log", "a", encoding="utf-8")  # noqa: SIM115
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": device}
                 proc = subprocess.Popen(_command(job, config_path, epochs), stdout=handle, stderr=subprocess.STDOUT,
                                         env=env)
@@ -246,6 +274,8 @@ def run_ablation(path: str | os.PathLike, framework: str, out_dir: str | os.Path
     atomic_write_text(config_path, config.to_yaml())
     frameworks = ("torch", "paddle") if framework == "both" else (framework,)
     jobs = [Job(role, spec, fw, out / f"{spec.stem}-{fw}") for role, spec in ablation.specs for fw in frameworks]
+    for job in jobs:
+        _check_same_recipe(job, config)
     todo = [job for job in jobs if not _finished(job, config.epochs)]
     for job in jobs:
         if job not in todo:
@@ -256,7 +286,7 @@ def run_ablation(path: str | os.PathLike, framework: str, out_dir: str | os.Path
         for job in todo:
             _run_in_process(job, config_path, device, config.epochs, log)
     rows = summarise(jobs)
-    table = atomic_write_text(out / "ablation.md", markdown_table(ablation, rows, ablation.config))
+    table = atomic_write_text(out / "ablation.md", markdown_table(ablation, rows, config_path))
     csv_path = out / "ablation.csv"
     write_table_csv(csv_path, rows, TABLE_FIELDS)
     png = out / "ablation.png"

@@ -28,6 +28,8 @@ from crossattn.atomic import atomic_write, atomic_write_text
 from crossattn.errors import CrossattnError
 
 CHECKPOINT_DIR = "checkpoints"
+#: what a run directory holds before its first epoch; anything else there belongs to someone else
+OWN_FILES = frozenset({"config.yaml", "spec.yaml", "run.json", CHECKPOINT_DIR})
 #: each framework's own checkpoint extension, the one `crossattn convert` recognises
 CHECKPOINT_SUFFIX = {"torch": ".pt", "paddle": ".pdparams"}
 _PATTERN = re.compile(r"^epoch_(\d{4,})\.(pt|pdparams)$")
@@ -68,6 +70,11 @@ def prepare(run_dir: str | os.PathLike, config_yaml: str, spec_path: str | os.Pa
     if list_checkpoints(run_dir) or (run_dir / "metrics.jsonl").exists():
         raise CrossattnError(f"run directory {run_dir} already holds a run; pass --resume {run_dir} to continue "
                              f"it, or choose another --run-dir")
+    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in OWN_FILES) if run_dir.is_dir() else []
+    if foreign or (run_dir / "config.yaml").exists() and "framework" not in read_info(run_dir):
+        shown = ", ".join(foreign[:5]) or "config.yaml"
+        raise CrossattnError(f"run directory {run_dir} holds files crossattn did not write ({shown}); "
+                             f"choose an empty or new --run-dir so nothing of yours is overwritten")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", config_yaml)
     atomic_write_text(run_dir / "spec.yaml", Path(spec_path).read_text(encoding="utf-8"))

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from crossattn.data import Dataset, iterate_batches, load_cifar10, load_mnist, make_synthetic, num_batches
-from crossattn.errors import CrossattnError
+from crossattn.atomic import atomic_write_text
+from crossattn.errors import CrossattnError, OptionError
 from crossattn.frameworks import require
 from crossattn.spec import Spec, load_spec
 from crossattn.training import run_dir as runs
@@ -107,6 +108,21 @@ class Progress:
         return time.perf_counter() - self.epoch_started
 
 
+def _load_newest_readable(trainer: Any, run: Path, log: Log) -> int:
+    """Load the newest checkpoint that reads back; an unreadable one (cut short by a crash) is skipped."""
+    found = runs.list_checkpoints(run)
+    for epoch, path in reversed(found):
+        try:
+            loaded, _ = trainer.load(str(path))
+            return loaded
+        except Exception as exc:  # noqa: BLE001 - each framework raises its own types for a damaged file
+            log(f"warning: cannot read checkpoint {path} ({type(exc).__name__}: {exc}); trying an older one")
+    if found:
+        raise CrossattnError(f"cannot resume {run}: none of its checkpoints ({', '.join(p.name for _, p in found)}) "
+                             f"reads back; start a new run")
+    return 0
+
+
 def _clock(seconds: float) -> str:
     seconds = max(int(round(seconds)), 0)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -120,11 +136,28 @@ class RunResult:
     trainer: Any = None
 
 
+def check_fits_data(spec: Spec, config: TrainConfig) -> None:
+    """The model must classify images shaped like the dataset's, into at least its classes."""
+    where = spec.path or spec.name
+    options = spec.options
+    if not type(options).image_classifier:
+        raise CrossattnError(f"{where}: `crossattn train` trains image classifiers (resnet_ablation, se_resnet, "
+                             f"mnist_non_local); `{spec.type}` is not one")
+    dataset = config.data_kind if config.dataset == "synthetic" else config.dataset
+    if options.in_channels != config.channels:
+        raise CrossattnError(f"{where}, key `options.in_channels`: the model takes {options.in_channels}-channel "
+                             f"images but {dataset} images have {config.channels}")
+    if options.num_classes < 10:
+        raise CrossattnError(f"{where}, key `options.num_classes`: {dataset} has 10 classes, the model "
+                             f"scores {options.num_classes}")
+
+
 def train(spec_path: str | os.PathLike, config: TrainConfig, framework: str, device: str,
           run_dir: str | os.PathLike, log: Log = print, stop_after: int | None = None,
           datasets: tuple[Dataset, Dataset] | None = None) -> RunResult:
     """A fresh run in `run_dir`; `stop_after` ends it after that many epochs (continue with resume_run)."""
     spec = load_spec(spec_path)
+    check_fits_data(spec, config)
     module = twin(framework)  # an unusable device or amp setting fails before the run directory is made
     module.check_amp(config.amp, module.resolve_device(device))
     info = {"framework": framework, "spec": spec.name, "spec_type": spec.type, "device_requested": device}
@@ -142,23 +175,30 @@ def resume_run(run_dir: str | os.PathLike, device: str = "auto", epochs: int | N
     if framework is not None and framework != info.get("framework"):
         raise CrossattnError(f"{run} was trained with {info.get('framework')}; resume it with that framework")
     config = load_train_config(run / "config.yaml")
+    persist = False
     if epochs is not None and epochs != config.epochs:
+        latest = runs.latest_checkpoint(run)
+        if latest is not None and epochs < latest[0]:
+            raise CrossattnError(f"--epochs {epochs}: {run} has already trained {latest[0]} epochs; "
+                                 f"--epochs on resume sets the new total and can only raise it")
         if config.schedule != "constant" or config.warmup_epochs:
             log(f"note: changing epochs {config.epochs} -> {epochs} changes the {config.schedule} schedule's "
                 f"learning rates from here on")
-        config = config.replace(epochs=epochs)
-        from crossattn.atomic import atomic_write_text
-
-        atomic_write_text(run / "config.yaml", config.to_yaml())
+        try:
+            config = config.replace(epochs=epochs)
+        except OptionError as exc:
+            raise CrossattnError(f"--epochs {epochs} does not fit {run / 'config.yaml'}: {exc}") from None
+        persist = True
     if data_dir is not None or download:  # where the data lives does not change the run
         config = config.replace(data_dir=data_dir if data_dir is not None else config.data_dir,
                                 download=download or config.download)
     spec = load_spec(run / "spec.yaml")
-    return _run(run, spec, config, info["framework"], device, log, stop_after, datasets, resume=True)
+    return _run(run, spec, config, info["framework"], device, log, stop_after, datasets, resume=True,
+                persist_config=persist)
 
 
 def _run(run: Path, spec: Spec, config: TrainConfig, framework: str, device: str, log: Log,
-         stop_after: int | None, datasets: tuple[Dataset, Dataset] | None, resume: bool) -> RunResult:
+         stop_after: int | None, datasets: tuple[Dataset, Dataset] | None, resume: bool, persist_config: bool = False) -> RunResult:
     train_set, test_set = datasets or load_datasets(config)
     per_epoch = steps_per_epoch(config, len(train_set))
     module = twin(framework)
@@ -173,9 +213,9 @@ def _run(run: Path, spec: Spec, config: TrainConfig, framework: str, device: str
         runs.write_info(run, info)
         first_epoch, rows = 0, []
         if resume:
-            latest = runs.latest_checkpoint(run)
-            if latest is not None:
-                first_epoch, _ = trainer.load(str(latest[1]))
+            first_epoch = _load_newest_readable(trainer, run, log)
+            if persist_config:
+                atomic_write_text(run / "config.yaml", config.to_yaml())
             rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["epoch"] <= first_epoch]
             log(f"resuming {run} after epoch {first_epoch} of {config.epochs}")
         log(f"{framework} on {trainer.device_name}: {spec.name}, {params:,} parameters, {macs / 1e6:.1f} M "
@@ -189,7 +229,7 @@ def _run(run: Path, spec: Spec, config: TrainConfig, framework: str, device: str
             result.update(evaluate(trainer, config, test_set))
             row = {"epoch": epoch + 1, "step": (epoch + 1) * per_epoch,
                    "lr": lr_at(config, (epoch + 1) * per_epoch - 1, per_epoch), **result,
-                   "epoch_seconds": seconds, "images_per_second": per_epoch * config.batch_size / seconds}
+                   "epoch_seconds": seconds, "images_per_second": min(per_epoch * config.batch_size, len(train_set)) / seconds}
             rows.append(row)
             write_metrics(run, rows)
             runs.save_atomically(runs.checkpoint_path(run, epoch + 1, framework),
