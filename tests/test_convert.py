@@ -24,7 +24,7 @@ from paddle_impl.layers import batch_norm as paddle_bn
 from torch_impl import adapter as torch_adapter
 from torch_impl.layers import batch_norm as torch_bn
 from weight_transfer import convert as convert_module
-from weight_transfer.checkpoints import UnsafeCheckpointError, read_checkpoint
+from weight_transfer.checkpoints import CheckpointError, UnsafeCheckpointError, read_checkpoint
 from weight_transfer.convert import Twins, convert
 from weight_transfer.transfer import transfer
 
@@ -144,7 +144,9 @@ def test_round_trip_torch_paddle_torch_is_exact(model, request, tmp_path):
         assert there.transfer.transposed == back.transfer.transposed == ["fc.weight"]
     assert any(key.endswith("num_batches_tracked") for key in there.transfer.dropped)
     paddle_model = twins.build("paddle")  # paddle itself loads what was written
-    paddle_model.set_state_dict(paddle.load(str(tmp_path / "b.pdparams")))
+    missing, unexpected = paddle_model.set_state_dict(paddle.load(str(tmp_path / "b.pdparams")))
+    assert not missing and not unexpected  # set_state_dict only warns: check what it reports
+    assert_same_state({k: v.numpy() for k, v in paddle_model.state_dict().items()}, base["paddle"])
 
 
 @pytest.mark.parametrize("src_fmt", list(EXTENSIONS))
@@ -297,7 +299,7 @@ def test_paddle_bookkeeping_entries_are_undone(tmp_path):
 
 def test_torch_pickle_beyond_weights_is_refused(tiny, tmp_path):
     torch.save({"state_dict": {"conv.weight": torch.zeros(4, 3, 3, 3)}, "extra": Custom()}, tmp_path / "obj.pt")
-    with pytest.raises(UnsafeCheckpointError, match="weights_only"):
+    with pytest.raises(UnsafeCheckpointError, match="weights_only.*needs `.*Custom`"):
         read_checkpoint(tmp_path / "obj.pt")
 
 
@@ -392,3 +394,71 @@ def test_cli_exit_codes(tmp_path, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert "verify    FAIL" in captured.out and "was not written" in captured.err
     assert not (tmp_path / "f.pdparams").exists()
+
+
+# --------------------------------------------------------------------------- review regressions
+
+def test_float64_checkpoint_converts_across_frameworks(tiny, tmp_path):
+    """The transfer casts to the twin's float32; verification compares the conversion, not the cast."""
+    state = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in states(tiny)["torch"].items()}
+    save_native(tmp_path / "f64.pt", "pt", state)
+    report = convert(tmp_path / "f64.pt", tmp_path / "f64.pdparams", tiny)
+    assert report.passed and report.written, report.lines()
+    assert report.transfer.cast
+
+
+def test_unwritable_destination_is_a_user_error(tiny, tmp_path):
+    save_native(tmp_path / "a.pt", "pt", states(tiny)["torch"])
+    with pytest.raises(CheckpointError, match="cannot write"):
+        convert(tmp_path / "a.pt", tmp_path / "a.pt" / "inside.pdparams", tiny)
+
+
+def test_self_referential_pickle_is_a_user_error(tiny, tmp_path):
+    looped: dict = {}
+    looped["a"] = looped
+    with open(tmp_path / "loop.pdparams", "wb") as fh:
+        pickle.dump(looped, fh, protocol=4)
+    with pytest.raises(CheckpointError, match="refers to itself"):
+        read_checkpoint(tmp_path / "loop.pdparams")
+
+
+def test_format_pt_metadata_does_not_override_the_keys(tiny, tmp_path):
+    """safetensors.torch writers record `format: pt`; the keys (paddle naming here) decide."""
+    save_native(tmp_path / "p.safetensors", "safetensors", states(tiny)["paddle"], metadata={"format": "pt"})
+    report = convert(tmp_path / "p.safetensors", tmp_path / "t.pt", tiny)
+    assert report.passed, report.lines()
+    assert_same_state(load_native(tmp_path / "t.pt", "pt"), expected(tiny, states(tiny), "paddle", "torch"))
+
+
+def test_trusted_pickles_load_whole_modules_and_protocol_2_files(tiny, tmp_path):
+    base = states(tiny)
+    model = tiny.build("torch")
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in base["torch"].items()})
+    torch.save(model, tmp_path / "whole.pt")  # a pickled module: needs trust
+    with pytest.raises(UnsafeCheckpointError):
+        read_checkpoint(tmp_path / "whole.pt")
+    assert convert(tmp_path / "whole.pt", tmp_path / "w.pdparams", tiny, trust_pickle=True).passed
+    paddle.save({k: paddle.to_tensor(v) for k, v in base["paddle"].items()}, str(tmp_path / "p2.pdparams"),
+                protocol=2)
+    with pytest.raises(UnsafeCheckpointError):
+        read_checkpoint(tmp_path / "p2.pdparams")
+    report = convert(tmp_path / "p2.pdparams", tmp_path / "p2.pt", tiny, trust_pickle=True)
+    assert report.passed
+    assert_same_state(load_native(tmp_path / "p2.pt", "pt"), expected(tiny, base, "paddle", "torch"))
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_bfloat16_checkpoints_are_upcast_exactly(tiny, tmp_path, fmt):
+    from safetensors.torch import save_file as save_torch_file
+
+    state = {k: torch.from_numpy(v).to(torch.bfloat16) if v.dtype == np.float32 else torch.from_numpy(v)
+             for k, v in states(tiny)["torch"].items()}
+    path = tmp_path / f"bf16.{fmt}"
+    if fmt == "pt":
+        torch.save(state, path)
+    else:
+        save_torch_file(state, str(path))
+    report = convert(path, tmp_path / "out.pdparams", tiny)
+    assert report.passed, report.lines()
+    written = load_native(tmp_path / "out.pdparams", "pdparams")
+    assert np.array_equal(written["conv.weight"], state["conv.weight"].float().numpy())

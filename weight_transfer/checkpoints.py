@@ -15,11 +15,12 @@ caller trusts it (`trust_pickle=True`, then torch.load / paddle.load in full).
 
 from __future__ import annotations
 
-import dataclasses
 import collections
+import dataclasses
 import io
 import os
 import pickle
+import re
 import sys
 import warnings
 import zipfile
@@ -124,12 +125,17 @@ def _read_torch(path: Path, trust_pickle: bool) -> RawCheckpoint:
         content = _torch_load(torch, path, weights_only=True)
     except pickle.UnpicklingError as exc:
         if not trust_pickle:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            needed = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+            first = (f"it needs `{needed.group(1)}`" if needed else
+                     str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             raise UnsafeCheckpointError(
                 f"{path}: refused: the file needs more than tensors and plain containers to load "
                 f"(torch.load(weights_only=True) said: {first}). Loading it could run code stored in the "
                 f"file; pass --trust-pickle only if you trust where it came from") from None
-        content = _torch_load(torch, path, weights_only=False)
+        try:
+            content = _torch_load(torch, path, weights_only=False)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from None
     if isinstance(content, torch.nn.Module):  # a whole pickled model (only with trust_pickle)
         content = content.state_dict()
     return RawCheckpoint(path, "torch", content)
@@ -227,6 +233,9 @@ def _read_paddle(path: Path, trust_pickle: bool) -> RawCheckpoint:
         raise CheckpointError(f"{path}: not a readable .pdparams pickle ({type(exc).__name__}: {exc})") from None
     try:
         return RawCheckpoint(path, "paddle", _paddle_bookkeeping_removed(_unwrap_nested_tensors(content)))
+    except RecursionError:
+        raise CheckpointError(f"{path}: the pickle refers to itself (or nests too deep) and holds no state dict") \
+            from None
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: malformed {PADDLE_SLICES} entry ({type(exc).__name__}: {exc})") from None
 
@@ -245,6 +254,12 @@ def _paddle_bookkeeping_removed(content: Any) -> Any:
     return {k: _paddle_bookkeeping_removed(v) for k, v in content.items()}
 
 
+def _torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
 def _read_safetensors(path: Path, trust_pickle: bool) -> RawCheckpoint:
     from safetensors import safe_open
 
@@ -252,6 +267,13 @@ def _read_safetensors(path: Path, trust_pickle: bool) -> RawCheckpoint:
         with safe_open(str(path), framework="np") as fh:
             metadata = dict(fh.metadata() or {})
             content = {key: fh.get_tensor(key) for key in fh.keys()}
+    except TypeError as exc:  # a dtype numpy lacks (bfloat16): read through torch, which upcasts exactly
+        if "bfloat16" not in str(exc) or "torch" not in sys.modules and not _torch_installed():
+            raise CheckpointError(f"{path}: holds a dtype numpy cannot represent ({exc}); install torch to read "
+                                  f"bfloat16 tensors (they are upcast to float32 exactly)") from None
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+            content = {key: to_numpy(fh.get_tensor(key), key, str(path)) for key in fh.keys()}
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         raise CheckpointError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
     return RawCheckpoint(path, "safetensors", content, metadata)
@@ -273,11 +295,9 @@ def _read_npz(path: Path, trust_pickle: bool) -> RawCheckpoint:
 def metadata_framework(raw: RawCheckpoint) -> str | None:
     """The framework convention a neutral file declares, if it declares one."""
     declared = raw.metadata.get("framework")
-    if declared in FRAMEWORKS:
-        return declared
-    if raw.metadata.get("format") == "pt":  # what torch-side safetensors writers record
-        return "torch"
-    return None
+    # only crossattn's own entry binds: `format: pt`, which torch-side safetensors writers record,
+    # says how the file was written, not whose naming the keys follow (the keys tell that)
+    return declared if declared in FRAMEWORKS else None
 
 
 # --------------------------------------------------------------------------- tensors
@@ -293,9 +313,12 @@ def is_tensor(value: Any) -> bool:
 def to_numpy(value: Any, key: str, source: str) -> np.ndarray:
     """A numpy view of a tensor (no copy where the framework allows); numeric dtypes only."""
     if not isinstance(value, np.ndarray):
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16:
+            value = value.float()  # numpy has no bfloat16; every bfloat16 value is exact in float32
         try:
             value = value.detach().cpu().numpy()
-        except TypeError as exc:  # bfloat16 and float8 have no numpy dtype
+        except TypeError as exc:  # float8 has no numpy dtype
             raise CheckpointError(f"{source}: tensor `{key}` has dtype {value.dtype}, which numpy cannot hold "
                                   f"({exc}); cast the checkpoint to float32 first") from None
     if value.dtype.kind not in TENSOR_KINDS:
@@ -404,7 +427,7 @@ def locate_weights(raw: RawCheckpoint, slots_for: Callable[[str], Mapping[str, S
 
     A prefix is stripped automatically only when every key carries it and the
     stripped keys are exactly the model's slots. When nothing matches exactly,
-    the closest candidate is returned (`Located.notes` says so) so that
+    the closest candidate is returned (`Located.exact` says so) so that
     validation names every missing, unexpected or mis-shaped key.
     """
     source = str(raw.path)

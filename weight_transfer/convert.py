@@ -238,6 +238,9 @@ def convert(src: str | Path, dst: str | Path, twins: Twins, to: str | None = Non
     except _VerificationFailed:
         _remove_empty(created)
         return report
+    except OSError as exc:
+        _remove_empty(created)
+        raise CheckpointError(f"{dst}: cannot write it ({exc.strerror or exc}); nothing was written") from None
     except BaseException:
         _remove_empty(created)
         raise
@@ -328,8 +331,10 @@ def verify_files(twins: Twins, located: Located, written: Path, dst_format: str,
                  seed: int = 0) -> Verification:
     """Forward both twins in float64, one with the source's weights and one with the file as written."""
     started = time.perf_counter()
-    source_state = dict(located.weights)
     source_slots = twins.slots(located.framework)
+    source_state = dict(located.weights)
+    if located.framework != target:  # the transfer cast each tensor to the twin's dtype: so does the reference
+        source_state = {k: _as_slot_dtype(v, source_slots.get(k)) for k, v in source_state.items()}
     for key in optional_keys(source_slots, located.framework) - set(source_state):
         source_state[key] = np.zeros(source_slots[key].shape, dtype=source_slots[key].dtype)
     reference = _outputs(twins, located.framework, source_state, seed)
@@ -338,6 +343,13 @@ def verify_files(twins: Twins, located: Located, written: Path, dst_format: str,
     tol = tolerance_for("float64")
     comparisons = [compare(f"output [{mode}]", "output", candidate[mode], reference[mode], tol) for mode in MODES]
     return Verification(comparisons, time.perf_counter() - started, tol)
+
+
+def _as_slot_dtype(value: np.ndarray, slot: Any) -> np.ndarray:
+    value = np.asarray(value)
+    if slot is None or not np.issubdtype(value.dtype, np.floating):
+        return value
+    return value.astype(slot.dtype, copy=False)
 
 
 def _outputs(twins: Twins, framework: str, state: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
