@@ -187,3 +187,16 @@ def require(condition: bool, key: str, message: str) -> None:
 
 def positive(value: int | None, key: str) -> None:
     require(value is None or value > 0, key, f"must be > 0, got {value}")
+
+
+SPATIAL_NAMES = ("L", "H, W", "T, H, W")
+
+
+def check_feature_map(shape: tuple[int, ...], channels: int, dimension: int = 2,
+                      channel_key: str = "channels") -> None:
+    """An input of shape (N, C, *spatial) with `dimension` spatial axes and C equal to option `channel_key`."""
+    require(len(shape) == dimension + 2, "input_shape",
+            f"takes {dimension + 2}-dimensional input (N, C, {SPATIAL_NAMES[dimension - 1]}), "
+            f"got {len(shape)} dimensions")
+    require(shape[1] == channels, "input_shape",
+            f"channel dimension {shape[1]} does not match {channel_key} {channels}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,7 @@ class ConvertReport:
                f"source    {self.source_framework} naming, {self.src.suffix} file, {self.located}",
                f"target    {self.target_framework} naming, {self.dst.suffix} file"]
         if self.transfer is not None:
-            out.append(f"transfer  {transfer_summary(self.transfer)}")
+            out.append(f"transfer  {self.transfer.summary()}")
             if self.transfer.cast:
                 out.append(f"cast      {len(self.transfer.cast)}: {', '.join(self.transfer.cast)}")
         else:
@@ -143,31 +143,6 @@ class ConvertReport:
         else:
             out.append("verify    skipped (--no-verify)")
         return out
-
-
-def transfer_summary(report: TransferReport) -> str:
-    """TransferReport.summary with long name lists folded by tensor name (a ResNet has 50+ BatchNorms)."""
-    parts = [f"{report.copied} tensors {report.source}->{report.target}"]
-    for label, items in (("transposed", report.transposed), ("renamed", report.renamed),
-                         ("reshaped", report.reshaped)):
-        if items:
-            parts.append(f"{len(items)} {label}")
-    if report.dropped:
-        parts.append(f"{len(report.dropped)} recorded without twin ({_names(report.dropped)})")
-    if report.filled:
-        parts.append(f"{len(report.filled)} filled with 0 ({_names(report.filled)})")
-    return ", ".join(parts)
-
-
-def _names(keys: Iterable[str]) -> str:
-    keys = sorted(keys)
-    if len(keys) <= 3:
-        return ", ".join(keys)
-    counts: dict[str, int] = {}
-    for key in keys:
-        name = key.rpartition(".")[2]
-        counts[name] = counts.get(name, 0) + 1
-    return ", ".join(f"{name} of {n} layers" for name, n in counts.items())
 
 
 def _size(n: int) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -39,21 +39,22 @@ class TransferReport:
         if self.dropped:
             parts.append(f"{len(self.dropped)} recorded without twin ({_folded(self.dropped)})")
         if self.filled:
-            parts.append(f"{len(self.filled)} filled ({_folded(self.filled)})")
+            parts.append(f"{len(self.filled)} filled with 0 ({_folded(self.filled)})")
         if self.cast:
             parts.append(f"{len(self.cast)} cast")
         return ", ".join(parts)
 
 
-def _folded(keys) -> str:
-    """`num_batches_tracked of 155 layers` rather than 155 names; a few names are listed as they are."""
+def _folded(keys: Iterable[str]) -> str:
+    """Long name lists folded by tensor name: `num_batches_tracked of 155 layers`, not 155 names."""
     keys = sorted(keys)
     if len(keys) <= 3:
         return ", ".join(keys)
-    names = {k.rpartition(".")[2] for k in keys}
-    if len(names) == 1:
-        return f"{names.pop()} of {len(keys)} layers"
-    return ", ".join(keys[:3]) + f", ... ({len(keys) - 3} more)"
+    counts: dict[str, int] = {}
+    for key in keys:
+        name = key.rpartition(".")[2]
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{name} of {n} layers" for name, n in counts.items())
 
 
 def _convert(value: np.ndarray, layout: str, target_shape: tuple[int, ...], to_framework: str) -> np.ndarray:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from crossattn.blocks.se import check_feature_map, squeezed_channels
-from crossattn.options import Options, positive, require
+from crossattn.blocks.se import squeezed_channels
+from crossattn.options import Options, check_feature_map, positive, require
 from crossattn.registry import register
 
 

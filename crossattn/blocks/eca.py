@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from crossattn.blocks.se import Dimension, check_feature_map
-from crossattn.options import Options, positive, require
+from crossattn.blocks.se import Dimension
+from crossattn.options import Options, check_feature_map, positive, require
 from crossattn.registry import register
 
 DEFAULT_GAMMA = 2.0

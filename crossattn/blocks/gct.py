@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from crossattn.blocks.se import check_feature_map
-from crossattn.options import Options, positive, require
+from crossattn.options import Options, check_feature_map, positive, require
 from crossattn.registry import register
 
 Mode = Literal["l2", "l1"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from crossattn.options import Options, positive, require
+from crossattn.options import Options, check_feature_map, positive, require
 from crossattn.registry import register
 
 #: output channels = planes * EXPANSION, as in the ResNet bottleneck
@@ -80,9 +80,7 @@ class Res2NetOptions(Options):
         return self.downsample
 
     def check_input_shape(self, shape: tuple[int, ...]) -> None:
-        require(len(shape) == 4, "input_shape", f"takes 4-dimensional input (N, C, H, W), got {len(shape)} dimensions")
-        require(shape[1] == self.inplanes, "input_shape",
-                f"channel dimension {shape[1]} does not match inplanes {self.inplanes}")
+        check_feature_map(shape, self.inplanes, 2, "inplanes")
 
 
 register("res2net", "block", Res2NetOptions, "blocks.res2net:Res2NetBottleneck",

@@ -8,14 +8,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from crossattn.options import Options, positive, require
+from crossattn.options import Options, check_feature_map, positive, require
 from crossattn.registry import register
 
 Rounding = Literal["floor", "round"]
 Gate = Literal["sigmoid", "hard_sigmoid"]
 Dimension = Literal[1, 2, 3]
 
-SPATIAL_NAMES = ("L", "H, W", "T, H, W")
 
 
 def squeezed_channels(channels: int, reduction: int, rounding: Rounding = "floor") -> int:
@@ -28,14 +27,6 @@ def squeezed_channels(channels: int, reduction: int, rounding: Rounding = "floor
     width = round(channels / reduction) if rounding == "round" else channels // reduction
     return max(width, 1)
 
-
-def check_feature_map(shape: tuple[int, ...], channels: int, dimension: int) -> None:
-    """The input of a channel-attention block: (N, C, *spatial) with `dimension` spatial axes."""
-    require(len(shape) == dimension + 2, "input_shape",
-            f"a {dimension}-D block takes {dimension + 2}-dimensional input "
-            f"(N, C, {SPATIAL_NAMES[dimension - 1]}), got {len(shape)} dimensions")
-    require(shape[1] == channels, "input_shape",
-            f"channel dimension {shape[1]} does not match channels {channels}")
 
 
 @dataclasses.dataclass(frozen=True)

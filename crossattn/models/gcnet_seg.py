@@ -12,7 +12,7 @@ import dataclasses
 from crossattn.blocks.global_context import GlobalContextOptions, Pooling
 from crossattn.errors import OptionError
 from crossattn.models.resnet_parts import UnitPlan, plan_stages
-from crossattn.options import Options, positive, require
+from crossattn.options import Options, check_feature_map, positive
 from crossattn.registry import register
 
 
@@ -69,9 +69,7 @@ class GCNetSegOptions(Options):
                                     pooling=self.gc_pooling)
 
     def check_input_shape(self, shape: tuple[int, ...]) -> None:
-        require(len(shape) == 4, "input_shape", f"the network takes (N, C, H, W) images, got {len(shape)} dimensions")
-        require(shape[1] == self.in_channels, "input_shape",
-                f"channel dimension {shape[1]} does not match in_channels {self.in_channels}")
+        check_feature_map(shape, self.in_channels, 2, "in_channels")
 
 
 register("gcnet_seg", "model", GCNetSegOptions, "models.gcnet_seg:GCNetSeg",

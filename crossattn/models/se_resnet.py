@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 
 from crossattn.blocks.se import SEOptions
 from crossattn.models.resnet_parts import UnitKind, UnitPlan, plan_stages
-from crossattn.options import Options, positive, require
+from crossattn.options import Options, check_feature_map, positive
 from crossattn.registry import register
 
 Depth = Literal[18, 34, 50, 101, 152]
@@ -65,9 +65,7 @@ class SEResNetOptions(Options):
         return SEOptions(channels=channels, reduction=self.se_reduction, rounding="round")
 
     def check_input_shape(self, shape: tuple[int, ...]) -> None:
-        require(len(shape) == 4, "input_shape", f"the network takes (N, C, H, W) images, got {len(shape)} dimensions")
-        require(shape[1] == self.in_channels, "input_shape",
-                f"channel dimension {shape[1]} does not match in_channels {self.in_channels}")
+        check_feature_map(shape, self.in_channels, 2, "in_channels")
 
 
 register("se_resnet", "model", SEResNetOptions, "models.se_resnet:SEResNet",
