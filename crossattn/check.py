@@ -13,6 +13,7 @@ variance; torch: unbiased) replayed over the reference's batch statistics.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -26,7 +27,7 @@ from crossattn.frameworks import adapter
 from crossattn.init import initial_state
 from crossattn.spec import Spec
 from crossattn.tolerances import ROUNDING_BUDGET_FACTOR, Tolerance, tolerance_for
-from weight_transfer import TransferReport, transfer
+from weight_transfer import TransferReport, canonical_key, transfer
 from weight_transfer.slots import Slot
 
 DIRECTIONS = ("torch->paddle", "paddle->torch")
@@ -44,6 +45,7 @@ class CheckCase:
     comparisons: list[Comparison]
     transfer: str
     notes: list[str]
+    copied: int = 0  # tensors the transfer copied
 
     @property
     def passed(self) -> bool:
@@ -94,6 +96,7 @@ class TwinPair:
     src_model: Any
     dst_model: Any
     src_slots: dict[str, Slot]
+    dst_slots: dict[str, Slot]
     src_init: dict[str, np.ndarray]
     dst_init: dict[str, np.ndarray]
     report: TransferReport
@@ -117,7 +120,8 @@ def prepare_pair(spec: Spec, direction: str, dtype: str = "float64", seed: int =
     dst_init, report = transfer(src_init, src_fw, dst_slots, dst_fw)
     if after_transfer is not None:
         after_transfer(dst_init)
-    pair = TwinPair(src_fw, dst_fw, src, dst, src_model, dst_model, src_slots, src_init, dst_init, report)
+    pair = TwinPair(src_fw, dst_fw, src, dst, src_model, dst_model, src_slots, dst_slots, src_init, dst_init,
+                    report)
     pair.reload()
     return pair
 
@@ -174,8 +178,37 @@ def _check_case(spec: Spec, pair: TwinPair, mode: str, tol: Tolerance, seed: int
                      f"result (pass when within {ROUNDING_BUDGET_FACTOR:g}x the reference's own rounding error)")
     if mode == "train":
         comparisons += _running_stats(pair.src_fw, pair.src_slots, pair.src_init, ref, got, pair.dst_fw, tol, notes)
+    comparisons += _trainable_flags(pair, tol)
+    if train:
+        comparisons += _other_buffers(pair, got, ref, tol)
     direction = f"{pair.src_fw}->{pair.dst_fw}"
-    return CheckCase(spec.name, direction, mode, comparisons, pair.report.summary(), notes)
+    return CheckCase(spec.name, direction, mode, comparisons, pair.report.summary(), notes, pair.report.copied)
+
+
+def _trainable_flags(pair: TwinPair, tol: Tolerance) -> list[Comparison]:
+    """A tensor trained on one side and frozen on the other is a difference, whichever side is the source."""
+    src = {canonical_key(s, pair.src_fw) for s in pair.src_slots.values() if s.trainable}
+    dst = {canonical_key(s, pair.dst_fw) for s in pair.dst_slots.values() if s.trainable}
+    return [Comparison(key, "trainable", math.inf, math.inf, math.nan, False,
+                       f"trainable in {pair.src_fw if key in src else pair.dst_fw} only", tol.atol, tol.rtol)
+            for key in sorted(src ^ dst)]
+
+
+def _other_buffers(pair: TwinPair, got, ref, tol: Tolerance) -> list[Comparison]:
+    """State other than parameters and BatchNorm statistics, after the train step (an EMA, a step counter)."""
+    got_state, _ = transfer(got.state, pair.dst_fw, pair.src_slots, pair.src_fw, complete=False)
+    out = []
+    for key, slot in pair.src_slots.items():
+        if slot.trainable or slot.kind == "batchnorm" or key not in got_state or key not in ref.state:
+            continue
+        if np.issubdtype(ref.state[key].dtype, np.floating):
+            out.append(compare(key, "buffer", got_state[key], ref.state[key], tol))
+        else:
+            exact = np.array_equal(got_state[key], ref.state[key])
+            out.append(Comparison(key, "buffer", 0.0 if exact else math.inf, 0.0 if exact else math.inf,
+                                  1.0 if exact else math.nan, exact, "integers: compared exactly", tol.atol,
+                                  tol.rtol))
+    return out
 
 
 def _running_stats(src_fw: str, src_slots: dict[str, Slot], src_init: dict[str, np.ndarray], ref, got,

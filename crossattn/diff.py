@@ -14,6 +14,7 @@ not accumulate: a small mismatch deep in a network is pinned to its layer.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -59,9 +60,11 @@ class DiffReport:
 
 
 def map_call_key(key: str, name_map: Mapping[str, str]) -> str:
-    """Map `layer#k` through a layer-name map; unmapped names stay as they are."""
+    """Map `layer#k` through a layer-name map by longest prefix, as the weight transfer does."""
+    from weight_transfer.transfer import map_layer_name
+
     name, sep, call = key.partition("#")
-    return name_map.get(name, name) + sep + call
+    return map_layer_name(name, name_map) + sep + call
 
 
 def compare_traces(ref: LayerTrace, got: LayerTrace, name_map: Mapping[str, str], tol: Tolerance) -> tuple:
@@ -76,6 +79,9 @@ def compare_traces(ref: LayerTrace, got: LayerTrace, name_map: Mapping[str, str]
         grad = None
         if key in ref.grads and other in got.grads:
             grad = compare(key, "layer_grad", got.grads[other], ref.grads[key], tol)
+        elif key in ref.grads:  # the candidate cut the gradient flow here (a detach, a no-grad path)
+            grad = Comparison(key, "layer_grad", math.inf, math.inf, math.nan, False,
+                              "no gradient reached this layer in the candidate", tol.atol, tol.rtol)
         rows.append(LayerRow(key, other, output, grad))
     first_output = next((r.layer for r in rows if not r.output.passed), None)
     first_grad = next((r.layer for r in reversed(rows) if r.grad is not None and not r.grad.passed), None)

@@ -12,7 +12,7 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from crossattn.errors import TransferError
+from crossattn.errors import CrossattnError, TransferError
 from crossattn.tracing import LayerTrace, call_key
 from paddle_impl.layers import ZERO_INIT_ATTR
 from weight_transfer.slots import Slot, join
@@ -37,8 +37,11 @@ def setup(device: str = "cpu") -> None:
 
 
 def to_dtype(model: nn.Layer, dtype: str) -> nn.Layer:
-    """Cast every parameter and buffer (checks run in float64 so rounding is not mistaken for divergence)."""
-    model.to(dtype=dtype)
+    """Cast floating parameters and buffers (checks run in float64 so rounding is not mistaken for divergence).
+
+    Integer buffers keep their dtype, as torch's Module.to does.
+    """
+    model._to_impl(dtype=dtype, floating_only=True)
     return model
 
 
@@ -112,6 +115,9 @@ def _forward_backward(model: nn.Layer, x: np.ndarray,
     """Forward `x`, then backward sum(output * cotangent); returns (input, output) tensors."""
     inputs = paddle.to_tensor(np.ascontiguousarray(x), stop_gradient=False)
     output = model(inputs)
+    if not isinstance(output, paddle.Tensor):
+        raise CrossattnError(f"the model returns {type(output).__name__}, not one tensor; check and diff compare "
+                             f"a single output (wrap the model to return the tensor to compare)")
     weight = paddle.to_tensor(cotangent(tuple(output.shape)))
     model.clear_gradients(set_to_zero=False)
     (output * weight).sum().backward()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossattn.errors import TransferError
+from crossattn.errors import CrossattnError, TransferError
 from crossattn.tracing import LayerTrace, call_key
 from torch_impl.layers import ZERO_INIT_ATTR
 from weight_transfer.slots import Slot, join
@@ -110,6 +110,9 @@ def _forward_backward(model: nn.Module, x: np.ndarray,
     """Forward `x`, then backward sum(output * cotangent); returns (input, output) tensors."""
     inputs = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
     output = model(inputs)
+    if not torch.is_tensor(output):
+        raise CrossattnError(f"the model returns {type(output).__name__}, not one tensor; check and diff compare "
+                             f"a single output (wrap the model to return the tensor to compare)")
     weight = torch.from_numpy(cotangent(tuple(output.shape)))
     model.zero_grad(set_to_none=True)
     (output * weight).sum().backward()
@@ -169,7 +172,8 @@ def trace(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]]
             def grad_hook(grad, key=key):
                 record.grads[key] = grad.detach().numpy().copy()
                 if feed_grads is not None and key in feed_grads:
-                    return torch.from_numpy(feed_grads[key]).to(grad.dtype)
+                    # a copy: autograd may accumulate into it, and the array belongs to the reference trace
+                    return torch.tensor(feed_grads[key], dtype=grad.dtype)
                 return None
             tensor.register_hook(grad_hook)
 

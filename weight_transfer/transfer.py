@@ -137,6 +137,14 @@ def canonical_key(slot: Slot, framework: str) -> str:
     return join(slot.layer, name or slot.name)
 
 
+def map_layer_name(layer: str, layer_map: Mapping[str, str]) -> str:
+    """`layer` renamed by its longest mapped prefix (`backbone` -> `features` renames `backbone.0.conv`)."""
+    for prefix in sorted(layer_map, key=len, reverse=True):
+        if layer == prefix or layer.startswith(prefix + "."):
+            return layer_map[prefix] + layer[len(prefix):]
+    return layer
+
+
 def rename_layers(slots: Mapping[str, Slot], layer_map: Mapping[str, str]) -> dict[str, Slot]:
     """Slots re-keyed through a layer-name map (own name -> other name), for pairs that do not share names.
 
@@ -144,13 +152,8 @@ def rename_layers(slots: Mapping[str, Slot], layer_map: Mapping[str, str]) -> di
     `features` also renames `backbone.0.conv`.
     """
     renamed: dict[str, Slot] = {}
-    prefixes = sorted(layer_map, key=len, reverse=True)
     for slot in slots.values():
-        layer = slot.layer
-        for prefix in prefixes:
-            if layer == prefix or layer.startswith(prefix + "."):
-                layer = layer_map[prefix] + layer[len(prefix):]
-                break
+        layer = map_layer_name(slot.layer, layer_map)
         new = dataclasses.replace(slot, layer=layer, key=join(layer, slot.name))
         renamed[new.key] = new
     return renamed
