@@ -5,6 +5,7 @@ Heavy imports (numpy, torch, paddle) happen inside commands, so `--help` is inst
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -22,6 +23,13 @@ def cli() -> None:
     One YAML spec builds both twins; `check` proves them equivalent, forward
     and backward, tensor by tensor.
     """
+
+
+def _finite(param: click.Parameter, value: float | None) -> float | None:
+    """An infinite tolerance would pass everything: refuse it."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}", param=param)
+    return value
 
 
 def _direction(value: str) -> str:
@@ -71,8 +79,10 @@ def validate_command(specs: tuple[str, ...]) -> None:
 @click.option("--mode", type=click.Choice(["both", "train", "eval"]), default="both", show_default=True)
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="float64 separates divergence from rounding; float32 shows what a user's run sees.")
-@click.option("--atol", type=float, default=None, help="Absolute tolerance (default: per dtype, see docs).")
-@click.option("--rtol", type=float, default=None, help="Norm-relative tolerance (default: per dtype).")
+@click.option("--atol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v),
+              help="Absolute tolerance (default: per dtype, see docs).")
+@click.option("--rtol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v),
+              help="Norm-relative tolerance (default: per dtype).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights and inputs.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write every comparison to this JSON file.")
@@ -155,8 +165,8 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
 @click.option("--transfer/--no-transfer", "do_transfer", default=True, show_default=True,
               help="Your own models: copy the reference's weights into the candidate through the name map.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
-@click.option("--atol", type=float, default=None)
-@click.option("--rtol", type=float, default=None)
+@click.option("--atol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
+@click.option("--rtol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def diff_command(spec: str | None, direction: str, mode: str, single_step: bool, torch_model: str | None,
@@ -176,6 +186,9 @@ def diff_command(spec: str | None, direction: str, mode: str, single_step: bool,
 
     base = tolerance_for(dtype)
     tol = Tolerance(atol if atol is not None else base.atol, rtol if rtol is not None else base.rtol)
+    if spec and (torch_model or paddle_model or name_map):
+        raise CrossattnError("diff takes either SPEC (a spec's twins) or --torch-model/--paddle-model "
+                             "(your own pair), not both")
     if spec:
         from crossattn.spec import load_spec, resolve_spec
 

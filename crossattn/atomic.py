@@ -52,4 +52,10 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    """Write `text`; a path that cannot be written is a user error naming it."""
+    try:
+        return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except OSError as exc:
+        from crossattn.errors import CrossattnError
+
+        raise CrossattnError(f"{path}: cannot write it ({exc.strerror or exc}); nothing was written") from None

@@ -41,6 +41,9 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            raise yaml.constructor.ConstructorError(None, None, f"a key must be a plain name, got {key!r}",
+                                                    key_node.start_mark)
         if key in mapping:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (first at line {mapping.lines[key]})", key_node.start_mark
@@ -96,7 +99,9 @@ def _parse_component(raw: Mapping[str, Any], key: str) -> Spec:
     if not isinstance(type_name, str):
         raise OptionError(f"{key}.type", f"expected a block type name, got {type_name!r}")
     entry = registry.entry(type_name, key=f"{key}.type")
-    opts_raw = raw.get("options") or {}
+    opts_raw = raw.get("options")
+    if opts_raw is None:
+        opts_raw = {}
     if not isinstance(opts_raw, Mapping):
         raise OptionError(f"{key}.options", f"expected a mapping, got {opts_raw!r}")
     try:
@@ -111,11 +116,11 @@ def line_of(raw: Any, path: list[str]) -> int | None:
     node, line = raw, getattr(raw, "line", None)
     for part in path:
         name = part.split("[", 1)[0]
-        if isinstance(node, LineDict) and name in node:
-            line = node.lines.get(name, line)
-            node = node[name]
-        else:
-            break
+        key = next((k for k in node if str(k) == name), None) if isinstance(node, LineDict) else None
+        if key is None:
+            break  # a YAML key like `1:` or `true:` is matched by its text
+        line = node.lines.get(key, line)
+        node = node[key]
     return line
 
 
@@ -136,7 +141,9 @@ def parse_spec(raw: Any, file: str = "<spec>") -> Spec:
         entry = registry.entry(type_name)
     except OptionError as exc:
         raise SpecError(file, "type", line_of(raw, ["type"]), exc.message) from None
-    opts_raw = raw.get("options") or LineDict()
+    opts_raw = raw.get("options")
+    if opts_raw is None:
+        opts_raw = LineDict()
     if not isinstance(opts_raw, Mapping):
         raise SpecError(file, "options", line_of(raw, ["options"]), f"expected a mapping, got {opts_raw!r}")
     try:

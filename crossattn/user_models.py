@@ -24,7 +24,11 @@ def load_factory(target: str, option: str):
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise CrossattnError(f"{option}: {module_name!r} has no callable {attr!r}")
-    return factory()
+    try:
+        model = factory()
+    except Exception as exc:  # noqa: BLE001 - the user's code may raise anything
+        raise CrossattnError(f"{option} {target}: the factory raised {type(exc).__name__}: {exc}") from None
+    return model
 
 
 def load_name_map(path: str | None) -> dict[str, str]:
@@ -33,6 +37,8 @@ def load_name_map(path: str | None) -> dict[str, str]:
         return {}
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CrossattnError(f"--name-map {path}: cannot read it: {exc}") from None
     except yaml.YAMLError as exc:
         raise CrossattnError(f"--name-map {path}: malformed YAML: {exc}") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
@@ -62,13 +68,24 @@ def diff_user_models(torch_target, paddle_target, name_map_path, input_shape, di
     name_map = load_name_map(name_map_path)
     models = {"torch": load_factory(torch_target, "--torch-model"),
               "paddle": load_factory(paddle_target, "--paddle-model")}
+    expected = {"torch": "a torch.nn.Module", "paddle": "a paddle.nn.Layer"}
     for framework, model in models.items():
-        adapter(framework).to_dtype(model, dtype)
+        try:
+            adapter(framework).to_dtype(model, dtype)
+        except (AttributeError, TypeError):
+            raise CrossattnError(f"--{framework}-model: the factory returned {type(model).__name__}, expected "
+                                 f"{expected[framework]}") from None
     ref_fw, got_fw = direction.split("->")
     # the map is written torch -> paddle; orient it reference -> candidate
     oriented = name_map if ref_fw == "torch" else {v: k for k, v in name_map.items()}
     if do_transfer:
         transfer_by_name_map(ref_fw, models[ref_fw], got_fw, models[got_fw], oriented)
     x = np.random.default_rng([seed, 1]).standard_normal(shape).astype(dtype)
-    return diff_models((ref_fw, models[ref_fw]), (got_fw, models[got_fw]), x, oriented, mode, single_step, tol,
-                       seed, title=f"{torch_target} vs {paddle_target}")
+    try:
+        return diff_models((ref_fw, models[ref_fw]), (got_fw, models[got_fw]), x, oriented, mode, single_step, tol,
+                           seed, title=f"{torch_target} vs {paddle_target}")
+    except CrossattnError:
+        raise
+    except (RuntimeError, ValueError) as exc:  # a shape the models cannot take, as the frameworks word it
+        raise CrossattnError(f"--input-shape {input_shape}: the models could not run on it "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None

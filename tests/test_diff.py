@@ -88,3 +88,36 @@ def test_cli_check_layers_prints_the_trace():
                                           "--mode", "eval"])
     assert result.exit_code == 0, result.output
     assert "no layer diverges" in result.output and "W.0" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--torch-model", "tests.fixtures.user_pair:NAME_MAP", "--paddle-model", "tests.fixtures.user_pair:build_paddle",
+      "--input-shape", "2,3,6,6"], "has no callable"),
+    (["non_local_gaussian", "--torch-model", "tests.fixtures.user_pair:build_torch"], "not both"),
+])
+def test_cli_diff_user_errors_are_one_paragraph(args, message):
+    result = CliRunner().invoke(cli.cli, ["diff", *args], standalone_mode=False)
+    assert result.exception is not None and message in str(result.exception), result.exception
+
+
+@pytest.mark.parametrize("value", ["-1", "inf", "nan"])
+def test_cli_refuses_tolerances_that_would_pass_anything(value):
+    result = CliRunner().invoke(cli.cli, ["check", "non_local_gaussian", "--atol", value])
+    assert result.exit_code == 2 and "--atol" in result.output
+
+
+def test_cli_json_to_an_unwritable_path_is_a_user_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = CliRunner().invoke(cli.cli, ["check", "non_local_gaussian", "--mode", "eval", "--direction",
+                                          "torch2paddle", "--json", str(tmp_path / "file" / "r.json")],
+                                standalone_mode=False)
+    assert "cannot write it" in str(result.exception)
+
+
+def test_cli_diff_input_the_models_cannot_take_is_a_user_error(tmp_path):
+    name_map = tmp_path / "map.yaml"
+    name_map.write_text(yaml.safe_dump(user_pair.NAME_MAP))
+    result = CliRunner().invoke(cli.cli, ["diff", "--torch-model", "tests.fixtures.user_pair:build_torch",
+                                          "--paddle-model", "tests.fixtures.user_pair:build_paddle", "--name-map",
+                                          str(name_map), "--input-shape", "2,3"], standalone_mode=False)
+    assert "--input-shape 2,3: the models could not run" in str(result.exception), result.exception

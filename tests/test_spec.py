@@ -131,3 +131,15 @@ def test_help_and_validation_import_no_framework(tmp_path):
         """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("text,key,line,message", [
+    ("type: non_local\noptions: false\n", "options", 2, "expected a mapping"),
+    ("type: non_local\noptions: [in_channels]\n", "options", 2, "expected a mapping"),
+    ("type: non_local\n1: x\noptions: {in_channels: 4}\n", "1", 2, "unknown top-level key"),
+    ("type: non_local\noptions:\n  in_channels: 4\n  true: 1\n", "options.True", 4, "unknown option"),
+    ("type: non_local\n? [a, b]\n: 1\n", None, 2, "plain name"),
+])
+def test_yaml_edge_cases_name_key_and_line(tmp_path, text, key, line, message):
+    err = _error(tmp_path, text)
+    assert err.key == key and err.line == line and message in err.message, (err.key, err.line, str(err))
