@@ -107,6 +107,8 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
 
     if not specs and not all_specs:
         raise CrossattnError("check needs SPEC arguments or --all (see `crossattn specs`)")
+    if single_step and not layers:
+        raise CrossattnError("--single-step applies to the layer trace: add --layers (or use `crossattn diff`)")
     paths = [resolve_spec(s) for s in specs] + (shipped_spec_paths() if all_specs else [])
     loaded = [load_spec(p) for p in paths]
     base = tolerance_for(dtype)

@@ -85,8 +85,12 @@ def train_command(spec_arg: str | None, config_arg: str | None, framework: str |
               help="Device of sequential runs (without --devices).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (default: runs/ablation-NAME).")
+@click.option("--dataset", type=click.Choice(["cifar10", "mnist", "synthetic"]),
+              help="Override the dataset of every run (synthetic needs no download).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the dataset files are.")
+@click.option("--download", is_flag=True, help="Download the dataset when it is missing.")
 def ablation_command(ablation_yaml: str, framework: str, epochs: int | None, devices: str | None, device: str,
-                     out_dir: Path | None) -> None:
+                     out_dir: Path | None, dataset: str | None, data_dir: str | None, download: bool) -> None:
     """Train an ablation's baseline and variants; write ablation.md, ablation.csv and ablation.png.
 
     ABLATION_YAML is a path or a shipped name (seed004). Finished runs in the
@@ -108,6 +112,10 @@ def ablation_command(ablation_yaml: str, framework: str, epochs: int | None, dev
             click.echo("note: --devices given but no GPU is visible; running sequentially on the CPU")
             ids, device = [], "cpu"
     out = out_dir or Path("runs") / f"ablation-{load_ablation(path).name}"
-    result = run_ablation(path, framework, out, epochs=epochs, devices=ids, device=device, log=click.echo)
+    overrides = {k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v is not None}
+    if download:
+        overrides["download"] = True
+    result = run_ablation(path, framework, out, epochs=epochs, devices=ids, device=device, log=click.echo,
+                          overrides=overrides)
     click.echo(result.table.read_text(encoding="utf-8"))
     click.echo(f"wrote {result.table}, {result.csv}" + (f", {result.plot}" if result.plot else ""))

@@ -25,12 +25,16 @@ def require(framework: str) -> ModuleType:
         with warnings.catch_warnings():
             # paddle warns at import that ccache is missing; it concerns building C++ extensions only
             warnings.filterwarnings("ignore", message="No ccache found")
-            return importlib.import_module(_MODULES[framework])
+            module = importlib.import_module(_MODULES[framework])
     except ImportError as exc:
         raise FrameworkMissing(
             f"this command needs {framework}, which is not installed ({exc}); install it with: "
             f"{_HINTS[framework]}"
         ) from None
+    if framework == "paddle":
+        # paddle repeats at every train-mode BatchNorm call that it tracks global statistics (it always has)
+        warnings.filterwarnings("ignore", message="When training, we now always track global mean and variance")
+    return module
 
 
 def adapter(framework: str) -> ModuleType:

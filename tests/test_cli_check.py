@@ -36,3 +36,8 @@ def test_check_without_specs_is_a_user_error():
 def test_unknown_spec_name_is_a_user_error():
     result = CliRunner().invoke(cli.cli, ["check", "no_such_spec"], standalone_mode=False)
     assert "no shipped spec of that name" in str(result.exception)
+
+
+def test_single_step_without_layers_is_a_user_error():
+    result = CliRunner().invoke(cli.cli, ["check", "se_default", "--single-step"], standalone_mode=False)
+    assert "--layers" in str(result.exception)

@@ -371,3 +371,12 @@ def test_dropout_scales_alike_and_is_excluded_from_checks():
 @pytest.mark.parametrize("path", shipped_spec_paths("model"), ids=lambda p: p.stem)
 def test_shipped_model_spec_is_equivalent_at_full_size(path):
     assert_twins_equivalent(load_spec(path))
+
+
+def test_a_two_input_fusion_block_cannot_be_inserted():
+    from crossattn.errors import OptionError
+    from crossattn.models.resnet_ablation import ResNetAblationOptions
+
+    with pytest.raises(OptionError, match="fuses two inputs") as info:
+        ResNetAblationOptions(attention={"type": "aff", "options": {"channels": 256, "paired_input": True}})
+    assert info.value.key == "attention.type"

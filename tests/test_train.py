@@ -432,3 +432,32 @@ def test_cli_override_errors_name_the_flag(files, tmp_path):
                                 standalone_mode=False)
     assert isinstance(result.exception, CrossattnError)
     assert "--dataset mnist" in str(result.exception) and "seed004.yaml" in str(result.exception)
+
+
+def test_ablation_dataset_override_reaches_every_run(files, tmp_path):
+    from crossattn.cli_train import ablation_command
+
+    cifar_config = tmp_path / "cifar.yaml"
+    cifar_config.write_text(resolve_train_config("fast_cpu").read_text().replace("dataset: synthetic",
+                                                                                 "dataset: cifar10"))
+    ablation = _ablation_file(tmp_path, files["tiny"], [files["tiny_nl"]], cifar_config)
+    result = CliRunner().invoke(ablation_command, [str(ablation), "--epochs", "1", "--device", "cpu", "--out",
+                                                   str(tmp_path / "out"), "--dataset", "synthetic"])
+    assert result.exit_code == 0, result.output
+    assert "dataset: synthetic" in (tmp_path / "out" / "config.yaml").read_text()
+
+
+def test_missing_data_creates_no_run_directory(files, config, tmp_path):
+    cfg = config.replace(dataset="cifar10", data_dir=str(tmp_path / "no_data"))
+    with pytest.raises(CrossattnError, match="--data-dir"):
+        runner.train(files["tiny"], cfg, "torch", "cpu", tmp_path / "run", log=lambda s: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_names_the_spec_and_says_when_there_is_nothing_left(files, config, data, tmp_path):
+    run = tmp_path / "run"
+    runner.train(files["tiny"], config.replace(epochs=1), "torch", "cpu", run, log=lambda s: None, datasets=data)
+    lines = []
+    runner.resume_run(run, device="cpu", log=lines.append, datasets=data)
+    assert any("has finished its 1 epochs" in line for line in lines)
+    assert any(": tiny," in line for line in lines)  # the spec's own name, not the copied file's stem

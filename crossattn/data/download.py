@@ -30,7 +30,7 @@ from ..errors import CrossattnError
 ENV_VAR = "CROSSATTN_DATA"
 DEFAULT_DATA_DIR = Path("~/.cache/crossattn/data")
 LOCATION_RULE = (
-    f"the data directory is the data_dir argument, else ${ENV_VAR}, "
+    f"the data directory is --data-dir (data_dir= from Python), else ${ENV_VAR}, "
     f"else {DEFAULT_DATA_DIR}"
 )
 
@@ -146,7 +146,7 @@ def missing_error(what: str, items: Sequence[tuple[RemoteFile, Path]]) -> Missin
     hints = "; and ".join(placement_hint(remote, dest) for remote, dest in items)
     return MissingDataError(
         f"{what} not found. To fix this, {hints}; or pass --download "
-        f"(download=True) to fetch it automatically. Note: {LOCATION_RULE}."
+        f"(download=True from Python) to fetch it automatically. Note: {LOCATION_RULE}."
     )
 
 

@@ -16,6 +16,9 @@ from typing import Any
 from crossattn.errors import OptionError
 from crossattn.spec import Spec
 
+#: blocks that take x and a residual, which a model's single feature stream cannot feed
+TWO_INPUT_BLOCKS = ("daf", "aff", "iaff")
+
 #: the names blocks give the channel count of their input
 CHANNEL_KEYS = ("in_channels", "channels")
 
@@ -49,6 +52,9 @@ def parse_block(key: str, raw: Any) -> Spec | None:
     """A nested block spec; errors keep the nested key path (`attention.options.mode`)."""
     if raw is None:
         return None
+    if isinstance(raw, Mapping) and raw.get("type") in TWO_INPUT_BLOCKS:
+        raise OptionError(f"{key}.type", f"`{raw['type']}` fuses two inputs (x and a residual); only a "
+                          f"single-input block can be inserted after a stage")
     spec = Spec.coerce_option(key, raw)
     if spec.kind != "block":
         raise OptionError(f"{key}.type", f"`{spec.type}` is a model; only a block can be inserted")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from crossattn.atomic import atomic_write_text
-from crossattn.errors import CrossattnError, SpecError
+from crossattn.errors import CrossattnError, OptionError, SpecError
 from crossattn.spec import line_of, read_yaml, resolve_named, resolve_spec
 from crossattn.training import run_dir as runs
 from crossattn.training.config import load_train_config, resolve_train_config
@@ -146,7 +146,9 @@ def _run_in_process(job: Job, config_path: Path, device: str, epochs: int, log: 
         log(f"[{job.label}] {line}")
 
     if runs.latest_checkpoint(job.run_dir) is not None:
-        runner.resume_run(job.run_dir, device=device, epochs=epochs, log=prefixed)
+        config = load_train_config(config_path)
+        runner.resume_run(job.run_dir, device=device, epochs=epochs, log=prefixed, data_dir=config.data_dir,
+                          download=config.download)
     else:
         runs.remove(job.run_dir)
         runner.train(job.spec, load_train_config(config_path), job.framework, device, job.run_dir, log=prefixed)
@@ -262,12 +264,20 @@ class AblationResult:
 
 
 def run_ablation(path: str | os.PathLike, framework: str, out_dir: str | os.PathLike, epochs: int | None = None,
-                 devices: Sequence[str] = (), device: str = "auto", log: Log = print) -> AblationResult:
-    """Train (or resume, or read back) every run of the ablation, then write ablation.md/.csv/.png."""
+                 devices: Sequence[str] = (), device: str = "auto", log: Log = print,
+                 overrides: Mapping[str, Any] | None = None) -> AblationResult:
+    """Train (or resume, or read back) every run of the ablation, then write ablation.md/.csv/.png.
+
+    `overrides` changes training-config fields for every run (dataset, data_dir, download).
+    """
     ablation = load_ablation(path)
     config = load_train_config(ablation.config)
-    if epochs is not None:
-        config = config.replace(epochs=epochs)
+    changes = {**(overrides or {}), **({"epochs": epochs} if epochs is not None else {})}
+    if changes:
+        try:
+            config = config.replace(**changes)
+        except OptionError as exc:
+            raise CrossattnError(f"{ablation.config} with {changes}: {exc}") from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.yaml"

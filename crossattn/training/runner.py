@@ -161,6 +161,7 @@ def train(spec_path: str | os.PathLike, config: TrainConfig, framework: str, dev
     module = twin(framework)  # an unusable device or amp setting fails before the run directory is made
     module.check_amp(config.amp, module.resolve_device(device))
     info = {"framework": framework, "spec": spec.name, "spec_type": spec.type, "device_requested": device}
+    datasets = datasets or load_datasets(config)  # missing data fails before the run directory exists
     run = runs.prepare(run_dir, config.to_yaml(), spec_path, info)
     return _run(run, spec, config, framework, device, log, stop_after, datasets, resume=False)
 
@@ -192,7 +193,11 @@ def resume_run(run_dir: str | os.PathLike, device: str = "auto", epochs: int | N
     if data_dir is not None or download:  # where the data lives does not change the run
         config = config.replace(data_dir=data_dir if data_dir is not None else config.data_dir,
                                 download=download or config.download)
-    spec = load_spec(run / "spec.yaml")
+    spec = dataclasses.replace(load_spec(run / "spec.yaml"), name=info.get("spec") or "spec")  # the name as run
+    latest = runs.latest_checkpoint(run)
+    if latest is not None and latest[0] >= config.epochs:
+        log(f"{run} has finished its {config.epochs} epochs; pass --epochs N (more than {config.epochs}) "
+            f"to train further")
     return _run(run, spec, config, info["framework"], device, log, stop_after, datasets, resume=True,
                 persist_config=persist)
 
