@@ -46,9 +46,9 @@ def _fan_in(slot: Slot, weight_shape: tuple[int, ...]) -> int:
     return int(np.prod(weight_shape[1:]))
 
 
-def _draw(slot: Slot, shape: tuple[int, ...], weight_shapes: Mapping[str, tuple[int, ...]],
+def _draw(slot: Slot, torch_name: str, shape: tuple[int, ...], weight_shapes: Mapping[str, tuple[int, ...]],
           native: np.ndarray, mode: InitMode, rng: np.random.Generator) -> np.ndarray:
-    kind, name = slot.kind, slot.name
+    kind, name = slot.kind, torch_name
     if kind in ("conv", "linear", "embedding"):
         if slot.zero_init and mode == "default":
             return np.zeros(shape)
@@ -57,7 +57,7 @@ def _draw(slot: Slot, shape: tuple[int, ...], weight_shapes: Mapping[str, tuple[
         weight_shape = weight_shapes.get(slot.layer, shape)
         bound = 1.0 / np.sqrt(max(_fan_in(slot, weight_shape), 1))
         return rng.uniform(-bound, bound, size=shape)
-    if kind in ("batchnorm", "layernorm", "groupnorm"):
+    if kind in ("batchnorm", "layernorm", "groupnorm", "instancenorm"):
         if mode == "default":
             if slot.zero_init and name in ("weight", "bias"):
                 return np.zeros(shape)
@@ -80,8 +80,10 @@ def initial_state(slots: Mapping[str, Slot], native: Mapping[str, np.ndarray], f
     state: dict[str, np.ndarray] = {}
     for key, slot in slots.items():
         torch_shape = _torch_layout_shape(slot, framework)
-        rng = _rng(seed, canonical_key(slot, framework))
-        value = np.asarray(_draw(slot, torch_shape, weight_shapes, np.asarray(native[key]), mode, rng))
+        key_torch = canonical_key(slot, framework)
+        rng = _rng(seed, key_torch)
+        torch_name = key_torch.rpartition(".")[2]
+        value = np.asarray(_draw(slot, torch_name, torch_shape, weight_shapes, np.asarray(native[key]), mode, rng))
         if torch_shape != slot.shape:
             value = value.reshape(torch_shape).T if value.ndim == 2 else value.reshape(slot.shape)
         state[key] = np.ascontiguousarray(value, dtype=slot.dtype).reshape(slot.shape)

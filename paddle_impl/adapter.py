@@ -57,6 +57,10 @@ def layer_kind(layer: nn.Layer) -> str:
         return "layernorm"
     if isinstance(layer, nn.GroupNorm):
         return "groupnorm"
+    if isinstance(layer, nn.layer.norm._InstanceNormBase):
+        return "instancenorm"
+    if isinstance(layer, nn.PReLU):
+        return "prelu"
     if isinstance(layer, nn.layer.conv._ConvNd):
         return "conv"
     if isinstance(layer, nn.Embedding):

@@ -24,6 +24,8 @@ class TorchNet(torch.nn.Module):
         self.bn = torch_bn(1, 4)
         self.norm = torch_ln([4, 1, 1])
         self.conv = torch.nn.Conv2d(4, 3, 3)
+        self.act = torch.nn.PReLU(3)
+        self.inorm = torch.nn.InstanceNorm2d(3, affine=True, track_running_stats=True)
 
 
 class PaddleNet(paddle.nn.Layer):
@@ -34,6 +36,8 @@ class PaddleNet(paddle.nn.Layer):
         self.bn = paddle_bn(1, 4)
         self.norm = paddle_ln([4, 1, 1])
         self.conv = paddle.nn.Conv2D(4, 3, 3)
+        self.act = paddle.nn.PReLU(3)
+        self.inorm = paddle.nn.InstanceNorm2D(3)
 
 
 @pytest.fixture()
@@ -52,21 +56,29 @@ def test_rules_apply_by_layer_kind(nets):
     assert pstate["norm.weight"].shape == (4,) and tstate["norm.weight"].shape == (4, 1, 1)
     np.testing.assert_array_equal(pstate["conv.weight"], tstate["conv.weight"])
     assert "bn.num_batches_tracked" in report.dropped
+    np.testing.assert_array_equal(pstate["act._weight"], tstate["act.weight"])
+    np.testing.assert_array_equal(pstate["inorm.scale"], tstate["inorm.weight"])
+    assert {"inorm.running_mean", "inorm.running_var"} <= set(report.dropped)  # paddle keeps none: recorded
     assert report.transposed == ["fc.weight"]
     assert set(report.reshaped) == {"norm.weight", "norm.bias"}
     paddle_adapter.load_state(pnet, pstate)
 
 
 def test_round_trip_is_exact(nets):
+    """Every tensor with a twin comes back bit-identical; one without comes back as its rule's fill value."""
     tnet, pnet = nets
     tstate = initial_state(torch_adapter.slots(tnet), torch_adapter.state(tnet), "torch", seed=2, mode="check")
     tstate["bn.num_batches_tracked"] = np.array(0, dtype=np.int64)
-    pstate, _ = transfer(tstate, "torch", paddle_adapter.slots(pnet), "paddle")
+    pstate, there = transfer(tstate, "torch", paddle_adapter.slots(pnet), "paddle")
     back, report = transfer(pstate, "paddle", torch_adapter.slots(tnet), "torch")
     assert set(back) == set(tstate)
     for key in tstate:
+        if key in there.dropped:
+            continue
         np.testing.assert_array_equal(back[key], tstate[key])
     assert "bn.num_batches_tracked" in report.filled
+    np.testing.assert_array_equal(back["inorm.running_mean"], 0)
+    np.testing.assert_array_equal(back["inorm.running_var"], 1)  # a variance starts at one, not zero
 
 
 def test_missing_unexpected_and_misshaped_keys_are_all_named(nets):
@@ -110,3 +122,11 @@ def test_different_seeds_differ(nets):
     a = initial_state(torch_adapter.slots(tnet), torch_adapter.state(tnet), "torch", seed=1)
     b = initial_state(torch_adapter.slots(tnet), torch_adapter.state(tnet), "torch", seed=2)
     assert not np.array_equal(a["fc.weight"], b["fc.weight"])
+
+
+def test_default_init_starts_norm_scales_at_one_in_both_frameworks(nets):
+    """paddle names InstanceNorm's weight `scale`: init goes by the torch-side name, so it starts at one."""
+    _, pnet = nets
+    state = initial_state(paddle_adapter.slots(pnet), paddle_adapter.state(pnet), "paddle", seed=0)
+    np.testing.assert_array_equal(state["inorm.scale"], 1)
+    np.testing.assert_array_equal(state["act._weight"], 0.25)  # PReLU keeps its constant start

@@ -52,6 +52,10 @@ def layer_kind(module: nn.Module) -> str:
         return "layernorm"
     if isinstance(module, nn.GroupNorm):
         return "groupnorm"
+    if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+        return "instancenorm"
+    if isinstance(module, nn.PReLU):
+        return "prelu"
     if isinstance(module, nn.modules.conv._ConvNd):
         return "conv"
     if isinstance(module, nn.Embedding):

@@ -19,6 +19,8 @@ class Rule:
     paddle_name: str | None  # None: exists only in torch (recorded, never silently lost)
     layout: Layout
     why: str
+    #: the value given, paddle -> torch, to a tensor only torch has (a variance starts at one)
+    fill: float = 0.0
 
 
 RULES: tuple[Rule, ...] = (
@@ -28,6 +30,12 @@ RULES: tuple[Rule, ...] = (
     Rule("batchnorm", "num_batches_tracked", None, "same",
          "paddle keeps no batch counter; it only matters for torch's momentum=None averaging"),
     Rule("layernorm", "weight", "weight", "reshape", "paddle stores LayerNorm affine parameters flattened"),
+    Rule("instancenorm", "weight", "scale", "same", "paddle names InstanceNorm's affine weight `scale`"),
+    Rule("instancenorm", "running_mean", None, "same", "paddle's InstanceNorm keeps no running statistics"),
+    Rule("instancenorm", "running_var", None, "same", "paddle's InstanceNorm keeps no running statistics",
+         fill=1.0),
+    Rule("instancenorm", "num_batches_tracked", None, "same", "paddle's InstanceNorm keeps no running statistics"),
+    Rule("prelu", "weight", "_weight", "same", "paddle names PReLU's slope `_weight`"),
     Rule("layernorm", "bias", "bias", "reshape", "paddle stores LayerNorm affine parameters flattened"),
 )
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 #: layer kinds the adapters recognise; rules are keyed by these, never by order
-LAYER_KINDS = ("conv", "linear", "batchnorm", "layernorm", "groupnorm", "embedding", "other")
+LAYER_KINDS = ("conv", "linear", "batchnorm", "layernorm", "groupnorm", "instancenorm", "prelu", "embedding",
+               "other")
 
 
 @dataclasses.dataclass(frozen=True)

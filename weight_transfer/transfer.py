@@ -39,7 +39,7 @@ class TransferReport:
         if self.dropped:
             parts.append(f"{len(self.dropped)} recorded without twin ({_folded(self.dropped)})")
         if self.filled:
-            parts.append(f"{len(self.filled)} filled with 0 ({_folded(self.filled)})")
+            parts.append(f"{len(self.filled)} filled ({_folded(self.filled)})")
         if self.cast:
             parts.append(f"{len(self.cast)} cast")
         return ", ".join(parts)
@@ -85,8 +85,8 @@ def transfer(source: Mapping[str, np.ndarray], source_framework: str, target_slo
         source_name, rule = counterpart_name(slot.kind, slot.name, target_framework)
         if source_name is None:
             if complete:
-                out[key] = np.zeros(slot.shape, dtype=slot.dtype)
-                report.filled[key] = f"0 ({rule.why})"
+                out[key] = np.full(slot.shape, rule.fill, dtype=slot.dtype)
+                report.filled[key] = f"{rule.fill:g} ({rule.why})"
             continue
         source_key = join(slot.layer, source_name)
         if source_key not in source:
