@@ -193,9 +193,22 @@ def test_explicit_prefix_and_a_prefix_that_is_not_everywhere(tiny, tmp_path):
     save_native(tmp_path / "bb.npz", "npz", {f"backbone.{k}": v for k, v in base["paddle"].items()})
     report = convert(tmp_path / "bb.npz", tmp_path / "bb.pt", tiny, strip_prefix="backbone.")
     assert report.passed and "prefix `backbone.` stripped" in report.located
-    with pytest.raises(CrossattnError, match="not every key starts with it"):
+    with pytest.raises(CrossattnError, match="no key starts with it"):
         convert(tmp_path / "bb.npz", tmp_path / "x.pt", tiny, strip_prefix="module.")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_explicit_prefix_on_some_keys_is_stripped_where_present(tiny, tmp_path):
+    """A partly wrapped state dict (some keys `module.`-prefixed) converts with --strip-prefix."""
+    items = list(states(tiny)["torch"].items())
+    partial = {(f"module.{k}" if i % 2 else k): v for i, (k, v) in enumerate(items)}
+    save_native(tmp_path / "partial.pt", "pt", partial)
+    report = convert(tmp_path / "partial.pt", tmp_path / "p.pdparams", tiny, strip_prefix="module.")
+    assert report.passed, report.lines()
+    clashing = {**partial, f"module.{items[0][0]}": items[0][1]}  # the same name with and without it
+    save_native(tmp_path / "clash.pt", "pt", clashing)
+    with pytest.raises(CrossattnError, match="two tensors"):
+        convert(tmp_path / "clash.pt", tmp_path / "c.pdparams", tiny, strip_prefix="module.")
 
 
 def test_training_checkpoint_with_optimizer_state(tiny, tmp_path):

@@ -392,7 +392,8 @@ def _prefix_chain(keys: Iterable[str]) -> list[str]:
 
 
 def _strip(mapping: Mapping, prefix: str) -> dict[str, Any]:
-    return {k[len(prefix):]: v for k, v in mapping.items()}
+    """Keys with `prefix` removed where they carry it (an explicit --strip-prefix need not be on every key)."""
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in mapping.items()}
 
 
 def optional_keys(slots: Mapping[str, Slot], framework: str) -> set[str]:
@@ -443,14 +444,18 @@ def locate_weights(raw: RawCheckpoint, slots_for: Callable[[str], Mapping[str, S
     candidates: list[tuple[str | None, str, Mapping]] = []
     for where, mapping in mappings:
         if strip_prefix is not None:
-            if all(k.startswith(strip_prefix) for k in mapping):
+            if any(k.startswith(strip_prefix) for k in mapping):
+                stripped = [k[len(strip_prefix):] if k.startswith(strip_prefix) else k for k in mapping]
+                clash = next((k for k in stripped if stripped.count(k) > 1), None)
+                if clash is not None:
+                    raise CheckpointError(f"{source}: --strip-prefix {strip_prefix!r} would give two tensors "
+                                          f"the name `{clash}`")
                 candidates.append((where, strip_prefix, mapping))
         else:
             candidates += [(where, prefix, mapping) for prefix in _prefix_chain(mapping)]
     if not candidates:
-        lacking = next(k for _, m in mappings for k in m if not k.startswith(strip_prefix))
-        raise CheckpointError(f"{source}: --strip-prefix {strip_prefix!r}: not every key starts with it "
-                              f"(e.g. `{lacking}`)")
+        example = next((k for _, m in mappings for k in m), "")
+        raise CheckpointError(f"{source}: --strip-prefix {strip_prefix!r}: no key starts with it (e.g. `{example}`)")
     exact = [(where, prefix, mapping, fw) for where, prefix, mapping in candidates for fw in frameworks
              if matches(_strip(mapping, prefix), slots_for(fw), fw)]
     if exact:
@@ -497,7 +502,7 @@ def _transposes(slots: Mapping[str, Slot]) -> bool:
 def _located(raw: RawCheckpoint, mapping: Mapping, framework: str, where: str | None, prefix: str,
              exact: bool) -> Located:
     source = str(raw.path)
-    weights = {k[len(prefix):]: to_numpy(v, k, source) for k, v in mapping.items()}
+    weights = {k: to_numpy(v, k, source) for k, v in _strip(mapping, prefix).items()}
     return Located(weights, framework, where, prefix or None, exact)
 
 
