@@ -89,18 +89,23 @@ def validate_command(specs: tuple[str, ...]) -> None:
 @click.option("--full", is_flag=True, help="Print every tensor, not only the worst per case.")
 @click.option("--layers", is_flag=True, help="Also trace every layer and mark the first that diverges.")
 @click.option("--single-step", is_flag=True, help="With --layers: feed each layer the reference's input.")
+@click.option("--probes/--no-probes", default=True, show_default=True,
+              help="Also feed large all-positive and all-negative inputs (eval mode, first direction), which "
+                   "reach clipped and saturated regions a standard-normal input never does.")
 def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode: str, dtype: str,
                   atol: float | None, rtol: float | None, seed: int, json_path: str | None, full: bool,
-                  layers: bool, single_step: bool) -> None:
+                  layers: bool, single_step: bool, probes: bool) -> None:
     """Prove the torch and paddle twins of SPECS equivalent, forward and backward.
 
     Each spec is built in both frameworks; weights are initialised in one and
     transferred to the other; the same input goes through both in train and
     eval mode. Compared: output, input gradient, every parameter gradient and
-    the BatchNorm running statistics. Exit status 0 only if every tensor passes.
+    the running statistics of both sides. In float32 every tensor is judged
+    on both twins' float64 results too (docs/equivalence.md). Exit status 0
+    only if every tensor passes.
     """
     from crossattn.atomic import atomic_write_text
-    from crossattn.check import DIRECTIONS, MODES, check_spec
+    from crossattn.check import DIRECTIONS, EXTRA_PROBES, MODES, check_spec
     from crossattn.report import failure_details, summary_table, to_json
     from crossattn.spec import load_spec, resolve_spec, shipped_spec_paths
     from crossattn.tolerances import Tolerance, tolerance_for
@@ -120,7 +125,7 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     for spec in loaded:
         if spec.input_shape is None:
             raise CrossattnError(f"spec {spec.path}: `input_shape` is required to check it")
-        cases += check_spec(spec, directions, modes, tol, seed, dtype)
+        cases += check_spec(spec, directions, modes, tol, seed, dtype, probes=EXTRA_PROBES if probes else ())
     elapsed = time.perf_counter() - started
     click.echo(summary_table(cases, full))
     layer_reports = []
@@ -144,7 +149,8 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
                f"atol {tol.atol:g}, rtol {tol.rtol:g}, {elapsed:.1f}s)")
     if json_path:
         settings = {"dtype": dtype, "atol": tol.atol, "rtol": tol.rtol, "seed": seed,
-                    "directions": list(directions), "modes": list(modes)}
+                    "directions": list(directions), "modes": list(modes),
+                    "probes": ["normal", *(EXTRA_PROBES if probes else ())]}
         atomic_write_text(json_path, to_json(cases, settings, [r.to_json() for r in layer_reports]))
         click.echo(f"wrote {json_path}")
     if passed != len(cases):
@@ -170,14 +176,20 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
 @click.option("--atol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--probe", type=click.Choice(["normal", "positive", "negative"]), default="normal", show_default=True,
+              help="The input: standard normal, or the large all-positive / all-negative probes of `check`.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def diff_command(spec: str | None, direction: str, mode: str, single_step: bool, torch_model: str | None,
                  paddle_model: str | None, name_map: str | None, input_shape: str | None, do_transfer: bool,
-                 dtype: str, atol: float | None, rtol: float | None, seed: int, json_path: str | None) -> None:
+                 dtype: str, atol: float | None, rtol: float | None, seed: int, probe: str,
+                 json_path: str | None) -> None:
     """Find the first layer where two implementations diverge.
 
     Either SPEC (the twins of a spec) or your own pair: --torch-model,
-    --paddle-model, --input-shape and, when names differ, --name-map.
+    --paddle-model, --input-shape and, when names differ, --name-map. The
+    report names the layer whose code an error comes from (code between
+    layers belongs to the enclosing layer), compares running statistics and
+    buffers after a train step, and notes known framework roundings.
     """
     import json
 
@@ -197,12 +209,12 @@ def diff_command(spec: str | None, direction: str, mode: str, single_step: bool,
         loaded = load_spec(resolve_spec(spec))
         if loaded.input_shape is None:
             raise CrossattnError(f"spec {loaded.path}: `input_shape` is required to trace it")
-        report = diff_spec(loaded, direction, mode, single_step, tol, seed, dtype)
+        report = diff_spec(loaded, direction, mode, single_step, tol, seed, dtype, probe=probe)
     else:
         from crossattn.user_models import diff_user_models
 
         report = diff_user_models(torch_model, paddle_model, name_map, input_shape, direction, mode, single_step,
-                                  tol, seed, dtype, do_transfer)
+                                  tol, seed, dtype, do_transfer, probe)
     click.echo(diff_table(report))
     if json_path:
         atomic_write_text(json_path, json.dumps(report.to_json(), indent=2))

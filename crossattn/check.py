@@ -5,14 +5,25 @@ other) and each mode (train, eval), both twins start from the same state and
 take one forward and one backward of sum(output * r), r a fixed random tensor.
 Compared, in the source framework's naming: the output, the input gradient,
 every parameter gradient and, after the train-mode step, the BatchNorm running
-statistics, under the stated rule of `conventions.replay_running_stats`: the
-candidate's statistics must equal its own framework's update (paddle: biased
-variance; torch: unbiased) replayed over the reference's batch statistics.
+statistics of *both* sides under the stated rule of
+`conventions.replay_running_stats` (each side's statistics must equal its own
+framework's update replayed over the reference's batch statistics), and every
+other buffer.
+
+Input probes (`PROBES`) beyond the standard-normal input drive activations
+into saturating and clipped regions (large all-positive and all-negative
+inputs); they run in eval mode (where BatchNorm does not normalise their scale
+away) in the first direction.
+
+In float32 both twins also run in float64 with the same float32-valued weights
+and input (`Float64Truth`, shared between directions and modes); every tensor
+is judged by `compare.judge` against both frameworks' float64 results.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -21,20 +32,23 @@ from typing import Any
 import numpy as np
 
 from crossattn import registry
-from crossattn.compare import Comparison, compare, within_rounding_budget
+from crossattn.compare import Comparison, compare, judge
 from crossattn.conventions import replay_running_stats
 from crossattn.frameworks import adapter
 from crossattn.init import initial_state
 from crossattn.spec import Spec
-from crossattn.tolerances import ROUNDING_BUDGET_FACTOR, Tolerance, tolerance_for
+from crossattn.tolerances import Tolerance, tolerance_for
 from weight_transfer import TransferReport, canonical_key, transfer
 from weight_transfer.slots import Slot
 
 DIRECTIONS = ("torch->paddle", "paddle->torch")
 MODES = ("train", "eval")
-VAR_RULE = ("running statistics compared under the stated rule: each framework's update replayed over the "
-            "reference's batch statistics (torch: unbiased variance n/(n-1), momentum 0.1; paddle: biased "
-            "variance, momentum 0.9 held in float32)")
+VAR_RULE = ("running statistics of both sides compared under the stated rule: each framework's update "
+            "replayed over the reference's batch statistics (torch: unbiased variance n/(n-1), momentum 0.1; "
+            "paddle: biased variance, momentum 0.9 held in float32); `name [framework]` rows judge the reference")
+FLOAT32_RULE = ("float32: each tensor is judged on both twins' float64 results for the same float32 weights and "
+                "input (they must agree within rtol of scale) and on each side's float32 rounding against its "
+                "own float64 result (see docs/equivalence.md)")
 
 
 @dataclasses.dataclass
@@ -46,6 +60,7 @@ class CheckCase:
     transfer: str
     notes: list[str]
     copied: int = 0  # tensors the transfer copied
+    probe: str = "normal"  # which input (see PROBES)
 
     @property
     def passed(self) -> bool:
@@ -60,19 +75,49 @@ class CheckCase:
         return [c for c in self.comparisons if not c.passed]
 
     def to_json(self) -> dict:
-        return {"spec": self.spec, "direction": self.direction, "mode": self.mode, "passed": self.passed,
+        return {"spec": self.spec, "direction": self.direction, "mode": self.mode, "probe": self.probe,
+                "passed": self.passed,
                 "transfer": self.transfer, "notes": self.notes,
                 "comparisons": [c.to_json() for c in self.comparisons]}
 
 
-def _inputs(spec: Spec, seed: int, dtype: str) -> tuple[np.ndarray, Callable[[tuple[int, ...]], np.ndarray]]:
+def _normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.standard_normal(shape)
+
+
+def _large_positive(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """All positive, mean about 57: past ReLU6's clip, sigmoid/tanh saturation, hard-sigmoid's corners."""
+    return PROBE_SCALE * (1.0 + np.abs(rng.standard_normal(shape)))
+
+
+def _large_negative(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """The mirror image: units whose weights sum negative reach the same regions from the other side."""
+    return -_large_positive(rng, shape)
+
+
+#: magnitude of the large probes
+PROBE_SCALE = 32.0
+#: input probes: the standard-normal input every case uses, then inputs reaching other regions
+PROBES: dict[str, Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]] = {
+    "normal": _normal, "positive": _large_positive, "negative": _large_negative}
+EXTRA_PROBES = ("positive", "negative")
+
+
+def _inputs(spec: Spec, seed: int, dtype: str,
+            probe: str = "normal") -> tuple[np.ndarray, Callable[[tuple[int, ...]], np.ndarray]]:
     if spec.input_shape is None:
         raise ValueError(f"spec {spec.name} has no input_shape; a check needs one")
-    rng = np.random.default_rng([seed, 1])
-    x = rng.standard_normal(spec.input_shape).astype(dtype)
+    return probe_input(tuple(spec.input_shape), seed, dtype, probe)
 
-    def cotangent(shape: tuple[int, ...]) -> np.ndarray:
-        return np.random.default_rng([seed, 2]).standard_normal(shape).astype(dtype)
+
+def probe_input(shape: tuple[int, ...], seed: int, dtype: str,
+                probe: str = "normal") -> tuple[np.ndarray, Callable[[tuple[int, ...]], np.ndarray]]:
+    """The seeded input of a probe and the seeded cotangent r of sum(output * r)."""
+    rng = np.random.default_rng([seed, 1] if probe == "normal" else [seed, 1, list(PROBES).index(probe)])
+    x = PROBES[probe](rng, shape).astype(dtype)
+
+    def cotangent(out_shape: tuple[int, ...]) -> np.ndarray:
+        return np.random.default_rng([seed, 2]).standard_normal(out_shape).astype(dtype)
 
     return x, cotangent
 
@@ -126,63 +171,141 @@ def prepare_pair(spec: Spec, direction: str, dtype: str = "float64", seed: int =
     return pair
 
 
+def _build(source: Any, framework: str) -> Any:
+    """A fresh twin: from a model pair (`.build`) or a spec."""
+    build = getattr(source, "build", None)
+    return build(framework) if callable(build) else registry.build(source, framework)
+
+
+def _as64(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v.astype(np.float64) if np.issubdtype(v.dtype, np.floating) else v for k, v in state.items()}
+
+
+def _digest(state: dict[str, np.ndarray], x: np.ndarray) -> str:
+    h = hashlib.sha1()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(state[key]).tobytes())
+    h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()
+
+
+class Float64Truth:
+    """Each framework's float64 step for given float32-valued weights and input: the exact answer of its side.
+
+    Runs are cached by (framework, mode, weights, input): the two directions of
+    a check draw the same weights, so each float64 step runs once per spec, mode
+    and probe, not once per direction.
+    """
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.models: dict[str, Any] = {}
+        self.cache: dict[tuple, Any] = {}
+
+    def step(self, framework: str, state: dict[str, np.ndarray], x: np.ndarray, cotangent, train: bool):
+        key = (framework, train, _digest(state, x))
+        if key not in self.cache:
+            module = adapter(framework)
+            if framework not in self.models:
+                self.models[framework] = module.to_dtype(_build(self.source, framework), "float64")
+            model = self.models[framework]
+            module.load_state(model, _as64(state))
+            self.cache[key] = module.step(model, x.astype(np.float64),
+                                          lambda shape: cotangent(shape).astype(np.float64), train)
+        return self.cache[key]
+
+
 def check_spec(spec: Spec, directions: Sequence[str] = DIRECTIONS, modes: Sequence[str] = MODES,
                tol: Tolerance | None = None, seed: int = 0, dtype: str = "float64",
-               after_transfer: Callable[[dict[str, np.ndarray]], None] | None = None) -> list[CheckCase]:
-    """Run the equivalence check of one spec; `after_transfer` may tamper with the target state (tests)."""
+               after_transfer: Callable[[dict[str, np.ndarray]], None] | None = None,
+               probes: Sequence[str] = EXTRA_PROBES) -> list[CheckCase]:
+    """Run the equivalence check of one spec; `after_transfer` may tamper with the target state (tests).
+
+    Every direction and mode runs on the standard-normal input; each of
+    `probes` runs once more, in eval mode (or the only mode asked for), in the
+    first direction.
+    """
     tol = tol or tolerance_for(dtype)
+    truth = Float64Truth(spec) if dtype != "float64" else None
+    probe_mode = "eval" if "eval" in modes else modes[0]
     cases = []
-    for direction in directions:
+    for index, direction in enumerate(directions):
         pair = prepare_pair(spec, direction, dtype, seed, after_transfer)
         for mode in modes:
-            cases.append(_check_case(spec, pair, mode, tol, seed, dtype))
+            cases.append(_check_case(spec, pair, mode, tol, seed, dtype, "normal", truth))
+        if index == 0:
+            for probe in probes:
+                cases.append(_check_case(spec, pair, probe_mode, tol, seed, dtype, probe, truth))
     return cases
 
 
-def _exact_step(spec: Spec, pair: TwinPair, x: np.ndarray, cotangent, train: bool):
-    """The reference framework's float64 step with the same weights: the exact answer for a float32 check."""
-    model = pair.src.to_dtype(registry.build(spec, pair.src_fw), "float64")
-    pair.src.load_state(model, {k: v.astype(np.float64) if np.issubdtype(v.dtype, np.floating) else v
-                                for k, v in pair.src_init.items()})
+class _Judge:
+    """Judges tensors of one case: `compare` in float64, `judge` (float32 rule) when float64 truths exist."""
 
-    def cotangent64(shape: tuple[int, ...]) -> np.ndarray:
-        return cotangent(shape).astype(np.float64)
+    def __init__(self, tol: Tolerance, truthful: bool) -> None:
+        self.tol, self.truthful = tol, truthful
 
-    return pair.src.step(model, x.astype(np.float64), cotangent64, train)
+    def __call__(self, name: str, category: str, candidate, reference, candidate64=None, reference64=None,
+                 note: str = "", scale: float | None = None) -> Comparison:
+        if self.truthful and candidate64 is not None and reference64 is not None:
+            return judge(name, category, reference, candidate, reference64, candidate64, self.tol, note, scale)
+        return compare(name, category, candidate, reference, self.tol, note, scale)
 
 
-def _check_case(spec: Spec, pair: TwinPair, mode: str, tol: Tolerance, seed: int, dtype: str) -> CheckCase:
+def _check_case(spec: Spec, pair: TwinPair, mode: str, tol: Tolerance, seed: int, dtype: str,
+                probe: str = "normal", truth: Float64Truth | None = None) -> CheckCase:
     pair.reload()
     train = mode == "train"
-    x, cotangent = _inputs(spec, seed, dtype)
+    x, cotangent = _inputs(spec, seed, dtype, probe)
     ref = pair.src.step(pair.src_model, x, cotangent, train)
     got = pair.dst.step(pair.dst_model, x, cotangent, train)
-    exact = _exact_step(spec, pair, x, cotangent, train) if dtype != "float64" else None
-
-    def judged(name: str, category: str, candidate, reference, exact_value) -> Comparison:
-        result = compare(name, category, candidate, reference, tol)
-        if exact is None:
-            return result
-        return within_rounding_budget(result, candidate, reference, exact_value, ROUNDING_BUDGET_FACTOR)
-
-    comparisons = [judged("output", "output", got.output, ref.output, exact and exact.output),
-                   judged("input.grad", "input_grad", got.input_grad, ref.input_grad, exact and exact.input_grad)]
-    got_grads, _ = transfer(got.param_grads, pair.dst_fw, pair.src_slots, pair.src_fw, complete=False)
+    ref64 = got64 = None
+    if truth is not None:
+        ref64 = truth.step(pair.src_fw, pair.src_init, x, cotangent, train)
+        got64 = truth.step(pair.dst_fw, pair.dst_init, x, cotangent, train)
+    judged = _Judge(tol, truth is not None)
+    pick = (lambda result, attr: getattr(result, attr) if result is not None else None)
+    comparisons = [judged("output", "output", got.output, ref.output, pick(got64, "output"), pick(ref64, "output")),
+                   judged("input.grad", "input_grad", got.input_grad, ref.input_grad, pick(got64, "input_grad"),
+                          pick(ref64, "input_grad"))]
+    got_grads = _in_source_naming(pair, got.param_grads)
+    got_grads64 = _in_source_naming(pair, got64.param_grads) if got64 is not None else {}
+    reference_grads = (ref64 or ref).param_grads
+    scale = max((float(np.linalg.norm(g)) for g in reference_grads.values()), default=0.0)
     for key, slot in pair.src_slots.items():
         if slot.trainable:
-            comparisons.append(judged(f"{key}.grad", "param_grad", got_grads.get(key, np.zeros(slot.shape)),
-                                      ref.param_grads[key], exact and exact.param_grads[key]))
+            missing = np.zeros(slot.shape)
+            comparisons.append(judged(f"{key}.grad", "param_grad", got_grads.get(key, missing), ref.param_grads[key],
+                                      got_grads64.get(key, missing) if got64 is not None else None,
+                                      ref64.param_grads[key] if ref64 is not None else None, scale=scale))
     notes: list[str] = []
-    if exact is not None:
-        notes.append(f"{dtype}: tensors outside atol/rtol are judged against the reference framework's float64 "
-                     f"result (pass when within {ROUNDING_BUDGET_FACTOR:g}x the reference's own rounding error)")
-    if mode == "train":
-        comparisons += _running_stats(pair.src_fw, pair.src_slots, pair.src_init, ref, got, pair.dst_fw, tol, notes)
+    if truth is not None:
+        notes.append(FLOAT32_RULE)
+    if train:
+        comparisons += _running_stats(pair, ref, got, ref64, got64, judged, notes)
     comparisons += _trainable_flags(pair, tol)
     if train:
-        comparisons += _other_buffers(pair, got, ref, tol)
+        comparisons += _other_buffers(pair, ref, got, ref64, got64, judged)
     direction = f"{pair.src_fw}->{pair.dst_fw}"
-    return CheckCase(spec.name, direction, mode, comparisons, pair.report.summary(), notes, pair.report.copied)
+    return CheckCase(spec.name, direction, mode, comparisons, pair.report.summary(), notes, pair.report.copied,
+                     probe)
+
+
+def _in_source_naming(pair: TwinPair, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Candidate tensors under the reference's names and layouts (the transfer rules, backwards).
+
+    Mapped into float64 slots: the transfer casts to its target slots' dtype, and a
+    float64 result must not be rounded to the float32 twin's dtype on the way.
+    """
+    mapped, _ = transfer(values, pair.dst_fw, widened(pair.src_slots), pair.src_fw, complete=False)
+    return mapped
+
+
+def widened(slots: dict[str, Slot]) -> dict[str, Slot]:
+    """The same slots with every floating tensor float64, so mapping through them loses nothing."""
+    return {k: dataclasses.replace(s, dtype="float64") if np.issubdtype(np.dtype(s.dtype), np.floating) else s
+            for k, s in slots.items()}
 
 
 def _trainable_flags(pair: TwinPair, tol: Tolerance) -> list[Comparison]:
@@ -190,49 +313,91 @@ def _trainable_flags(pair: TwinPair, tol: Tolerance) -> list[Comparison]:
     src = {canonical_key(s, pair.src_fw) for s in pair.src_slots.values() if s.trainable}
     dst = {canonical_key(s, pair.dst_fw) for s in pair.dst_slots.values() if s.trainable}
     return [Comparison(key, "trainable", math.inf, math.inf, math.nan, False,
-                       f"trainable in {pair.src_fw if key in src else pair.dst_fw} only", tol.atol, tol.rtol)
+                       f"trainable in {pair.src_fw if key in src else pair.dst_fw} only", tol.atol, tol.rtol,
+                       math.inf)
             for key in sorted(src ^ dst)]
 
 
-def _other_buffers(pair: TwinPair, got, ref, tol: Tolerance) -> list[Comparison]:
+def _other_buffers(pair: TwinPair, ref, got, ref64, got64, judged: _Judge) -> list[Comparison]:
     """State other than parameters and BatchNorm statistics, after the train step (an EMA, a step counter)."""
-    got_state, _ = transfer(got.state, pair.dst_fw, pair.src_slots, pair.src_fw, complete=False)
+    got_state = _in_source_naming(pair, got.state)
+    got_state64 = _in_source_naming(pair, got64.state) if got64 is not None else {}
     out = []
     for key, slot in pair.src_slots.items():
         if slot.trainable or slot.kind == "batchnorm" or key not in got_state or key not in ref.state:
             continue
         if np.issubdtype(ref.state[key].dtype, np.floating):
-            out.append(compare(key, "buffer", got_state[key], ref.state[key], tol))
+            out.append(judged(key, "buffer", got_state[key], ref.state[key], got_state64.get(key),
+                              ref64.state.get(key) if ref64 is not None else None))
         else:
             exact = np.array_equal(got_state[key], ref.state[key])
             out.append(Comparison(key, "buffer", 0.0 if exact else math.inf, 0.0 if exact else math.inf,
-                                  1.0 if exact else math.nan, exact, "integers: compared exactly", tol.atol,
-                                  tol.rtol))
+                                  1.0 if exact else math.nan, exact, "integers: compared exactly", judged.tol.atol,
+                                  judged.tol.rtol, 0.0 if exact else math.inf))
     return out
 
 
-def _running_stats(src_fw: str, src_slots: dict[str, Slot], src_init: dict[str, np.ndarray], ref, got,
-                   dst_fw: str, tol: Tolerance, notes: list[str]) -> list[Comparison]:
-    """The candidate's running statistics against its own framework's rule replayed over the reference's batches."""
-    got_state, _ = transfer(got.state, dst_fw, src_slots, src_fw, complete=False)
+def bn_layers(slots: dict[str, Slot]) -> dict[str, dict[str, str]]:
+    """BatchNorm layer name -> {"mean": key, "var": key} of its running statistics."""
     by_layer: dict[str, dict[str, str]] = {}
-    for key, slot in src_slots.items():
+    for key, slot in slots.items():
         if _is_running_mean(slot):
             by_layer.setdefault(slot.layer, {})["mean"] = key
         elif _is_running_var(slot):
             by_layer.setdefault(slot.layer, {})["var"] = key
+    return {layer: keys for layer, keys in by_layer.items() if len(keys) == 2}
+
+
+def running_stat_comparisons(layer: str, keys: dict[str, str], start: dict[str, np.ndarray], ref_fw: str,
+                             got_fw: str, ref_state: dict[str, np.ndarray], got_state: dict[str, np.ndarray],
+                             calls: list, judged, ref_state64=None, got_state64=None, calls64=None,
+                             start64=None, got_start=None, got_start64=None) -> list[Comparison]:
+    """Both sides' running statistics of one BatchNorm against their own framework's rule.
+
+    `start` is the reference's state before the step (`got_start` the
+    candidate's, when it differs) and `calls` the reference's recorded batch
+    statistics (float64 counterparts optional: the float32 rule). The
+    candidate is judged over the reference's batches, so an upstream shift a
+    BatchNorm hides from the output still shows; the reference is judged over
+    the same batches, so a wrong update rule shows in either direction.
+    """
     out = []
-    for layer, keys in by_layer.items():
+    got_start = start if got_start is None else got_start
+    got_start64 = start64 if got_start64 is None else got_start64
+    for side_fw, state, state64, first, first64, suffix in (
+            (got_fw, got_state, got_state64, got_start, got_start64, ""),
+            (ref_fw, ref_state, ref_state64, start, start64, f" [{ref_fw}]")):
+        mean, var = replay_running_stats(first[keys["mean"]], first[keys["var"]], calls, side_fw)
+        mean64 = var64 = None
+        if calls64 is not None and state64 is not None:
+            mean64, var64 = replay_running_stats(first64[keys["mean"]], first64[keys["var"]], calls64, side_fw)
+        note = f"{side_fw} rule over {ref_fw} batches, n={calls[0][2]}"
+        out.append(judged(keys["mean"] + suffix, "running_stat", state[keys["mean"]], mean,
+                          state64[keys["mean"]] if state64 is not None else None, mean64, note))
+        out.append(judged(keys["var"] + suffix, "running_stat", state[keys["var"]], var,
+                          state64[keys["var"]] if state64 is not None else None, var64, note))
+    return out
+
+
+def _running_stats(pair: TwinPair, ref, got, ref64, got64, judged: _Judge, notes: list[str]) -> list[Comparison]:
+    """Both sides' running statistics, each against its own framework's rule over the reference's batches."""
+    got_state = _in_source_naming(pair, got.state)
+    got_state64 = _in_source_naming(pair, got64.state) if got64 is not None else None
+    layers = bn_layers(pair.src_slots)
+    got_start = _in_source_naming(pair, pair.dst_init)
+    out = []
+    for layer, keys in layers.items():
         calls = ref.bn_batches.get(layer, [])
         if not calls:
             notes.append(f"{layer}: BatchNorm not run in train mode; running statistics not compared")
             continue
         if len(calls) > 1:
             notes.append(f"{layer}: BatchNorm ran {len(calls)} times per step; compared by replaying each call")
-        mean, var = replay_running_stats(src_init[keys["mean"]], src_init[keys["var"]], calls, dst_fw)
-        note = f"{dst_fw} rule over {src_fw} batches, n={calls[0][2]}"
-        out.append(compare(keys["mean"], "running_stat", got_state[keys["mean"]], mean, tol, note))
-        out.append(compare(keys["var"], "running_stat", got_state[keys["var"]], var, tol, note))
-    if by_layer:
+        out += running_stat_comparisons(
+            layer, keys, pair.src_init, pair.src_fw, pair.dst_fw, ref.state, got_state, calls, judged,
+            ref64.state if ref64 is not None else None, got_state64,
+            ref64.bn_batches.get(layer) if ref64 is not None else None, _as64(pair.src_init),
+            got_start=got_start, got_start64=_as64(got_start))
+    if layers:
         notes.append(VAR_RULE)
     return out

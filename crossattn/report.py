@@ -22,8 +22,12 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
+def _mode(case: CheckCase) -> str:
+    return case.mode if case.probe == "normal" else f"{case.mode}, x {case.probe}"
+
+
 def _row(case: CheckCase, c: Comparison, count: str) -> list[str]:
-    return [case.spec, case.direction, case.mode, count, c.tensor, _num(c.max_abs), _num(c.norm_rel),
+    return [case.spec, case.direction, _mode(case), count, c.tensor, _num(c.max_abs), _num(c.norm_rel),
             f"{c.cosine:.9f}" if math.isfinite(c.cosine) else "nan", "PASS" if c.passed else "FAIL"]
 
 
@@ -46,9 +50,9 @@ def failure_details(cases: Sequence[CheckCase]) -> str:
     lines = []
     for case in cases:
         for c in case.failures:
-            lines.append(f"FAIL {case.spec} [{case.direction}, {case.mode}] {c.tensor} ({c.category}): "
-                         f"max abs {_num(c.max_abs)} > atol {c.atol:g} and norm rel {_num(c.norm_rel)} > rtol "
-                         f"{c.rtol:g}{'; ' + c.note if c.note else ''}")
+            lines.append(f"FAIL {case.spec} [{case.direction}, {_mode(case)}] {c.tensor} ({c.category}): "
+                         f"max abs {_num(c.max_abs)}, norm rel {_num(c.norm_rel)}, {_num(c.severity)}x the "
+                         f"allowed error (rtol {c.rtol:g}){'; ' + c.note if c.note else ''}")
     return "\n".join(lines)
 
 
@@ -59,34 +63,56 @@ def to_json(cases: Sequence[CheckCase], settings: dict, layers: list[dict] | Non
     return json.dumps(data, indent=2)
 
 
+def _cell(c: Comparison | None) -> str:
+    return "-" if c is None else ("ok" if c.passed else "DIFF")
+
+
 def diff_table(report) -> str:
-    """Layers in execution order with output and gradient errors; the first divergences marked."""
+    """Layers in execution order with input, output and gradient verdicts; where each error first appears."""
     rows = []
+    sources = {}
+    if report.forward is not None:
+        sources.setdefault(report.forward.layer, []).append("<- forward error appears here")
+    if report.backward is not None:
+        sources.setdefault(report.backward.layer, []).append("<- backward error appears here")
     for index, row in enumerate(report.rows, 1):
-        mark = []
-        if row.layer == report.first_output:
-            mark.append("<- first output divergence")
-        if row.layer == report.first_grad:
-            mark.append("<- first gradient divergence")
         grad = row.grad
         rows.append([str(index), row.layer or "(model)", row.candidate if row.candidate != row.layer else "",
-                     _num(row.output.max_abs), _num(row.output.norm_rel), "ok" if row.output.passed else "DIFF",
-                     _num(grad.max_abs) if grad else "-", _num(grad.norm_rel) if grad else "-",
-                     ("ok" if grad.passed else "DIFF") if grad else "-", " ".join(mark)])
-    header = ["#", "layer", "candidate name", "out max abs", "out norm rel", "out", "grad max abs",
-              "grad norm rel", "grad", ""]
+                     _cell(row.input), _num(row.output.max_abs), _num(row.output.norm_rel), _cell(row.output),
+                     _num(grad.max_abs) if grad else "-", _num(grad.norm_rel) if grad else "-", _cell(grad),
+                     _cell(row.input_grad), " ".join(sources.get(row.layer, []))])
+    header = ["#", "layer", "candidate name", "in", "out max abs", "out norm rel", "out", "grad max abs",
+              "grad norm rel", "grad", "grad in", ""]
     mode = "single-step" if report.single_step else "accumulated"
     lines = [f"{report.title} [{report.direction}, {report.mode}, {mode}]", table(rows, header)]
+    if report.end_to_end:
+        lines.append("end to end (unfed run): " + ", ".join(
+            f"{c.tensor.split(' ')[0]} norm rel {_num(c.norm_rel)} {'ok' if c.passed else 'DIFF'}"
+            for c in report.end_to_end))
+    failed_buffers = [c for c in report.buffers if not c.passed]
+    if report.buffers:
+        lines.append(f"buffers after the train step: {len(report.buffers) - len(failed_buffers)} of "
+                     f"{len(report.buffers)} agree")
+        for c in failed_buffers:
+            lines.append(f"  DIFF {c.tensor}: norm rel {_num(c.norm_rel)}{'; ' + c.note if c.note else ''}")
     if report.unmatched_reference:
         lines.append("reference layers without a match: " + ", ".join(report.unmatched_reference))
     if report.unmatched_candidate:
         lines.append("candidate layers without a match: " + ", ".join(report.unmatched_candidate))
+    for note in report.rounding:
+        lines.append(f"note: {note}")
     if report.passed:
         lines.append("no layer diverges")
-    else:
-        if report.first_output is not None:
-            lines.append(f"first output divergence: `{report.first_output or '(model)'}`")
-        if report.first_grad is not None:
-            lines.append(f"first gradient divergence (backward order): gradient arriving at "
-                         f"`{report.first_grad or '(model)'}`, computed by the layers consuming its output")
+        return "\n".join(lines)
+    for label, source in (("forward", report.forward), ("backward", report.backward)):
+        if source is not None:
+            lines.append(f"{label} error first appears in `{source.layer or '(model)'}`: {source.reason}")
+    if report.first_output is not None:
+        lines.append(f"first output divergence: `{report.first_output or '(model)'}`")
+    if report.first_grad is not None:
+        lines.append(f"first gradient divergence (backward order): gradient arriving at "
+                     f"`{report.first_grad or '(model)'}`")
+    if report.forward is None and report.backward is None and not failed_buffers and any(
+            not c.passed for c in report.end_to_end):
+        lines.append("the end-to-end result differs although no layer does: code outside every traced layer")
     return "\n".join(lines)

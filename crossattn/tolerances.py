@@ -1,17 +1,21 @@
 """The one place equivalence tolerances are set (CLI flags override them per run).
 
-A tensor passes when its largest absolute difference is within `atol`, or its
-norm-relative error ||a - b|| / ||ref|| is within `rtol`. The absolute bound
-serves tensors near zero, where any relative measure is noise; the
-norm-relative bound serves large tensors, where rounding grows with magnitude.
+Every bound is relative to a scale (see docs/equivalence.md, "The verdict"):
 
-Checks run in float64 by default. In float32 some gradients are pure rounding
-noise in *both* frameworks: a conv bias feeding a train-mode BatchNorm has a
-gradient that is exactly zero in exact arithmetic (the BN removes any
-per-channel shift), and float32 leaves residues up to 1e-2 whose difference
-says nothing about the twins. In float64 such residues are ~1e-13, so tight
-bounds separate rounding from real divergence: a wrong epsilon, axis, divisor
-or transposed weight lands many orders of magnitude outside.
+- A tensor passes when ||a - b|| <= rtol * scale. The scale is the tensor's own
+  norm, or for a parameter gradient the largest gradient norm of the case: a
+  conv bias feeding a train-mode BatchNorm has a gradient that is zero in
+  exact arithmetic (the BN removes any per-channel shift) and rounding residue
+  in both frameworks, which is judged against the gradients it sits among,
+  never against its own noise.
+- `atol` is used only where the reference is exactly zero everywhere (and the
+  family scale is zero too): then max |a| <= atol.
+
+In float64 the comparison is made directly. In float32 the verdict is taken on
+the float64 results of both twins with the same (float32-valued) weights and
+input, where rounding cannot hide a difference: they must agree within
+`rtol`, and each framework's float32 result must be within its own rounding
+of that (`ACCURACY_FACTOR`). See `compare.judge`.
 """
 
 from __future__ import annotations
@@ -25,18 +29,27 @@ class Tolerance:
     rtol: float
 
 
-#: about 10^5 float64 ulps at unit scale: room for different summation orders only
+#: about 10^7 float64 ulps: room for different summation orders, nothing else
 FLOAT64 = Tolerance(atol=1e-9, rtol=1e-9)
-#: about 100 float32 ulps at unit scale
-FLOAT32 = Tolerance(atol=1e-5, rtol=1e-5)
+#: float32 verdicts hold the twins' float64 results (same float32-valued weights and input)
+#: to float64 standards, 10x looser than a float64 check: a bug whose effect is below
+#: float32 resolution (a GCT epsilon of 1e-6 for 1e-5 moves outputs by 7e-8) is still a bug;
+#: float32 rounding is judged separately, against each framework's own (ACCURACY_FACTOR)
+FLOAT32 = Tolerance(atol=1e-9, rtol=1e-8)
 DEFAULTS = {"float64": FLOAT64, "float32": FLOAT32}
 
+#: a float32 result may be this many times further from its own float64 result than
+#: the other framework's is (or than rtol * scale, whichever is larger) before its
+#: rounding counts as a defect: kernels of the two frameworks differ in rounding by
+#: up to ~30x on BatchNorm-heavy gradients (measured over the shipped specs); a
+#: computation done at lower precision than asked (float16, a float32 constant
+#: where float64 was meant) lands far beyond
+ACCURACY_FACTOR = 256.0
 
-#: float32 checks also run the reference framework in float64; a tensor outside the
-#: bounds above still passes when the candidate is within this factor of the
-#: reference's own float32 error against that float64 result (see
-#: compare.within_rounding_budget): as accurate as the original, not equal to it
-ROUNDING_BUDGET_FACTOR = 4.0
+#: a uniform relative offset no larger than this (one float32 ulp at 1) between
+#: float64 results is recognised as a framework holding a constant in float32
+#: (paddle's average-pool backward multiplies by float32(1/N)) rather than a bug
+FLOAT32_CONSTANT_OFFSET = 2.0 ** -23
 
 
 def tolerance_for(dtype: str) -> Tolerance:

@@ -12,10 +12,27 @@ class LayerTrace:
     """Per-call records of one traced step, keyed by layer name (`name#2` for a second call)."""
 
     order: list[str] = dataclasses.field(default_factory=list)  # forward completion order
+    #: the inputs the model's own code computed for a layer (before any single-step feed replaced them)
     inputs: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
     outputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     grads: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # d loss / d output
+    #: d loss / d input through this layer alone (what its backward produced), per floating input
+    input_grads: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
+    #: the layer whose call encloses this one (None for the model itself)
+    parent: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    #: layer -> the enclosing layer that returns the very same tensor (a Sequential and its last layer)
+    outer: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: forward events in order: ("in", key) when a layer starts, ("out", key) when it returns
+    events: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    #: backward events in the order autograd produced them: ("grad", key) arriving at a layer's
+    #: output, ("input_grad", key) leaving it towards its inputs
+    grad_events: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    #: per BatchNorm, per call (train mode): (batch mean, biased batch variance, values per channel)
+    bn_batches: dict[str, list] = dataclasses.field(default_factory=dict)
+    state_before: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    state_after: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     output: np.ndarray | None = None
+    input_grad: np.ndarray | None = None
 
 
 def call_key(name: str, call: int) -> str:

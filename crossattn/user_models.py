@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from crossattn.errors import CrossattnError
@@ -59,7 +58,8 @@ def parse_shape(text: str | None) -> tuple[int, ...]:
 
 
 def diff_user_models(torch_target, paddle_target, name_map_path, input_shape, direction, mode, single_step, tol,
-                     seed, dtype, do_transfer):
+                     seed, dtype, do_transfer, probe="normal"):
+    from crossattn.check import probe_input
     from crossattn.diff import diff_models, transfer_by_name_map
 
     if not torch_target or not paddle_target:
@@ -80,7 +80,7 @@ def diff_user_models(torch_target, paddle_target, name_map_path, input_shape, di
     oriented = name_map if ref_fw == "torch" else {v: k for k, v in name_map.items()}
     if do_transfer:
         transfer_by_name_map(ref_fw, models[ref_fw], got_fw, models[got_fw], oriented)
-    x = np.random.default_rng([seed, 1]).standard_normal(shape).astype(dtype)
+    x, _ = probe_input(shape, seed, dtype, probe)
     try:
         return diff_models((ref_fw, models[ref_fw]), (got_fw, models[got_fw]), x, oriented, mode, single_step, tol,
                            seed, title=f"{torch_target} vs {paddle_target}")

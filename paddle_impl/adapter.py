@@ -148,38 +148,69 @@ def step(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], 
 def trace(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray], train: bool,
           feed: Mapping[str, list[np.ndarray]] | None = None,
           feed_grads: Mapping[str, np.ndarray] | None = None) -> LayerTrace:
-    """A step recording every layer's inputs, output and output gradient.
+    """A step recording every layer's inputs, output, output gradient and input gradient.
 
     `feed` replaces a layer's inputs by given values (single-step mode: each
     layer sees the other framework's input, so errors do not accumulate);
-    the replacement keeps the graph connected so gradients still flow.
-    `feed_grads` likewise replaces the gradient arriving at a layer's output.
+    the replacement keeps the graph connected so gradients still flow. The
+    recorded inputs are the model's own, before replacement, so code between
+    layers is still compared. `feed_grads` likewise replaces the gradient
+    arriving at a layer's output. Each floating input passes through its own
+    exact identity node, so the gradient a layer's backward sends to it is
+    recorded separately from other consumers of the same tensor.
     """
     model.train() if train else model.eval()
-    record = LayerTrace()
+    record = LayerTrace(state_before=state(model))
     calls: dict[str, int] = {}
+    stack: list[str] = []
+    produced: dict[int, tuple[str, object]] = {}  # id of an output tensor -> (latest layer returning it, tensor)
     handles = []
 
     def pre_hook(layer, args, name):
         calls[name] = calls.get(name, 0) + 1
         key = call_key(name, calls[name])
-        if feed is None or key not in feed:
-            return None
-        given = iter(feed[key])
-        return tuple(a + (paddle.to_tensor(next(given)).astype(a.dtype) - a).detach() if _is_float(a) else a
-                     for a in args)
+        record.parent[key] = stack[-1] if stack else None
+        stack.append(key)
+        record.events.append(("in", key))
+        record.inputs[key] = [a.detach().numpy().copy() for a in args if _is_float(a)]
+        given = iter(feed[key]) if feed is not None and key in feed else None
+        slots: list[np.ndarray | None] = []
+        replaced = []
+        for a in args:
+            if not _is_float(a):
+                replaced.append(a)
+                continue
+            b = a + (paddle.to_tensor(next(given)).astype(a.dtype) - a).detach() if given is not None else a * 1.0
+            if not b.stop_gradient:
+                index = len(slots)
+                slots.append(None)
+
+                def input_grad_hook(grad, key=key, index=index):
+                    slots[index] = grad.detach().numpy().copy()
+                    record.input_grads[key] = [s for s in slots if s is not None]
+                    record.grad_events.append(("input_grad", key))
+                b.register_hook(input_grad_hook)
+            replaced.append(b)
+        return tuple(replaced)
 
     def post_hook(layer, args, output, name):
         key = call_key(name, calls[name])
+        if stack and stack[-1] == key:
+            stack.pop()
         tensor = _first_tensor(output)
         if tensor is None:
             return
         record.order.append(key)
-        record.inputs[key] = [a.detach().numpy().copy() for a in args if _is_float(a)]
+        record.events.append(("out", key))
+        inner = produced.get(id(tensor))
+        if inner is not None and inner[1] is tensor:  # a container returning its last layer's very tensor
+            record.outer[inner[0]] = key
+        produced[id(tensor)] = (key, tensor)
         record.outputs[key] = tensor.detach().numpy().copy()
         if not tensor.stop_gradient:
             def grad_hook(grad, key=key):
                 record.grads[key] = grad.detach().numpy().copy()
+                record.grad_events.append(("grad", key))
                 if feed_grads is not None and key in feed_grads:
                     return paddle.to_tensor(feed_grads[key]).astype(grad.dtype)
                 return None
@@ -188,12 +219,16 @@ def trace(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]],
     for name, layer in model.named_sublayers(include_self=True):
         handles.append(layer.register_forward_pre_hook(lambda m, a, name=name: pre_hook(m, a, name)))
         handles.append(layer.register_forward_post_hook(lambda m, a, o, name=name: post_hook(m, a, o, name)))
+    if train:  # registered after the feeding hooks: a fed BatchNorm records the statistics it normalised with
+        handles += _bn_batch_hooks(model, record.bn_batches)
     try:
         inputs, output = _forward_backward(model, x, cotangent)
     finally:
         for handle in handles:
             handle.remove()
     record.output = output.numpy().copy()
+    record.input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
+    record.state_after = state(model)
     return record
 
 

@@ -14,7 +14,7 @@ def test_check_prints_a_table_and_writes_json(tmp_path):
     result = CliRunner().invoke(cli.cli, ["check", "non_local_dot_product", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "non_local_dot_product" in result.output and "PASS" in result.output
-    assert "4 passed, 0 failed" in result.output
+    assert "6 passed, 0 failed" in result.output  # 2 directions x 2 modes + 2 input probes
     data = json.loads(out.read_text())
     assert data["passed"] is True and data["settings"]["dtype"] == "float64"
     tensors = {c["tensor"] for case in data["cases"] for c in case["comparisons"]}
