@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import paddle
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
@@ -121,3 +123,88 @@ def test_cli_diff_input_the_models_cannot_take_is_a_user_error(tmp_path):
                                           "--paddle-model", "tests.fixtures.user_pair:build_paddle", "--name-map",
                                           str(name_map), "--input-shape", "2,3"], standalone_mode=False)
     assert "--input-shape 2,3: the models could not run" in str(result.exception), result.exception
+
+
+class _TorchPooled(torch.nn.Module):
+    """conv -> BN -> ReLU -> adaptive average pool over 7x7 -> linear, with torch's usual layer names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(6)
+        self.relu = torch.nn.ReLU()
+        self.avgpool = torch.nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.avgpool(self.relu(self.bn(self.conv(x)))), 1))
+
+
+class _PaddlePooled(paddle.nn.Layer):
+    def __init__(self, momentum: float = 0.9) -> None:
+        super().__init__()
+        self.conv = paddle.nn.Conv2D(3, 6, 3, padding=1)
+        self.bn = paddle.nn.BatchNorm2D(6, momentum=momentum)
+        self.relu = paddle.nn.ReLU()
+        self.avgpool = paddle.nn.AdaptiveAvgPool2D(1)
+        self.fc = paddle.nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc(paddle.flatten(self.avgpool(self.relu(self.bn(self.conv(x)))), 1))
+
+
+def _pooled_pair(momentum: float = 0.9):
+    torch.manual_seed(0)
+    tmodel, pmodel = _TorchPooled().double(), _PaddlePooled(momentum)
+    pmodel.to(dtype="float64")
+    transfer_by_name_map("torch", tmodel, "paddle", pmodel, {})
+    return tmodel, pmodel
+
+
+@pytest.mark.parametrize("single_step", [False, True])
+def test_a_framework_constant_held_in_float32_is_named_not_failed(single_step):
+    """paddle's adaptive average pool backward multiplies by float32(1/49): every gradient below it is off by
+    one uniform factor. That is a known framework rounding: it passes, and the note names the pool."""
+    tmodel, pmodel = _pooled_pair()
+    x = np.random.default_rng(0).standard_normal((2, 3, 7, 7))
+    report = diff_models(("torch", tmodel), ("paddle", pmodel), x, mode="train", single_step=single_step)
+    assert report.passed, (report.forward, report.backward)
+    assert report.rounding and "avgpool" in report.rounding[0] and "float32" in report.rounding[0]
+
+
+@pytest.mark.parametrize("single_step", [False, True])
+def test_diff_compares_running_statistics(single_step):
+    tmodel, pmodel = _pooled_pair(momentum=0.99)
+    x = np.random.default_rng(0).standard_normal((2, 3, 7, 7))
+    eval_report = diff_models(("torch", tmodel), ("paddle", pmodel), x, mode="eval", single_step=single_step)
+    assert eval_report.passed  # eval mode never moves the statistics
+    report = diff_models(("torch", tmodel), ("paddle", pmodel), x, mode="train", single_step=single_step)
+    assert not report.passed
+    assert {c.tensor for c in report.buffers if not c.passed} == {"bn.running_mean", "bn.running_var"}
+
+
+def test_a_large_relative_error_on_a_small_tensor_fails():
+    """No absolute bound that ignores scale: a 1.45e-3 norm-relative error fails however small the tensor."""
+    from crossattn.compare import compare, judge
+    from crossattn.tolerances import FLOAT32, FLOAT64
+
+    reference = np.random.default_rng(0).standard_normal(100) * 1e-4
+    candidate = reference * (1 + 1.45e-3)
+    assert not compare("t", "output", candidate, reference, FLOAT64).passed
+    r32, c32 = reference.astype(np.float32), candidate.astype(np.float32)
+    assert not judge("t", "output", r32, c32, reference, candidate, FLOAT32).passed
+    assert judge("t", "output", r32, r32, reference, reference, FLOAT32).passed
+
+
+def test_float32_rounding_worse_on_one_side_passes_both_ways_but_lost_precision_fails():
+    from crossattn.compare import judge
+    from crossattn.tolerances import FLOAT32
+
+    exact = np.random.default_rng(1).standard_normal(1000)
+    good = exact.astype(np.float32)
+    noisy = (exact * (1 + 3e-6 * np.random.default_rng(2).standard_normal(1000))).astype(np.float32)
+    half = exact.astype(np.float16).astype(np.float32)
+    assert judge("t", "output", good, noisy, exact, exact, FLOAT32).passed  # 50x worse rounding: same function
+    assert judge("t", "output", noisy, good, exact, exact, FLOAT32).passed  # and in the other direction
+    verdict = judge("t", "output", good, half, exact, exact, FLOAT32)  # float16 arithmetic where float32 was asked
+    assert not verdict.passed and "less accurate" in verdict.note

@@ -200,6 +200,9 @@ def test_diff_locates_the_mutation(monkeypatch, mutation, single_step):
         failed = {c.tensor for c in report.buffers if not c.passed}
         assert failed and all(t.startswith(mutation.layers[0] + ".") for t in failed), failed
         return
+    # the end-to-end comparison is part of every report, single-step included
+    assert [c.tensor for c in report.end_to_end] == ["output (end to end)", "input.grad (end to end)"]
+    assert not report.end_to_end[0].passed
     blamed = [s.layer for s in (report.forward, report.backward) if s is not None]
     assert blamed and blamed[0] == mutation.layers[0], (report.forward, report.backward)
     assert all(b in mutation.layers for b in blamed), (report.forward, report.backward)
