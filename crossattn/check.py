@@ -31,14 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from crossattn import registry
 from crossattn.compare import Comparison, compare, judge
 from crossattn.conventions import replay_running_stats
 from crossattn.frameworks import adapter
 from crossattn.init import initial_state
+from crossattn.model_pair import ModelPair, renamed_slots
 from crossattn.spec import Spec
 from crossattn.tolerances import Tolerance, tolerance_for
-from weight_transfer import TransferReport, canonical_key, transfer
+from weight_transfer import TransferReport, canonical_key
 from weight_transfer.slots import Slot
 
 DIRECTIONS = ("torch->paddle", "paddle->torch")
@@ -103,10 +103,15 @@ PROBES: dict[str, Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]] 
 EXTRA_PROBES = ("positive", "negative")
 
 
-def _inputs(spec: Spec, seed: int, dtype: str,
+def as_pair(models: ModelPair | Spec) -> ModelPair:
+    """Engines take a ModelPair; a Spec stands for its twins."""
+    return models if isinstance(models, ModelPair) else ModelPair.from_spec(models)
+
+
+def _inputs(spec: Spec | ModelPair, seed: int, dtype: str,
             probe: str = "normal") -> tuple[np.ndarray, Callable[[tuple[int, ...]], np.ndarray]]:
     if spec.input_shape is None:
-        raise ValueError(f"spec {spec.name} has no input_shape; a check needs one")
+        raise ValueError(f"{spec.name} has no input_shape; a check needs one")
     return probe_input(tuple(spec.input_shape), seed, dtype, probe)
 
 
@@ -132,8 +137,9 @@ def _is_running_mean(slot: Slot) -> bool:
 
 @dataclasses.dataclass
 class TwinPair:
-    """Both twins of a spec, cast to the check dtype, with the shared initial state."""
+    """Both models of a pair, cast to the check dtype, with the shared initial state."""
 
+    models: ModelPair
     src_fw: str
     dst_fw: str
     src: ModuleType
@@ -151,30 +157,30 @@ class TwinPair:
         self.dst.load_state(self.dst_model, self.dst_init)
 
 
-def prepare_pair(spec: Spec, direction: str, dtype: str = "float64", seed: int = 0,
+def prepare_pair(models: ModelPair | Spec, direction: str, dtype: str = "float64", seed: int = 0,
                  after_transfer: Callable[[dict[str, np.ndarray]], None] | None = None) -> TwinPair:
-    """Build both twins, draw random weights in the source, transfer them to the target."""
+    """Build both models, draw random weights in the source, transfer them to the target."""
+    models = as_pair(models)
     src_fw, dst_fw = direction.split("->")
     src, dst = adapter(src_fw), adapter(dst_fw)
     src.setup("cpu")
     dst.setup("cpu")
-    src_model = src.to_dtype(registry.build(spec, src_fw), dtype)
-    dst_model = dst.to_dtype(registry.build(spec, dst_fw), dtype)
+    src_model = src.to_dtype(models.build(src_fw), dtype)
+    dst_model = dst.to_dtype(models.build(dst_fw), dtype)
     src_slots, dst_slots = src.slots(src_model), dst.slots(dst_model)
     src_init = initial_state(src_slots, src.state(src_model), src_fw, seed, mode="check")
-    dst_init, report = transfer(src_init, src_fw, dst_slots, dst_fw)
+    dst_init, report = models.transfer(src_init, src_fw, dst_fw, dst_slots)
     if after_transfer is not None:
         after_transfer(dst_init)
-    pair = TwinPair(src_fw, dst_fw, src, dst, src_model, dst_model, src_slots, dst_slots, src_init, dst_init,
+    pair = TwinPair(models, src_fw, dst_fw, src, dst, src_model, dst_model, src_slots, dst_slots, src_init, dst_init,
                     report)
     pair.reload()
     return pair
 
 
-def _build(source: Any, framework: str) -> Any:
-    """A fresh twin: from a model pair (`.build`) or a spec."""
-    build = getattr(source, "build", None)
-    return build(framework) if callable(build) else registry.build(source, framework)
+def _build(source: ModelPair | Spec, framework: str) -> Any:
+    """A fresh model of the pair (a Spec stands for its twins)."""
+    return as_pair(source).build(framework)
 
 
 def _as64(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -216,17 +222,19 @@ class Float64Truth:
         return self.cache[key]
 
 
-def check_spec(spec: Spec, directions: Sequence[str] = DIRECTIONS, modes: Sequence[str] = MODES,
+def check_spec(spec: ModelPair | Spec, directions: Sequence[str] = DIRECTIONS, modes: Sequence[str] = MODES,
                tol: Tolerance | None = None, seed: int = 0, dtype: str = "float64",
                after_transfer: Callable[[dict[str, np.ndarray]], None] | None = None,
                probes: Sequence[str] = EXTRA_PROBES) -> list[CheckCase]:
-    """Run the equivalence check of one spec; `after_transfer` may tamper with the target state (tests).
+    """Run the equivalence check of one spec's twins or a user's pair; `after_transfer` may tamper with the
+    target state (tests).
 
     Every direction and mode runs on the standard-normal input; each of
     `probes` runs once more, in eval mode (or the only mode asked for), in the
     first direction.
     """
     tol = tol or tolerance_for(dtype)
+    spec = as_pair(spec)
     truth = Float64Truth(spec) if dtype != "float64" else None
     probe_mode = "eval" if "eval" in modes else modes[0]
     cases = []
@@ -253,7 +261,7 @@ class _Judge:
         return compare(name, category, candidate, reference, self.tol, note, scale)
 
 
-def _check_case(spec: Spec, pair: TwinPair, mode: str, tol: Tolerance, seed: int, dtype: str,
+def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed: int, dtype: str,
                 probe: str = "normal", truth: Float64Truth | None = None) -> CheckCase:
     pair.reload()
     train = mode == "train"
@@ -298,7 +306,7 @@ def _in_source_naming(pair: TwinPair, values: dict[str, np.ndarray]) -> dict[str
     Mapped into float64 slots: the transfer casts to its target slots' dtype, and a
     float64 result must not be rounded to the float32 twin's dtype on the way.
     """
-    mapped, _ = transfer(values, pair.dst_fw, widened(pair.src_slots), pair.src_fw, complete=False)
+    mapped, _ = pair.models.transfer(values, pair.dst_fw, pair.src_fw, widened(pair.src_slots), complete=False)
     return mapped
 
 
@@ -311,7 +319,8 @@ def widened(slots: dict[str, Slot]) -> dict[str, Slot]:
 def _trainable_flags(pair: TwinPair, tol: Tolerance) -> list[Comparison]:
     """A tensor trained on one side and frozen on the other is a difference, whichever side is the source."""
     src = {canonical_key(s, pair.src_fw) for s in pair.src_slots.values() if s.trainable}
-    dst = {canonical_key(s, pair.dst_fw) for s in pair.dst_slots.values() if s.trainable}
+    dst_slots, _ = renamed_slots(pair.dst_slots, pair.models.layer_map(pair.dst_fw, pair.src_fw))
+    dst = {canonical_key(s, pair.dst_fw) for s in dst_slots.values() if s.trainable}
     return [Comparison(key, "trainable", math.inf, math.inf, math.nan, False,
                        f"trainable in {pair.src_fw if key in src else pair.dst_fw} only", tol.atol, tol.rtol,
                        math.inf)

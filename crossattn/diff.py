@@ -32,9 +32,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from crossattn.check import (_Judge, _as64, _build, _in_source_naming, _inputs, bn_layers, prepare_pair,
-                             running_stat_comparisons, widened)
+                             probe_input, running_stat_comparisons, widened)
 from crossattn.compare import Comparison
 from crossattn.errors import CrossattnError
+from crossattn.model_pair import ModelPair
 from crossattn.spec import Spec
 from crossattn.tolerances import Tolerance, tolerance_for
 from crossattn.tracing import LayerTrace
@@ -288,27 +289,29 @@ def _end_to_end(judged: _Judge, ref: LayerTrace, unfed: LayerTrace, ref64: Layer
                    ref64.input_grad if ref64 is not None else None)]
 
 
-def diff_spec(spec: Spec, direction: str = "torch->paddle", mode: str = "eval", single_step: bool = False,
+def diff_spec(spec: Spec | ModelPair, direction: str = "torch->paddle", mode: str = "eval", single_step: bool = False,
               tol: Tolerance | None = None, seed: int = 0, dtype: str = "float64",
               after_transfer=None, probe: str = "normal") -> DiffReport:
-    """Trace a spec's twins (weights drawn in the source and transferred) and compare layer by layer."""
+    """Trace a pair (weights drawn in the source and transferred) and compare layer by layer."""
     tol = tol or tolerance_for(dtype)
     train = mode == "train"
     pair = prepare_pair(spec, direction, dtype, seed, after_transfer)
-    x, cotangent = _inputs(spec, seed, dtype, probe)
-    ref, got, unfed = trace_pair(pair.src, pair.src_model, pair.dst, pair.dst_model, x, cotangent, train, {},
+    x, cotangent = _inputs(pair.models, seed, dtype, probe)
+    name_map = pair.models.layer_map(pair.src_fw, pair.dst_fw)
+    ref, got, unfed = trace_pair(pair.src, pair.src_model, pair.dst, pair.dst_model, x, cotangent, train, name_map,
                                  single_step)
     ref64 = got64 = unfed64 = None
     if dtype != "float64":
-        src64 = pair.src.to_dtype(_build(spec, pair.src_fw), "float64")
-        dst64 = pair.dst.to_dtype(_build(spec, pair.dst_fw), "float64")
+        src64 = pair.src.to_dtype(_build(pair.models, pair.src_fw), "float64")
+        dst64 = pair.dst.to_dtype(_build(pair.models, pair.dst_fw), "float64")
         pair.src.load_state(src64, _as64(pair.src_init))
         pair.dst.load_state(dst64, _as64(pair.dst_init))
         ref64, got64, unfed64 = trace_pair(pair.src, src64, pair.dst, dst64, x.astype(np.float64),
-                                           lambda shape: cotangent(shape).astype(np.float64), train, {}, single_step)
+                                           lambda shape: cotangent(shape).astype(np.float64), train, name_map,
+                                           single_step)
     judged = _Judge(tol, ref64 is not None)
-    rows = compare_traces(ref, got, {}, tol, ref64, got64, single_step)
-    report = DiffReport(spec.name, direction, mode, single_step, *rows[:5], forward=rows[5], backward=rows[6],
+    rows = compare_traces(ref, got, name_map, tol, ref64, got64, single_step)
+    report = DiffReport(pair.models.name, direction, mode, single_step, *rows[:5], forward=rows[5], backward=rows[6],
                         rounding=rows[7], end_to_end=_end_to_end(judged, ref, unfed, ref64, unfed64))
     if train:
         report.buffers = _buffers(ref, _in_source_naming(pair, got.state_after),
@@ -320,33 +323,67 @@ def diff_spec(spec: Spec, direction: str = "torch->paddle", mode: str = "eval", 
 
 
 def transfer_by_name_map(ref_fw: str, ref_model, got_fw: str, got_model, name_map: Mapping[str, str]):
-    """Copy the reference's weights into the candidate through the transfer rules and a layer-name map."""
+    """Copy the reference's weights into the candidate through the transfer rules and a layer-name map
+    (reference layer names -> candidate layer names)."""
     from crossattn.frameworks import adapter
+    from crossattn.model_pair import renamed_slots
     from weight_transfer import transfer
-    from weight_transfer.transfer import rename_layers
 
     ref_adapter, got_adapter = adapter(ref_fw), adapter(got_fw)
     inverse = {v: k for k, v in name_map.items()}
-    got_slots = got_adapter.slots(got_model)
-    as_reference = rename_layers(got_slots, inverse)  # candidate slots under reference names
+    as_reference, own_key = renamed_slots(got_adapter.slots(got_model), inverse)  # candidate slots, reference names
     state, report = transfer(ref_adapter.state(ref_model), ref_fw, as_reference, got_fw)
-    back = {slot.key: state[ref_key] for ref_key, slot in zip(as_reference, got_slots.values())}
-    got_adapter.load_state(got_model, back)
+    got_adapter.load_state(got_model, {own_key[k]: v for k, v in state.items()})
     return report
+
+
+def diff_user_pair(models: ModelPair, direction: str = "torch->paddle", mode: str = "eval",
+                   single_step: bool = False, tol: Tolerance | None = None, seed: int = 0, dtype: str = "float64",
+                   do_transfer: bool = True, probe: str = "normal") -> DiffReport:
+    """Trace a user's pair with its own weights: the reference's copied into the candidate (do_transfer), or
+    each model as its factory made it (weights the user loaded)."""
+    from crossattn.frameworks import adapter
+
+    if models.input_shape is None:
+        raise CrossattnError("--input-shape is required with your own models, e.g. --input-shape 2,3,32,32")
+    ref_fw, got_fw = direction.split("->")
+    built = {}
+    for framework in (ref_fw, got_fw):
+        built[framework] = adapter(framework).to_dtype(models.build(framework), dtype)
+    oriented = models.layer_map(ref_fw, got_fw)
+    if do_transfer:
+        transfer_by_name_map(ref_fw, built[ref_fw], got_fw, built[got_fw], oriented)
+    x, _ = probe_input(tuple(models.input_shape), seed, dtype, probe)
+    try:
+        return diff_models((ref_fw, built[ref_fw]), (got_fw, built[got_fw]), x, oriented, mode, single_step, tol,
+                           seed, title=models.name)
+    except CrossattnError:
+        raise
+    except (RuntimeError, ValueError) as exc:  # a shape the models cannot take, as the frameworks word it
+        shape = ",".join(map(str, models.input_shape))
+        raise CrossattnError(f"--input-shape {shape}: the models could not run on it "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def diff_pair(models: ModelPair, direction: str = "torch->paddle", mode: str = "eval", single_step: bool = False,
+              tol: Tolerance | None = None, seed: int = 0, dtype: str = "float64",
+              do_transfer: bool = True, probe: str = "normal") -> DiffReport:
+    """A spec's twins (random weights drawn and transferred) or a user's pair (its own weights)."""
+    if models.spec is not None:
+        return diff_spec(models, direction, mode, single_step, tol, seed, dtype, probe=probe)
+    return diff_user_pair(models, direction, mode, single_step, tol, seed, dtype, do_transfer, probe)
 
 
 def _state_in_reference_naming(ref_fw: str, ref_slots: dict, got_fw: str, got_model, got_state: dict,
                                name_map: Mapping[str, str]) -> dict[str, np.ndarray]:
     """The candidate's non-trainable state under the reference's names and layouts, through the name map."""
     from crossattn.frameworks import adapter
+    from crossattn.model_pair import renamed_slots
     from weight_transfer import transfer
-    from weight_transfer.transfer import rename_layers
 
     inverse = {v: k for k, v in name_map.items()}
-    got_slots = adapter(got_fw).slots(got_model)
-    as_reference = rename_layers(got_slots, inverse)
-    renamed = {ref_key: got_state[slot.key] for ref_key, slot in zip(as_reference, got_slots.values())
-               if slot.key in got_state}
+    as_reference, own_key = renamed_slots(adapter(got_fw).slots(got_model), inverse)
+    renamed = {ref_key: got_state[own_key[ref_key]] for ref_key in as_reference if own_key[ref_key] in got_state}
     mapped, _ = transfer(renamed, got_fw, widened(ref_slots), ref_fw, complete=False)
     return mapped
 
