@@ -248,7 +248,7 @@ def check_spec(spec: ModelPair | Spec, directions: Sequence[str] = DIRECTIONS, m
     return cases
 
 
-class _Judge:
+class Judge:
     """Judges tensors of one case: `compare` in float64, `judge` (float32 rule) when float64 truths exist."""
 
     def __init__(self, tol: Tolerance, truthful: bool) -> None:
@@ -272,7 +272,7 @@ def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed
     if truth is not None:
         ref64 = truth.step(pair.src_fw, pair.src_init, x, cotangent, train)
         got64 = truth.step(pair.dst_fw, pair.dst_init, x, cotangent, train)
-    judged = _Judge(tol, truth is not None)
+    judged = Judge(tol, truth is not None)
     pick = (lambda result, attr: getattr(result, attr) if result is not None else None)
     comparisons = [judged("output", "output", got.output, ref.output, pick(got64, "output"), pick(ref64, "output")),
                    judged("input.grad", "input_grad", got.input_grad, ref.input_grad, pick(got64, "input_grad"),
@@ -327,7 +327,7 @@ def _trainable_flags(pair: TwinPair, tol: Tolerance) -> list[Comparison]:
             for key in sorted(src ^ dst)]
 
 
-def _other_buffers(pair: TwinPair, ref, got, ref64, got64, judged: _Judge) -> list[Comparison]:
+def _other_buffers(pair: TwinPair, ref, got, ref64, got64, judged: Judge) -> list[Comparison]:
     """State other than parameters and BatchNorm statistics, after the train step (an EMA, a step counter)."""
     got_state = _in_source_naming(pair, got.state)
     got_state64 = _in_source_naming(pair, got64.state) if got64 is not None else {}
@@ -388,7 +388,7 @@ def running_stat_comparisons(layer: str, keys: dict[str, str], start: dict[str, 
     return out
 
 
-def _running_stats(pair: TwinPair, ref, got, ref64, got64, judged: _Judge, notes: list[str]) -> list[Comparison]:
+def _running_stats(pair: TwinPair, ref, got, ref64, got64, judged: Judge, notes: list[str]) -> list[Comparison]:
     """Both sides' running statistics, each against its own framework's rule over the reference's batches."""
     got_state = _in_source_naming(pair, got.state)
     got_state64 = _in_source_naming(pair, got64.state) if got64 is not None else None

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from crossattn.check import (_Judge, _as64, _build, _in_source_naming, _inputs, bn_layers, prepare_pair,
+from crossattn.check import (Judge, _as64, _build, _in_source_naming, _inputs, bn_layers, prepare_pair,
                              probe_input, running_stat_comparisons, widened)
 from crossattn.compare import Comparison
 from crossattn.errors import CrossattnError
@@ -120,7 +120,7 @@ def _worst(parts: list[Comparison]) -> Comparison:
     return max(parts, key=lambda c: (not c.passed, c.severity))
 
 
-def _many(judged: _Judge, name: str, category: str, got: list | None, ref: list, got64: list | None,
+def _many(judged: Judge, name: str, category: str, got: list | None, ref: list, got64: list | None,
           ref64: list | None, absent: str) -> Comparison:
     """Compare lists of tensors (a layer's inputs, or the gradients it sends to them); the worst one counts."""
     if got is None or len(got) != len(ref):
@@ -133,7 +133,7 @@ def _many(judged: _Judge, name: str, category: str, got: list | None, ref: list,
 def compare_traces(ref: LayerTrace, got: LayerTrace, name_map: Mapping[str, str], tol: Tolerance,
                    ref64: LayerTrace | None = None, got64: LayerTrace | None = None, fed: bool = False) -> tuple:
     """Rows in the reference's order, then the first divergences (raw and attributed) and the roundings noted."""
-    judged = _Judge(tol, ref64 is not None and got64 is not None)
+    judged = Judge(tol, ref64 is not None and got64 is not None)
     pick = (lambda trace, field, key: getattr(trace, field).get(key) if trace is not None else None)
     rows: dict[str, LayerRow] = {}
     matched = set()
@@ -234,7 +234,7 @@ def _backward_source(ref: LayerTrace, got: LayerTrace, rows: dict[str, LayerRow]
 
 
 def _buffers(ref: LayerTrace, got_after_in_ref_naming: dict, got_before_in_ref_naming: dict, ref_slots: dict,
-             ref_fw: str, got_fw: str, judged: _Judge, ref64: LayerTrace | None = None,
+             ref_fw: str, got_fw: str, judged: Judge, ref64: LayerTrace | None = None,
              got_after64: dict | None = None, got_before64: dict | None = None) -> list[Comparison]:
     """Running statistics of both sides under the stated rule, then every other buffer, after a train step."""
     out: list[Comparison] = []
@@ -280,7 +280,7 @@ def trace_pair(ref_adapter, ref_model, got_adapter, got_model, x: np.ndarray, co
     return ref, got, unfed
 
 
-def _end_to_end(judged: _Judge, ref: LayerTrace, unfed: LayerTrace, ref64: LayerTrace | None,
+def _end_to_end(judged: Judge, ref: LayerTrace, unfed: LayerTrace, ref64: LayerTrace | None,
                 unfed64: LayerTrace | None) -> list[Comparison]:
     return [judged("output (end to end)", "output", unfed.output, ref.output,
                    unfed64.output if unfed64 is not None else None, ref64.output if ref64 is not None else None),
@@ -309,7 +309,7 @@ def diff_spec(spec: Spec | ModelPair, direction: str = "torch->paddle", mode: st
         ref64, got64, unfed64 = trace_pair(pair.src, src64, pair.dst, dst64, x.astype(np.float64),
                                            lambda shape: cotangent(shape).astype(np.float64), train, name_map,
                                            single_step)
-    judged = _Judge(tol, ref64 is not None)
+    judged = Judge(tol, ref64 is not None)
     rows = compare_traces(ref, got, name_map, tol, ref64, got64, single_step)
     report = DiffReport(pair.models.name, direction, mode, single_step, *rows[:5], forward=rows[5], backward=rows[6],
                         rounding=rows[7], end_to_end=_end_to_end(judged, ref, unfed, ref64, unfed64))
@@ -429,7 +429,7 @@ def diff_models(reference: tuple[str, object], candidate: tuple[str, object], x:
         ref64, got64, unfed64 = trace_pair(ref_adapter, copies[0], got_adapter, copies[1], x.astype(np.float64),
                                            lambda shape: cotangent(shape).astype(np.float64), train, name_map,
                                            single_step)
-    judged = _Judge(tol, ref64 is not None)
+    judged = Judge(tol, ref64 is not None)
     rows = compare_traces(ref, got, name_map, tol, ref64, got64, single_step)
     report = DiffReport(title, f"{ref_fw}->{got_fw}", mode, single_step, *rows[:5], forward=rows[5],
                         backward=rows[6], rounding=rows[7], end_to_end=_end_to_end(judged, ref, unfed, ref64, unfed64))

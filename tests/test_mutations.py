@@ -206,3 +206,22 @@ def test_diff_locates_the_mutation(monkeypatch, mutation, single_step):
     blamed = [s.layer for s in (report.forward, report.backward) if s is not None]
     assert blamed and blamed[0] == mutation.layers[0], (report.forward, report.backward)
     assert all(b in mutation.layers for b in blamed), (report.forward, report.backward)
+
+
+FLOAT32_DIFF = [m for m in MUTATIONS if m.id in ("gct_epsilon", "softmax_axis", "cbam_pool_order", "bn_momentum")]
+
+
+@pytest.mark.parametrize("single_step", [False, True], ids=["accumulated", "single-step"])
+@pytest.mark.parametrize("mutation", FLOAT32_DIFF, ids=[m.id for m in FLOAT32_DIFF])
+def test_float32_diff_locates_it_too(monkeypatch, mutation, single_step):
+    """A float32 diff judges every layer by the float32 rule: a bug below float32 rounding is still located."""
+    spec = load_spec(resolve_spec(mutation.spec))
+    assert diff_spec(spec, "torch->paddle", mutation.mode, single_step, dtype="float32",
+                     probe=mutation.probe).passed, "the twins themselves must pass"
+    mutation.apply(monkeypatch)
+    report = diff_spec(spec, "torch->paddle", mutation.mode, single_step, dtype="float32", probe=mutation.probe)
+    assert not report.passed
+    if mutation.buffers:
+        assert {c.tensor for c in report.buffers if not c.passed} >= {f"{mutation.layers[0]}.running_mean"}
+    else:
+        assert report.forward is not None and report.forward.layer == mutation.layers[0]
