@@ -167,6 +167,9 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     details = failure_details(cases)
     if details:
         click.echo(details)
+    for case in {(c.spec, c.probe, c.direction): c for c in cases if not c.passed and c.probe != "normal"}.values():
+        click.echo(f"hint: `crossattn diff {case.spec} --probe {case.probe} --mode {case.mode} --direction "
+                   f"{case.direction.replace('->', '2')}` traces that input layer by layer")
     passed = sum(c.passed for c in cases)
     what = f"{len(pairs)} spec(s)" if not user_pair else pairs[0].name
     click.echo(f"{passed} passed, {len(cases) - passed} failed ({what}, dtype {dtype}, "

@@ -41,3 +41,18 @@ def test_unknown_spec_name_is_a_user_error():
 def test_single_step_without_layers_is_a_user_error():
     result = CliRunner().invoke(cli.cli, ["check", "se_default", "--single-step"], standalone_mode=False)
     assert "--layers" in str(result.exception)
+
+
+def test_a_bug_only_a_probe_reaches_fails_and_diff_traces_that_probe(monkeypatch):
+    from tests.test_mutations import MUTATIONS
+
+    relu6 = next(m for m in MUTATIONS if m.id == "se_relu6")  # activations of a normal input never reach 6
+    relu6.apply(monkeypatch)
+    result = CliRunner().invoke(cli.cli, ["check", "se_default", "--direction", "torch2paddle", "--mode", "eval"])
+    assert result.exit_code == 1, result.output
+    assert "eval, x negative" in result.output and "--probe negative" in result.output
+    skipped = CliRunner().invoke(cli.cli, ["check", "se_default", "--direction", "torch2paddle", "--mode", "eval",
+                                           "--no-probes"])
+    assert skipped.exit_code == 0  # what one standard-normal input proves
+    traced = CliRunner().invoke(cli.cli, ["diff", "se_default", "--probe", "negative"])
+    assert traced.exit_code == 1 and "forward error first appears in `(model)`" in traced.output, traced.output
