@@ -11,7 +11,6 @@ from typing import Literal
 
 import math
 
-from crossattn.conventions import LN_EPSILON
 from crossattn.options import Options, positive, require
 from crossattn.registry import register
 
@@ -32,8 +31,8 @@ class GlobalContextOptions(Options):
     #: transform is never zeroed (sigmoid(0) would halve x, not keep it)
     zero_init_last: bool = True
     #: epsilon of the transform's LayerNorm (timm's LayerNorm2d: 1e-6); both twins add it rounded
-    #: to float32, as paddle holds it
-    norm_epsilon: float = LN_EPSILON
+    #: to float32, as paddle holds it (the default is crossattn's LN_EPSILON)
+    norm_epsilon: float = 1e-5
 
     def validate(self) -> None:
         positive(self.in_channels, "in_channels")

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from crossattn.blocks.global_context import Fusion, GlobalContextOptions, Pooling
-from crossattn.conventions import LN_EPSILON
 from torch_impl.layers import layer_norm, zero_init_layer
 
 
@@ -15,7 +14,7 @@ class GlobalContextBlock(nn.Module):
 
     def __init__(self, in_channels: int, reduction: int = 16, pooling: Pooling = "attention",
                  fusions: tuple[Fusion, ...] = ("add",), zero_init_last: bool = True,
-                 norm_epsilon: float = LN_EPSILON) -> None:
+                 norm_epsilon: float = 1e-5) -> None:
         super().__init__()
         self.options = opts = GlobalContextOptions(
             in_channels=in_channels, reduction=reduction, pooling=pooling, fusions=fusions,
