@@ -14,6 +14,9 @@ from crossattn.registry import register
 Mode = Literal["embedded_gaussian", "gaussian", "dot_product", "concatenation"]
 Affinity = Literal["positions", "channels"]
 ScaleBy = Literal["inter_channels", "in_channels"]
+AttentionImpl = Literal["explicit", "fused", "auto"]
+#: modes with a memory-linear form: softmax attention, and the dot product reassociated
+FUSED_MODES = ("embedded_gaussian", "gaussian", "dot_product")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,11 @@ class NonLocalOptions(Options):
     #: pair of embedding channels, a C' x C' matrix theta phi^T contracted over positions
     #: (seed 004's code)
     affinity: Affinity = "positions"
+    #: how a position affinity is computed: `explicit` writes the N x Nk matrix out; `fused`
+    #: never does (softmax modes: torch's flash kernel, paddle's chunked online softmax; dot
+    #: product: theta^T (phi g^T) / C(x)), so memory stays linear in N; `auto` fuses where the
+    #: mode allows it (not concatenation, not a channel affinity) and is explicit elsewhere
+    attention_impl: AttentionImpl = "explicit"
 
     def validate(self) -> None:
         positive(self.in_channels, "in_channels")
@@ -59,6 +67,11 @@ class NonLocalOptions(Options):
                 "`height` reproduces seed 004's dot-product divisor; it applies to mode dot_product only")
         require(self.scale_by == "inter_channels" or self.use_scale, "scale_by",
                 "chooses the divisor of use_scale; set use_scale: true as well")
+        require(self.attention_impl != "fused" or self.mode in FUSED_MODES, "attention_impl",
+                f"`fused` covers modes {', '.join(FUSED_MODES)}; concatenation's ReLU pairs have no fused "
+                "form: use `explicit` (or `auto`, which falls back to it)")
+        require(self.attention_impl != "fused" or self.affinity == "positions", "attention_impl",
+                "`fused` avoids the N x N position affinity; a channel affinity is only C' x C': use `explicit`")
         if self.affinity == "channels":
             require(self.mode != "concatenation", "affinity",
                     "`channels` relates embedding channels by their dot product; mode concatenation has no "
@@ -83,6 +96,13 @@ class NonLocalOptions(Options):
     def embeds_theta_phi(self) -> bool:
         """The gaussian instantiation compares raw features: no theta/phi convs."""
         return self.mode != "gaussian"
+
+    @property
+    def fused(self) -> bool:
+        """Whether the position affinity takes the memory-linear path."""
+        if self.attention_impl == "explicit":
+            return False
+        return self.mode in FUSED_MODES and self.affinity == "positions"
 
     @property
     def scale(self) -> float:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from crossattn.blocks.non_local import Mode, NonLocalOptions, pairwise_divisor
+from torch_impl.blocks.attention import fused_attention
 from torch_impl.layers import batch_norm, conv_nd, max_pool_nd, zero_init_layer
 
 
@@ -16,12 +17,13 @@ class NonLocalBlock(nn.Module):
                  mode: Mode = "embedded_gaussian", dimension: int = 2, sub_sample: bool = True,
                  bn_layer: bool = True, use_scale: bool = False, zero_init: bool = True,
                  normalize_by: str = "positions", scale_by: str = "inter_channels",
-                 affinity: str = "positions") -> None:
+                 affinity: str = "positions", attention_impl: str = "explicit") -> None:
         super().__init__()
         self.options = opts = NonLocalOptions(
             in_channels=in_channels, inter_channels=inter_channels, reduction=reduction, mode=mode,
             dimension=dimension, sub_sample=sub_sample, bn_layer=bn_layer, use_scale=use_scale,
-            zero_init=zero_init, normalize_by=normalize_by, scale_by=scale_by, affinity=affinity)
+            zero_init=zero_init, normalize_by=normalize_by, scale_by=scale_by, affinity=affinity,
+            attention_impl=attention_impl)
         conv = conv_nd(opts.dimension)
         self.g = conv(opts.in_channels, opts.inter, kernel_size=1)
         self.theta = conv(opts.in_channels, opts.inter, kernel_size=1) if opts.embeds_theta_phi else None
@@ -74,8 +76,20 @@ class NonLocalBlock(nn.Module):
         else:
             theta_x = x.reshape(batch, opts.in_channels, -1)
             phi_x = keys(x).reshape(batch, opts.in_channels, -1)
-        affinity = self._affinity(theta_x, phi_x, tuple(x.shape))  # (B, N, Nk)
-        return torch.matmul(affinity, g_x).transpose(1, 2).reshape(batch, opts.inter, *x.shape[2:])
+        if opts.fused:
+            y = self._attend_fused(theta_x, phi_x, g_x, tuple(x.shape))  # (B, N, Ci)
+        else:
+            y = torch.matmul(self._affinity(theta_x, phi_x, tuple(x.shape)), g_x)  # (B, N, Nk) @ (B, Nk, Ci)
+        return y.transpose(1, 2).reshape(batch, opts.inter, *x.shape[2:])
+
+    def _attend_fused(self, theta_x: torch.Tensor, phi_x: torch.Tensor, g_x: torch.Tensor,
+                      shape: tuple[int, ...]) -> torch.Tensor:
+        """The same y without the (B, N, Nk) affinity: memory linear in N."""
+        opts = self.options
+        if opts.mode == "dot_product":  # (theta^T phi) g = theta^T (phi g): a (B, Ci', Ci) middle factor
+            return torch.matmul(theta_x.transpose(1, 2), torch.matmul(phi_x, g_x)) / pairwise_divisor(
+                opts, shape, phi_x.shape[2])
+        return fused_attention(theta_x.transpose(1, 2), phi_x.transpose(1, 2), g_x, opts.scale)
 
     def _affinity(self, theta_x: torch.Tensor, phi_x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         opts = self.options
