@@ -8,8 +8,8 @@ softmax), so its memory is the inputs and outputs plus a bounded block, linear i
 
 from __future__ import annotations
 
-#: score elements (over the whole batch) one block may hold: 2**20, 4 MiB in float32
-SCORE_BUDGET = 1 << 20
+#: score elements (over the whole batch) one block may hold: 2**19, 2 MiB in float32
+SCORE_BUDGET = 1 << 19
 #: widest key block; longer key sequences are swept block by block with the online softmax
 MAX_KEY_CHUNK = 4096
 
