@@ -204,7 +204,10 @@ def test_fused_refuses_what_it_cannot_fuse(options):
 def test_chunk_plan_is_bounded():
     from crossattn.attention_chunks import SCORE_BUDGET, attention_chunks
 
-    for batch, queries, keys in [(1, 16384, 16384), (32, 4096, 1024), (2, 10, 10), (4096, 5000, 5000)]:
+    for batch, queries, keys in [(1, 16384, 16384), (32, 4096, 1024), (2, 10, 10), (4096, 5000, 5000),
+                                 (1, 100, 10 ** 6)]:
         q_chunk, k_chunk = attention_chunks(batch, queries, keys)
         assert 1 <= q_chunk <= queries and 1 <= k_chunk <= keys
-        assert batch * q_chunk * k_chunk <= max(SCORE_BUDGET, batch * k_chunk)
+        assert batch * q_chunk * k_chunk <= max(SCORE_BUDGET, batch)
+    assert attention_chunks(1, 16384, 16384)[1] == 16384  # keys split only past the budget
+    assert attention_chunks(1, 100, 10 ** 6)[1] == SCORE_BUDGET

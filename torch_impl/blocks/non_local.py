@@ -86,7 +86,7 @@ class NonLocalBlock(nn.Module):
                       shape: tuple[int, ...]) -> torch.Tensor:
         """The same y without the (B, N, Nk) affinity: memory linear in N."""
         opts = self.options
-        if opts.mode == "dot_product":  # (theta^T phi) g = theta^T (phi g): a (B, Ci', Ci) middle factor
+        if opts.mode == "dot_product":  # (theta^T phi) g = theta^T (phi g): a (B, Ci, Ci) middle factor
             return torch.matmul(theta_x.transpose(1, 2), torch.matmul(phi_x, g_x)) / pairwise_divisor(
                 opts, shape, phi_x.shape[2])
         return fused_attention(theta_x.transpose(1, 2), phi_x.transpose(1, 2), g_x, opts.scale)
