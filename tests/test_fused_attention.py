@@ -211,3 +211,32 @@ def test_chunk_plan_is_bounded():
         assert batch * q_chunk * k_chunk <= max(SCORE_BUDGET, batch)
     assert attention_chunks(1, 16384, 16384)[1] == 16384  # keys split only past the budget
     assert attention_chunks(1, 100, 10 ** 6)[1] == SCORE_BUDGET
+
+
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_fused_trains_on_inputs_without_gradient(framework):
+    """Training images need no gradient: in gaussian mode queries and keys are then constants."""
+    from crossattn.frameworks import adapter
+    from weight_transfer import transfer
+
+    spec_options = {"mode": "gaussian", "zero_init": False}
+    weights = _weights(_spec("explicit", **spec_options))
+    x = np.random.default_rng(4).standard_normal(SHAPES[2])
+    grads = []
+    for impl in ("explicit", "fused"):
+        fw = adapter(framework)
+        model = fw.to_dtype(registry.build(_spec(impl, **spec_options), framework), "float64")
+        state = weights if framework == "torch" else transfer(weights, "torch", fw.slots(model), "paddle")[0]
+        fw.load_state(model, state)
+        if framework == "torch":
+            import torch
+
+            model(torch.tensor(x)).square().sum().backward()
+            grads.append(model.g.weight.grad.numpy())
+        else:
+            import paddle
+
+            model(paddle.to_tensor(x)).square().sum().backward()
+            grads.append(model.g.weight.grad.numpy())
+    np.testing.assert_allclose(grads[1], grads[0], rtol=FLOAT64.rtol, atol=FLOAT64.atol)
+    assert np.abs(grads[0]).max() > 1e-6

@@ -64,6 +64,7 @@ class _ChunkedAttention(PyLayer):
         lse = paddle.concat(lses, axis=1) if lses else paddle.zeros([0], dtype=q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.scale, ctx.query_chunk, ctx.key_chunk = scale, query_chunk, key_chunk
+        ctx.needs_grad = tuple(not t.stop_gradient for t in (q, k, v))  # paddle wants None for the others
         return out
 
     @staticmethod
@@ -89,8 +90,9 @@ class _ChunkedAttention(PyLayer):
                 grad_k_blocks[index] = _accumulate(grad_k_blocks[index], terms[1])
                 grad_q_block = _accumulate(grad_q_block, terms[2])
             grad_query_blocks.append(grad_q_block)
-        grad_q = _scaled(paddle.concat(grad_query_blocks, axis=1), ctx.scale)
-        return grad_q, paddle.concat(grad_k_blocks, axis=1), paddle.concat(grad_v_blocks, axis=1)
+        grads = (_scaled(paddle.concat(grad_query_blocks, axis=1), ctx.scale),
+                 paddle.concat(grad_k_blocks, axis=1), paddle.concat(grad_v_blocks, axis=1))
+        return tuple(grad if needed else None for grad, needed in zip(grads, ctx.needs_grad))
 
 
 def _accumulate(total: paddle.Tensor | None, term: paddle.Tensor) -> paddle.Tensor:
