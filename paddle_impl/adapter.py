@@ -5,8 +5,9 @@ Mirrors torch_impl/adapter.py function for function.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 
 import numpy as np
 import paddle
@@ -81,8 +82,13 @@ def slots(model: nn.Layer) -> dict[str, Slot]:
             key = join(layer_name, name)
             trainable = not tensor.stop_gradient
             table[key] = Slot(key, layer_name, name, kind, tuple(tensor.shape),
-                              str(tensor.numpy().dtype), trainable, zero)
+                              _dtype_name(tensor), trainable, zero)
     return table
+
+
+def _dtype_name(tensor: paddle.Tensor) -> str:
+    """numpy's name of the tensor's dtype, read without copying data (and valid before a lazy init)."""
+    return str(tensor.dtype).removeprefix("paddle.")
 
 
 def state(model: nn.Layer) -> dict[str, np.ndarray]:
@@ -208,3 +214,48 @@ def _first_tensor(output):
     if isinstance(output, (tuple, list)):
         return next((o for o in output if _is_float(o)), None)
     return None
+
+
+# --------------------------------------------------------------------------- lazy models (conversion)
+
+
+@contextlib.contextmanager
+def lazy() -> Iterator[None]:
+    """Layers built inside defer their parameters' initialisation (LazyGuard): slots cost nothing."""
+    with paddle.LazyGuard():
+        yield
+
+
+def load_lazy(model: nn.Layer, values: MutableMapping[str, np.ndarray], consume: bool = False) -> nn.Layer:
+    """Initialise a lazily built model from `values`, tensor by tensor.
+
+    Paddle copies each array into its own storage; with `consume` each array
+    is dropped from `values` once copied, so the state and the model never
+    both hold the whole checkpoint. Raises CrossattnError if a parameter the
+    state does not cover is left uninitialised.
+    """
+    own = slots(model)
+    problems = [f"missing `{k}`" for k in own if k not in values]
+    problems += [f"unexpected `{k}`" for k in values if k not in own]
+    problems += [f"mis-shaped `{k}`: got {list(np.shape(v))}, model has {list(own[k].shape)}"
+                 for k, v in values.items() if k in own and tuple(np.shape(v)) != own[k].shape]
+    if problems:
+        raise TransferError(problems, "loading paddle state")
+    for key, tensor in model.state_dict().items():
+        tensor.set_value(np.ascontiguousarray(values[key]))
+        if consume:
+            del values[key]
+    left = [name for name, p in model.named_parameters() if not p._is_initialized()]
+    if left:
+        raise CrossattnError(f"parameters {', '.join(left[:5])} have no value in the state")
+    return model
+
+
+def forward(model: nn.Layer, x: np.ndarray, train: bool) -> np.ndarray:
+    """The output alone (no graph kept): what a conversion's verification compares."""
+    model.train() if train else model.eval()
+    with paddle.no_grad():
+        output = model(paddle.to_tensor(np.ascontiguousarray(x)))
+    if not isinstance(output, paddle.Tensor):
+        raise CrossattnError(f"the model returns {type(output).__name__}, not one tensor")
+    return output.numpy().copy()

@@ -5,8 +5,10 @@ Mirrors paddle_impl/adapter.py function for function.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 
 import numpy as np
 import torch
@@ -76,8 +78,13 @@ def slots(model: nn.Module) -> dict[str, Slot]:
                 continue
             key = join(layer_name, name)
             table[key] = Slot(key, layer_name, name, kind, tuple(tensor.shape),
-                              str(tensor.detach().numpy().dtype), key in trainable, zero)
+                              _dtype_name(tensor), key in trainable, zero)
     return table
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    """numpy's name of the tensor's dtype, read without copying data (and valid on the meta device)."""
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 def state(model: nn.Module) -> dict[str, np.ndarray]:
@@ -203,3 +210,52 @@ def _first_tensor(output):
     if isinstance(output, (tuple, list)):
         return next((o for o in output if _is_float(o)), None)
     return None
+
+
+# --------------------------------------------------------------------------- lazy models (conversion)
+
+
+@contextlib.contextmanager
+def lazy() -> Iterator[None]:
+    """Models built inside have shapes and dtypes but no storage (the meta device): slots cost nothing."""
+    with torch.device("meta"):
+        yield
+
+
+def load_lazy(model: nn.Module, values: MutableMapping[str, np.ndarray], consume: bool = False) -> nn.Module:
+    """Give a lazily built model the storage of `values`: parameters share the arrays, buffers are copies.
+
+    Parameters are not written by a forward, so sharing costs no memory;
+    buffers (running statistics) move in a train-mode forward and are copied
+    so `values` stays as it was. `consume` is accepted for symmetry with paddle
+    (sharing already holds one copy only). Raises CrossattnError if a tensor
+    the state does not cover is left without storage.
+    """
+    own = slots(model)
+    problems = [f"missing `{k}`" for k in own if k not in values]
+    problems += [f"unexpected `{k}`" for k in values if k not in own]
+    problems += [f"mis-shaped `{k}`: got {list(np.shape(v))}, model has {list(own[k].shape)}"
+                 for k, v in values.items() if k in own and tuple(np.shape(v)) != own[k].shape]
+    if problems:
+        raise TransferError(problems, "loading torch state")
+    buffers = {name for name, _ in model.named_buffers()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # read-only arrays (memory-mapped files): parameters are only read
+        tensors = {k: torch.from_numpy(np.array(v) if k in buffers else np.ascontiguousarray(v))
+                   for k, v in values.items()}
+        model.load_state_dict(tensors, strict=True, assign=True)
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise CrossattnError(f"tensors {', '.join(left[:5])} have no value in the state (non-persistent buffers "
+                             f"built on the meta device)")
+    return model
+
+
+def forward(model: nn.Module, x: np.ndarray, train: bool) -> np.ndarray:
+    """The output alone (no graph kept): what a conversion's verification compares."""
+    model.train(train)
+    with torch.no_grad():
+        output = model(torch.from_numpy(np.ascontiguousarray(x)))
+    if not torch.is_tensor(output):
+        raise CrossattnError(f"the model returns {type(output).__name__}, not one tensor")
+    return output.numpy().copy()

@@ -1,15 +1,18 @@
 """Checkpoint conversion: read, find the weights, transfer onto the target twin's slots, write, verify.
 
 The target file appears only after everything succeeded: it is written to a
-temp file beside it, verified from that temp file (read back from disk, loaded
-into a fresh target twin, forward-compared in float64 with the source twin),
-and renamed over the destination last.
+temp file beside it, verified from that temp file (read back from disk and
+compared tensor by tensor with the source, then loaded into the target twin and
+forward-compared with the source twin; float64 forwards on request), and
+renamed over the destination last. Twins are built without storage (torch's
+meta device, paddle's LazyGuard): reading their slots costs no initialisation.
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -67,13 +70,26 @@ class Twins:
                    spec.type)
 
     def slots(self, framework: str) -> dict[str, Slot]:
-        """The framework twin's slots; the model itself is dropped at once (it may be large)."""
+        """The framework twin's slots, read from a model built without storage (it may be large)."""
         if framework not in self._slots:
-            model = self.build(framework)
+            model = self.build_lazy(framework)
             self._slots[framework] = adapter(framework).slots(model)
             del model
-            _return_freed_memory()
         return self._slots[framework]
+
+    def build_lazy(self, framework: str) -> Any:
+        """The model with shapes and dtypes but no values (torch's meta device, paddle's LazyGuard).
+
+        Building skips the framework's default initialisation, which a
+        conversion would overwrite anyway: most of the time of building a large
+        model. A factory that needs values while building is built for real.
+        """
+        fw = adapter(framework)
+        try:
+            with fw.lazy():
+                return self.build(framework)
+        except Exception:  # noqa: BLE001 - any failure under the lazy context: build it normally
+            return self.build(framework)
 
 
 def _return_freed_memory() -> None:
@@ -90,6 +106,9 @@ class Verification:
     comparisons: list[Comparison]
     seconds: float
     tol: Tolerance
+    #: "fast": the file read back tensor by tensor, plus a forward of both twins in their own dtype;
+    #: "full": also the float64 forward of both twins
+    level: str = "fast"
 
     @property
     def passed(self) -> bool:
@@ -97,9 +116,10 @@ class Verification:
 
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        parts = "; ".join(f"{c.tensor}: max abs {c.max_abs:.3g}, norm-rel {c.norm_rel:.3g}" for c in self.comparisons)
-        return (f"{verdict}  {parts} (float64, atol {self.tol.atol:g}, rtol {self.tol.rtol:g}, "
-                f"{self.seconds:.2f} s)")
+        parts = "; ".join(f"{c.tensor}: " + (c.note if c.category == "tensors" else
+                                              f"max abs {c.max_abs:.3g}, norm-rel {c.norm_rel:.3g}")
+                          for c in self.comparisons)
+        return f"{verdict}  {parts} ({self.level}, {self.seconds:.2f} s)"
 
 
 @dataclasses.dataclass
@@ -163,12 +183,13 @@ class _VerificationFailed(Exception):
 
 def convert(src: str | Path, dst: str | Path, twins: Twins, to: str | None = None, source: str | None = None,
             key: str | None = None, strip_prefix: str | None = None, trust_pickle: bool = False,
-            verify: bool = True, seed: int = 0) -> ConvertReport:
+            verify: bool = True, seed: int = 0, full_verify: bool = False) -> ConvertReport:
     """Convert checkpoint `src` into `dst` for the twins' model.
 
     `to` and `source` name the frameworks where the formats leave them open (the
     neutral .safetensors/.npz). User mistakes raise CrossattnError subclasses;
-    a failed verification returns a report with `written=False`.
+    a failed verification returns a report with `written=False`. `full_verify`
+    adds the float64 forward of both twins to the default verification.
     """
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
@@ -203,7 +224,7 @@ def convert(src: str | Path, dst: str | Path, twins: Twins, to: str | None = Non
         report.bytes_written = tmp.stat().st_size
         report.seconds = time.perf_counter() - started
         if verify:
-            report.verification = verify_files(twins, located, tmp, dst_format, target, seed)
+            report.verification = verify_files(twins, located, tmp, dst_format, target, seed, out, full_verify)
             if not report.verification.passed:
                 raise _VerificationFailed(report.verification)
 
@@ -303,21 +324,112 @@ def validated(weights: Mapping[str, np.ndarray], slots: Mapping[str, Slot], fram
 
 
 def verify_files(twins: Twins, located: Located, written: Path, dst_format: str, target: str,
-                 seed: int = 0) -> Verification:
-    """Forward both twins in float64, one with the source's weights and one with the file as written."""
+                 seed: int = 0, expected: Mapping[str, np.ndarray] | None = None,
+                 full: bool = False) -> Verification:
+    """Read the written file back and prove it holds the source's weights, then run both twins on it.
+
+    1. Every tensor as read back equals, bit for bit, what was meant to be
+       written (`expected`) and, mapped back through the transfer rules, the
+       source tensor (cast to the twin's dtype, as the transfer casts).
+    2. Both twins, one with the source's weights and one with the file as
+       read back, run forward in eval and train mode on the spec's input in
+       the twins' own dtype; their outputs must agree within that dtype's
+       tolerance. One model is alive at a time and the file's arrays are handed
+       over to the model as it is filled, so memory stays near twice the file.
+    3. With `full`, the same forward again in float64 (tolerance of float64).
+    """
     started = time.perf_counter()
-    source_slots = twins.slots(located.framework)
+    source_fw = located.framework
+    source_slots = twins.slots(source_fw)
     source_state = dict(located.weights)
-    if located.framework != target:  # the transfer cast each tensor to the twin's dtype: so does the reference
+    if source_fw != target:  # the transfer cast each tensor to the twin's dtype: so does the reference
         source_state = {k: _as_slot_dtype(v, source_slots.get(k)) for k, v in source_state.items()}
-    for key in optional_keys(source_slots, located.framework) - set(source_state):
+    for key in optional_keys(source_slots, source_fw) - set(source_state):
         source_state[key] = np.zeros(source_slots[key].shape, dtype=source_slots[key].dtype)
-    reference = _outputs(twins, located.framework, source_state, seed)
     raw = read_checkpoint(written, fmt=dst_format)  # a temp name: its extension is not its format
-    candidate = _outputs(twins, target, locate_weights(raw, twins.slots, [target]).weights, seed)
-    tol = tolerance_for("float64")
-    comparisons = [compare(f"output [{mode}]", "output", candidate[mode], reference[mode], tol) for mode in MODES]
-    return Verification(comparisons, time.perf_counter() - started, tol)
+    read_back = dict(locate_weights(raw, twins.slots, [target]).weights)
+    del raw
+    comparisons = [_tensors_as_written(read_back, expected, source_state, source_fw, source_slots, target)]
+    dtype = _float_dtype(twins.slots(target))
+    tol = tolerance_for(dtype)
+    x = np.random.default_rng([seed, 1]).standard_normal(twins.input_shape).astype(dtype)
+    state64 = dict(read_back) if full else None
+    candidate = _lazy_outputs(twins, target, read_back, x)  # consumes read_back
+    del read_back
+    reference = _lazy_outputs(twins, source_fw, dict(source_state), x)
+    comparisons += [compare(f"output [{mode}, {dtype}]", "output", candidate[mode], reference[mode], tol)
+                    for mode in MODES]
+    if full:
+        tol64 = tolerance_for("float64")
+        candidate = _outputs(twins, target, state64, seed)
+        del state64
+        reference = _outputs(twins, source_fw, source_state, seed)
+        comparisons += [compare(f"output [{mode}, float64]", "output", candidate[mode], reference[mode], tol64)
+                        for mode in MODES]
+    return Verification(comparisons, time.perf_counter() - started, tol, "full" if full else "fast")
+
+
+def _tensors_as_written(read_back: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray] | None,
+                        source_state: Mapping[str, np.ndarray], source_fw: str,
+                        source_slots: Mapping[str, Slot], target: str) -> Comparison:
+    """Bit-for-bit: the file against what was to be written, and against the source through the rules."""
+    problems: list[tuple[str, float]] = []
+    if expected is not None:
+        problems += [(f"`{k}` not in the file", math.inf) for k in expected if k not in read_back]
+        problems += [(f"unexpected `{k}` in the file", math.inf) for k in read_back if k not in expected]
+        problems += [(f"`{k}` differs from what was written", _max_abs(read_back[k], expected[k]))
+                     for k in expected if k in read_back and not _same(read_back[k], expected[k])]
+    back = read_back
+    if source_fw != target:
+        back, _ = transfer(read_back, target, source_slots, source_fw, complete=False)
+    problems += [(f"`{k}` differs from the source", _max_abs(back[k], source_state[k]))
+                 for k in source_state if k in back and not _same(back[k], source_state[k])]
+    checked = len(read_back)
+    if not problems:
+        note = f"{checked} tensors read back, bit-identical to the source"
+        return Comparison("tensors", "tensors", 0.0, 0.0, 1.0, True, note, 0.0, 0.0)
+    worst = max(error for _, error in problems)
+    listed = "; ".join(what for what, _ in problems[:5]) + (f"; {len(problems) - 5} more" if len(problems) > 5 else "")
+    note = f"{len(problems)} of {checked} tensors wrong: {listed}"
+    return Comparison("tensors", "tensors", worst, math.inf, math.nan, False, note, 0.0, 0.0)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return math.inf
+    if a.size == 0:
+        return 0.0
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+
+
+def _float_dtype(slots: Mapping[str, Slot]) -> str:
+    """The twins' working precision: that of their floating tensors (float32 unless built otherwise)."""
+    kinds = {s.dtype for s in slots.values() if s.dtype in ("float16", "bfloat16", "float32", "float64")}
+    return "float64" if kinds == {"float64"} else "float32"
+
+
+def _lazy_outputs(twins: Twins, framework: str, state: dict[str, np.ndarray],
+                  x: np.ndarray) -> dict[str, np.ndarray]:
+    """The twin's output in each mode with `state` as its storage; `state` is consumed (emptied)."""
+    fw = adapter(framework)
+    fw.setup("cpu")
+    model = twins.build_lazy(framework)
+    try:
+        fw.load_lazy(model, state, consume=True)
+    except CrossattnError:  # a tensor without a value after a lazy build (a non-persistent buffer): build it
+        model = twins.build(framework)
+        fw.load_state(model, state)
+    state.clear()
+    outputs = {mode: fw.forward(model, x, train=(mode == "train")) for mode in ("eval", "train")}
+    del model
+    _return_freed_memory()
+    return {mode: outputs[mode] for mode in MODES}
 
 
 def _as_slot_dtype(value: np.ndarray, slot: Any) -> np.ndarray:
@@ -335,17 +447,12 @@ def _outputs(twins: Twins, framework: str, state: Mapping[str, np.ndarray], seed
     slots = fw.slots(model)
     state64 = {k: np.asarray(v, dtype=slots[k].dtype) if k in slots else v for k, v in state.items()}
     x = np.random.default_rng([seed, 1]).standard_normal(twins.input_shape)
-
-    def cotangent(shape: tuple[int, ...]) -> np.ndarray:
-        return np.random.default_rng([seed, 2]).standard_normal(shape)
-
-    outputs = {}
-    for mode in MODES:
-        fw.load_state(model, state64)  # afresh: a train-mode step moves the running statistics
-        outputs[mode] = fw.step(model, x, cotangent, train=(mode == "train")).output
-    del model, state64
+    fw.load_state(model, state64)
+    del state64
+    outputs = {mode: fw.forward(model, x, train=(mode == "train")) for mode in ("eval", "train")}
+    del model
     _return_freed_memory()
-    return outputs
+    return {mode: outputs[mode] for mode in MODES}
 
 
 # --------------------------------------------------------------------------- helpers
