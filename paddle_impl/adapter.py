@@ -259,3 +259,16 @@ def forward(model: nn.Layer, x: np.ndarray, train: bool) -> np.ndarray:
     if not isinstance(output, paddle.Tensor):
         raise CrossattnError(f"the model returns {type(output).__name__}, not one tensor")
     return output.numpy().copy()
+
+
+@contextlib.contextmanager
+def threads(count: int) -> Iterator[None]:
+    """Math-library threads for a while (as torch's adapter); paddle has no getter, and its own default is
+    OMP_NUM_THREADS, which paddle sets to 1 at import when unset: that is what is restored."""
+    import os
+
+    paddle.base.core.set_num_threads(count)
+    try:
+        yield
+    finally:
+        paddle.base.core.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
