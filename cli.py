@@ -89,9 +89,11 @@ def validate_command(specs: tuple[str, ...]) -> None:
 @click.option("--full", is_flag=True, help="Print every tensor, not only the worst per case.")
 @click.option("--layers", is_flag=True, help="Also trace every layer and mark the first that diverges.")
 @click.option("--single-step", is_flag=True, help="With --layers: feed each layer the reference's input.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Processes checking specs in parallel (0: one per core).")
 def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode: str, dtype: str,
                   atol: float | None, rtol: float | None, seed: int, json_path: str | None, full: bool,
-                  layers: bool, single_step: bool) -> None:
+                  layers: bool, single_step: bool, workers: int) -> None:
     """Prove the torch and paddle twins of SPECS equivalent, forward and backward.
 
     Each spec is built in both frameworks; weights are initialised in one and
@@ -100,7 +102,8 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     the BatchNorm running statistics. Exit status 0 only if every tensor passes.
     """
     from crossattn.atomic import atomic_write_text
-    from crossattn.check import DIRECTIONS, MODES, check_spec
+    from crossattn.check import DIRECTIONS, MODES
+    from crossattn.check_runner import CheckJob, run_checks
     from crossattn.report import failure_details, summary_table, to_json
     from crossattn.spec import load_spec, resolve_spec, shipped_spec_paths
     from crossattn.tolerances import Tolerance, tolerance_for
@@ -115,12 +118,13 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     tol = Tolerance(atol if atol is not None else base.atol, rtol if rtol is not None else base.rtol)
     directions = DIRECTIONS if direction == "both" else (direction,)
     modes = MODES if mode == "both" else (mode,)
-    started = time.perf_counter()
-    cases = []
     for spec in loaded:
         if spec.input_shape is None:
             raise CrossattnError(f"spec {spec.path}: `input_shape` is required to check it")
-        cases += check_spec(spec, directions, modes, tol, seed, dtype)
+    started = time.perf_counter()
+    jobs = [CheckJob(spec, tuple(directions), tuple(modes), tol, seed, dtype) for spec in loaded]
+    results = run_checks(jobs, workers, show_progress=sys.stderr.isatty() and json_path != "-")
+    cases = [case for result in results for case in result.cases]
     elapsed = time.perf_counter() - started
     click.echo(summary_table(cases, full))
     layer_reports = []

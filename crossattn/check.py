@@ -106,17 +106,38 @@ class TwinPair:
         self.dst.load_state(self.dst_model, self.dst_init)
 
 
+class BuiltTwins:
+    """Each twin of a spec built once, with its state as built, shared by both directions of a check.
+
+    Building (with the framework's default initialisation, overwritten at
+    once) is a large part of checking a big model; every case reloads its
+    initial state, so one model per framework serves them all.
+    """
+
+    def __init__(self, spec: Spec, dtype: str) -> None:
+        self.spec, self.dtype = spec, dtype
+        self._built: dict[str, tuple[Any, dict[str, Slot], dict[str, np.ndarray]]] = {}
+
+    def get(self, framework: str) -> tuple[Any, dict[str, Slot], dict[str, np.ndarray]]:
+        """(model, slots, state as built): the state feeds the custom parameters' initial values."""
+        if framework not in self._built:
+            fw = adapter(framework)
+            fw.setup("cpu")
+            model = fw.to_dtype(registry.build(self.spec, framework), self.dtype)
+            self._built[framework] = (model, fw.slots(model), fw.state(model))
+        return self._built[framework]
+
+
 def prepare_pair(spec: Spec, direction: str, dtype: str = "float64", seed: int = 0,
-                 after_transfer: Callable[[dict[str, np.ndarray]], None] | None = None) -> TwinPair:
-    """Build both twins, draw random weights in the source, transfer them to the target."""
+                 after_transfer: Callable[[dict[str, np.ndarray]], None] | None = None,
+                 built: BuiltTwins | None = None) -> TwinPair:
+    """Build both twins (or take them from `built`), draw random weights in the source, transfer them."""
     src_fw, dst_fw = direction.split("->")
     src, dst = adapter(src_fw), adapter(dst_fw)
-    src.setup("cpu")
-    dst.setup("cpu")
-    src_model = src.to_dtype(registry.build(spec, src_fw), dtype)
-    dst_model = dst.to_dtype(registry.build(spec, dst_fw), dtype)
-    src_slots, dst_slots = src.slots(src_model), dst.slots(dst_model)
-    src_init = initial_state(src_slots, src.state(src_model), src_fw, seed, mode="check")
+    built = built or BuiltTwins(spec, dtype)
+    src_model, src_slots, src_native = built.get(src_fw)
+    dst_model, dst_slots, _ = built.get(dst_fw)
+    src_init = initial_state(src_slots, src_native, src_fw, seed, mode="check")
     dst_init, report = transfer(src_init, src_fw, dst_slots, dst_fw)
     if after_transfer is not None:
         after_transfer(dst_init)
@@ -131,9 +152,10 @@ def check_spec(spec: Spec, directions: Sequence[str] = DIRECTIONS, modes: Sequen
                after_transfer: Callable[[dict[str, np.ndarray]], None] | None = None) -> list[CheckCase]:
     """Run the equivalence check of one spec; `after_transfer` may tamper with the target state (tests)."""
     tol = tol or tolerance_for(dtype)
+    built = BuiltTwins(spec, dtype)
     cases = []
     for direction in directions:
-        pair = prepare_pair(spec, direction, dtype, seed, after_transfer)
+        pair = prepare_pair(spec, direction, dtype, seed, after_transfer, built)
         for mode in modes:
             cases.append(_check_case(spec, pair, mode, tol, seed, dtype))
     return cases

@@ -27,7 +27,9 @@ class StepResult:
     output: np.ndarray
     input_grad: np.ndarray
     param_grads: dict[str, np.ndarray]
-    state: dict[str, np.ndarray]  # state after the step (running statistics moved in train mode)
+    #: state after the step other than trainable parameters, which a step does not move (running
+    #: statistics moved in train mode, counters, frozen tensors)
+    state: dict[str, np.ndarray]
     #: per BatchNorm, per call: (batch mean, biased batch variance, values per channel)
     bn_batches: dict[str, list[tuple[np.ndarray, np.ndarray, int]]]
 
@@ -92,7 +94,20 @@ def _dtype_name(tensor: paddle.Tensor) -> str:
 
 
 def state(model: nn.Layer) -> dict[str, np.ndarray]:
-    return {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    return {k: v.numpy() for k, v in model.state_dict().items()}  # numpy() copies in paddle
+
+
+def _untrained_state(model: nn.Layer) -> dict[str, np.ndarray]:
+    """The state a step may change: all but the trainable parameters (copying those is most of a copy)."""
+    trained = {id(p) for p in model.parameters() if not p.stop_gradient}
+    return {k: v.numpy() for k, v in model.state_dict().items() if id(v) not in trained}
+
+
+def _c_order(value: np.ndarray) -> np.ndarray:
+    """C order, keeping 0-d arrays 0-d (np.ascontiguousarray makes them 1-d, which paddle then skips
+    loading with only a warning)."""
+    value = np.asarray(value)
+    return value if value.flags.c_contiguous else value.copy(order="C")
 
 
 def load_state(model: nn.Layer, values: Mapping[str, np.ndarray]) -> None:
@@ -104,7 +119,7 @@ def load_state(model: nn.Layer, values: Mapping[str, np.ndarray]) -> None:
                  for k, v in values.items() if k in own and tuple(np.shape(v)) != own[k].shape]
     if problems:
         raise TransferError(problems, "loading paddle state")
-    model.set_state_dict({k: np.ascontiguousarray(v) for k, v in values.items()})
+    model.set_state_dict({k: _c_order(v) for k, v in values.items()})
 
 
 def _bn_batch_hooks(model, batches: dict[str, list]) -> list:
@@ -145,10 +160,10 @@ def step(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], 
     finally:
         for handle in handles:
             handle.remove()
-    grads = {name: (p.grad.numpy().copy() if p.grad is not None else np.zeros(tuple(p.shape), x.dtype))
+    grads = {name: (p.grad.numpy() if p.grad is not None else np.zeros(tuple(p.shape), x.dtype))
              for name, p in model.named_parameters() if not p.stop_gradient}
-    input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
-    return StepResult(output.numpy().copy(), input_grad, grads, state(model), batches)
+    input_grad = inputs.grad.numpy() if inputs.grad is not None else np.zeros_like(x)
+    return StepResult(output.numpy(), input_grad, grads, _untrained_state(model), batches)
 
 
 def trace(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray], train: bool,
@@ -242,7 +257,7 @@ def load_lazy(model: nn.Layer, values: MutableMapping[str, np.ndarray], consume:
     if problems:
         raise TransferError(problems, "loading paddle state")
     for key, tensor in model.state_dict().items():
-        tensor.set_value(np.ascontiguousarray(values[key]))
+        tensor.set_value(_c_order(values[key]))
         if consume:
             del values[key]
     left = [name for name, p in model.named_parameters() if not p._is_initialized()]

@@ -28,7 +28,9 @@ class StepResult:
     output: np.ndarray
     input_grad: np.ndarray
     param_grads: dict[str, np.ndarray]
-    state: dict[str, np.ndarray]  # state after the step (running statistics moved in train mode)
+    #: state after the step other than trainable parameters, which a step does not move (running
+    #: statistics moved in train mode, counters, frozen tensors)
+    state: dict[str, np.ndarray]
     #: per BatchNorm, per call: (batch mean, biased batch variance, values per channel)
     bn_batches: dict[str, list[tuple[np.ndarray, np.ndarray, int]]]
 
@@ -91,6 +93,19 @@ def state(model: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
 
+def _untrained_state(model: nn.Module) -> dict[str, np.ndarray]:
+    """The state a step may change: all but the trainable parameters (copying those is most of a copy)."""
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items() if k not in trained}
+
+
+def _c_order(value: np.ndarray) -> np.ndarray:
+    """C order, keeping 0-d arrays 0-d (np.ascontiguousarray makes them 1-d, which paddle then skips
+    loading with only a warning)."""
+    value = np.asarray(value)
+    return value if value.flags.c_contiguous else value.copy(order="C")
+
+
 def load_state(model: nn.Module, values: Mapping[str, np.ndarray]) -> None:
     """Load exactly the model's keys with exactly its shapes, or raise naming each problem."""
     own = slots(model)
@@ -100,7 +115,7 @@ def load_state(model: nn.Module, values: Mapping[str, np.ndarray]) -> None:
                  for k, v in values.items() if k in own and tuple(np.shape(v)) != own[k].shape]
     if problems:
         raise TransferError(problems, "loading torch state")
-    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in values.items()}, strict=True)
+    model.load_state_dict({k: torch.from_numpy(_c_order(v)) for k, v in values.items()}, strict=True)
 
 
 def _bn_batch_hooks(model, batches: dict[str, list]) -> list:
@@ -144,7 +159,7 @@ def step(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]],
     grads = {name: (p.grad.detach().numpy().copy() if p.grad is not None else np.zeros(tuple(p.shape), x.dtype))
              for name, p in model.named_parameters() if p.requires_grad}
     input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
-    return StepResult(output.detach().numpy().copy(), input_grad, grads, state(model), batches)
+    return StepResult(output.detach().numpy().copy(), input_grad, grads, _untrained_state(model), batches)
 
 
 def trace(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray], train: bool,
@@ -241,7 +256,7 @@ def load_lazy(model: nn.Module, values: MutableMapping[str, np.ndarray], consume
     buffers = {name for name, _ in model.named_buffers()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # read-only arrays (memory-mapped files): parameters are only read
-        tensors = {k: torch.from_numpy(np.array(v) if k in buffers else np.ascontiguousarray(v))
+        tensors = {k: torch.from_numpy(np.array(v) if k in buffers else _c_order(v))
                    for k, v in values.items()}
         model.load_state_dict(tensors, strict=True, assign=True)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
