@@ -216,7 +216,7 @@ class _Pool:
                 self.finish(0, index, *_run_reporting(self.jobs[index]))
             for process, parent, thread, ready in workers:
                 if not ready.is_set():  # never took a job: no reason to wait for its imports
-                    process.terminate()
+                    process.kill()
             for process, parent, thread, ready in workers:
                 while thread.is_alive():
                     thread.join(timeout=0.25)
@@ -224,10 +224,12 @@ class _Pool:
             # a worker that died with a job handed it back: this process finishes it
             while (index := self.take(0)) is not None:
                 self.finish(0, index, *_run_reporting(self.jobs[index]))
+            for process, parent, thread, ready in workers:
+                process.join(timeout=10)  # told to stop: let it exit by itself
         finally:
             for process, parent, thread, ready in workers:
-                if process.is_alive():
-                    process.terminate()
+                if process.is_alive():  # interrupted, or stuck: SIGKILL (paddle reports a SIGTERM at length)
+                    process.kill()
                 process.join(timeout=5)
                 parent.close()
             _restore_threads(saved_threads)
