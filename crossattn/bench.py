@@ -38,7 +38,7 @@ class BenchJob:
     """One model in one framework; travels to the child as JSON."""
 
     name: str
-    model: dict[str, Any]  # {"spec": path} or {"torch": target, "paddle": target, "model_args": {...}}
+    model: dict[str, Any]  # {"spec": path} or {"torch": target, "paddle": target, "model_args": path | None}
     framework: str
     device: str
     dtype: str
@@ -325,15 +325,15 @@ def _rss_bytes() -> int | None:
 
 
 def _build(job: BenchJob) -> Any:
+    """The model, through the same ModelPair every command uses."""
+    from crossattn.model_pair import ModelPair
+
     if "spec" in job.model:
-        from crossattn import registry
         from crossattn.spec import load_spec
 
-        return registry.build(load_spec(job.model["spec"]), job.framework)
-    from crossattn.user_models import load_factory
-
-    factory = load_factory(job.model[job.framework], f"--{job.framework}-model")
-    return factory(**(job.model.get("model_args") or {}))
+        return ModelPair.from_spec(load_spec(job.model["spec"])).build(job.framework)
+    model = job.model
+    return ModelPair.from_factories(model["torch"], model["paddle"], model.get("model_args")).build(job.framework)
 
 
 def run_child(job: BenchJob) -> dict[str, Any]:

@@ -32,7 +32,7 @@ PROGRESS_AFTER_S = 2.0
 
 @dataclasses.dataclass(frozen=True)
 class CheckJob:
-    spec: Any  # crossattn.spec.Spec (picklable)
+    spec: Any  # crossattn.spec.Spec, or a crossattn.model_pair.ModelPair
     directions: tuple[str, ...]
     modes: tuple[str, ...]
     tol: Any  # crossattn.tolerances.Tolerance
@@ -44,11 +44,27 @@ class CheckJob:
         return len(self.directions) * len(self.modes)
 
     @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def portable(self) -> "CheckJob | None":
+        """This job as it can travel to a worker process (a Spec pickles; a user's factories may not)."""
+        spec = self.spec
+        if hasattr(spec, "builders"):  # a ModelPair
+            if spec.spec is None:
+                return None
+            spec = dataclasses.replace(spec.spec, input_shape=spec.input_shape)
+        return dataclasses.replace(self, spec=spec)
+
+    @property
     def weight(self) -> int:
         """Rough cost for ordering: models before blocks, deeper models first."""
-        options = getattr(self.spec.options, "kwargs", lambda: {})()
+        spec = self.spec.spec if hasattr(self.spec, "builders") else self.spec  # a ModelPair's spec, or None
+        if spec is None:
+            return 0
+        options = getattr(spec.options, "kwargs", lambda: {})()
         depth = options.get("depth", 0) if isinstance(options, dict) else 0
-        is_model = self.spec.kind == "model"
+        is_model = spec.kind == "model"
         return (2 if is_model else 0) * 1000 + (depth if isinstance(depth, int) else 0)
 
 
@@ -65,7 +81,7 @@ def run_job(job: CheckJob) -> JobResult:
 
     started = time.perf_counter()
     cases = check_spec(job.spec, job.directions, job.modes, job.tol, job.seed, job.dtype)
-    return JobResult(job.spec.name, cases, time.perf_counter() - started)
+    return JobResult(job.name, cases, time.perf_counter() - started)
 
 
 def _single_threaded() -> None:
@@ -125,6 +141,8 @@ def run_checks(jobs: Sequence[CheckJob], workers: int = 0, show_progress: bool |
     """
     jobs = list(jobs)
     workers = min(workers or default_workers(), len(jobs))
+    if any(job.portable() is None for job in jobs):
+        workers = 1  # a user's own pair is checked here
     if show_progress is None:
         show_progress = sys.stderr.isatty()
     progress = _Progress(sum(j.cases for j in jobs), show_progress)
@@ -134,7 +152,7 @@ def run_checks(jobs: Sequence[CheckJob], workers: int = 0, show_progress: bool |
             try:
                 results = []
                 for job in jobs:
-                    progress.running([job.spec.name])
+                    progress.running([job.name])
                     results.append(run_job(job))
                     progress.done(job.cases)
             finally:
@@ -167,7 +185,7 @@ class _Pool:
                 self.running.pop(who, None)
                 return None
             index = self.queue.pop(0)
-            self.running[who] = self.jobs[index].spec.name
+            self.running[who] = self.jobs[index].name
         self.progress.running(list(self.running.values()))
         return index
 
@@ -177,7 +195,7 @@ class _Pool:
             if status == "ok":
                 self.results[index] = value
             elif self.error is None:
-                name = self.jobs[index].spec.name
+                name = self.jobs[index].name
                 self.error = (CrossattnError(value) if status == "user" else
                               RuntimeError(f"checking spec {name} failed in a worker:\n{value}"))
         self.progress.done(self.jobs[index].cases)
@@ -188,7 +206,7 @@ class _Pool:
             conn.recv()  # "ready"
             ready.set()
             while (index := self.take(who)) is not None:
-                conn.send(self.jobs[index])
+                conn.send(self.jobs[index].portable())
                 self.finish(who, index, *conn.recv())
                 index = None
             conn.send(None)

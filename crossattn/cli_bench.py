@@ -11,6 +11,7 @@ import sys
 import click
 
 from crossattn.errors import CrossattnError
+from crossattn.model_pair import pair_options
 
 
 @click.command("bench")
@@ -24,17 +25,15 @@ from crossattn.errors import CrossattnError
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed calls first.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="CPU threads for both frameworks (0: all cores, the same for both).")
-@click.option("--torch-model", metavar="MODULE:FACTORY", help="Your torch model: a callable returning it.")
-@click.option("--paddle-model", metavar="MODULE:FACTORY", help="Your paddle model: a callable returning it.")
-@click.option("--input-shape", help="Input shape for your own models, e.g. 8,3,224,224.")
+@pair_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write every figure to this JSON file ('-': standard output, nothing else printed).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a PNG bar chart of the median times.")
 def bench_command(specs: tuple[str, ...], framework: str, device: str, batch: int | None, size: str | None,
                   dtype: str, repeat: int, warmup: int, threads: int, torch_model: str | None,
-                  paddle_model: str | None, input_shape: str | None, json_path: str | None,
-                  plot_path: str | None) -> None:
+                  paddle_model: str | None, model_args: str | None, name_map: str | None, input_shape: str | None,
+                  json_path: str | None, plot_path: str | None) -> None:
     """Time SPECS (or your own pair) in torch and paddle, side by side.
 
     Each model and framework runs in its own process: forward (eval, no graph)
@@ -49,7 +48,7 @@ def bench_command(specs: tuple[str, ...], framework: str, device: str, batch: in
     from crossattn.atomic import atomic_write_text
 
     jobs = _jobs(specs, framework, device, batch, bench.parse_size(size), dtype, repeat, warmup,
-                 threads or os.cpu_count() or 1, torch_model, paddle_model, input_shape)
+                 threads or os.cpu_count() or 1, torch_model, paddle_model, model_args, input_shape)
     quiet = json_path == "-"
     progress = _Progress(len(jobs), enabled=not quiet and sys.stderr.isatty())
     try:
@@ -80,34 +79,25 @@ def bench_command(specs: tuple[str, ...], framework: str, device: str, batch: in
 
 
 def _jobs(specs, framework, device, batch, size, dtype, repeat, warmup, threads, torch_model, paddle_model,
-          input_shape):
+          model_args, input_shape):
+    """One job per model and framework; each pair is resolved here (errors before any child starts)."""
     from crossattn.bench import BenchJob, input_shape_for
+    from crossattn.model_pair import pair_from_cli
 
     frameworks = ("torch", "paddle") if framework == "both" else (framework,)
-    user_pair = torch_model or paddle_model
-    if specs and user_pair:
-        raise CrossattnError("bench takes either SPECS or --torch-model/--paddle-model (your own pair), not both")
-    if not specs and not user_pair:
-        raise CrossattnError("bench needs SPEC arguments or --torch-model/--paddle-model (see `crossattn specs`)")
+    if specs and (torch_model or paddle_model or model_args):
+        raise CrossattnError("bench takes SPECS or your own pair (--torch-model/--paddle-model), not both")
+    if not specs:
+        pair = pair_from_cli(None, torch_model, paddle_model, model_args, None, input_shape, "bench")
+        model = {"torch": torch_model, "paddle": paddle_model, "model_args": model_args}
+        shape = input_shape_for(pair.input_shape, batch, size, pair.origin)
+        return [BenchJob(pair.name, model, fw, device, dtype, shape, repeat, warmup, threads) for fw in frameworks]
     jobs = []
-    if user_pair:
-        from crossattn.user_models import parse_shape
-
-        for fw in frameworks:
-            if not {"torch": torch_model, "paddle": paddle_model}[fw]:
-                raise CrossattnError(f"--framework {framework} needs --{fw}-model")
-        shape = input_shape_for(parse_shape(input_shape), batch, size, "--input-shape")
-        name = (torch_model or paddle_model).rpartition(":")[2]
-        model = {"torch": torch_model, "paddle": paddle_model}
-        return [BenchJob(name, model, fw, device, dtype, shape, repeat, warmup, threads) for fw in frameworks]
-    from crossattn.spec import load_spec, resolve_spec
-
     for arg in specs:
-        path = resolve_spec(arg)
-        spec = load_spec(path)
-        shape = input_shape_for(spec.input_shape, batch, size, f"spec {spec.name}")
-        jobs += [BenchJob(spec.name, {"spec": str(path)}, fw, device, dtype, shape, repeat, warmup, threads)
-                 for fw in frameworks]
+        pair = pair_from_cli(arg, input_shape=input_shape, command="bench")
+        shape = input_shape_for(pair.input_shape, batch, size, pair.origin)
+        jobs += [BenchJob(pair.name, {"spec": str(pair.spec.path)}, fw, device, dtype, shape, repeat, warmup,
+                          threads) for fw in frameworks]
     return jobs
 
 

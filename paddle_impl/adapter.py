@@ -256,7 +256,11 @@ def load_lazy(model: nn.Layer, values: MutableMapping[str, np.ndarray], consume:
                  for k, v in values.items() if k in own and tuple(np.shape(v)) != own[k].shape]
     if problems:
         raise TransferError(problems, "loading paddle state")
-    for key, tensor in model.state_dict().items():
+    state = model.state_dict()
+    uncovered = [name for name, _ in model.named_parameters() if name not in state]
+    if uncovered:  # checked before anything is consumed, so the caller can still build the model for real
+        raise CrossattnError(f"parameters {', '.join(uncovered[:5])} are not in the model's state dict")
+    for key, tensor in state.items():
         tensor.set_value(_c_order(values[key]))
         if consume:
             del values[key]

@@ -67,4 +67,5 @@ def flops(model: paddle.nn.Layer, x: paddle.Tensor) -> float | None:
 
 
 def parameters(model: Any) -> int:
-    return int(sum(int(np.prod(p.shape)) for p in model.parameters()))
+    """Trainable parameters (BatchNorm statistics are parameters in paddle, not trainable ones)."""
+    return int(sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient))

@@ -108,7 +108,7 @@ def test_job_round_trips_through_json():
 
 def test_user_mistakes_are_one_line_errors(monkeypatch, capsys):
     assert run_cli(monkeypatch) == 2
-    assert "needs SPEC" in capsys.readouterr().err
+    assert "needs a spec" in capsys.readouterr().err
     assert run_cli(monkeypatch, "se_default", "--torch-model", "m:f") == 2
     assert "not both" in capsys.readouterr().err
     assert run_cli(monkeypatch, "se_default", "--size", "big") == 2
@@ -116,3 +116,13 @@ def test_user_mistakes_are_one_line_errors(monkeypatch, capsys):
     assert "--size" in err and "Traceback" not in err
     assert run_cli(monkeypatch, "se_defualt") == 2
     assert "se_default" in capsys.readouterr().err  # did you mean
+
+
+def test_a_users_pair_is_benched_through_its_factories(monkeypatch, capsys):
+    fixture = "tests.fixtures.user_pair"
+    assert run_cli(monkeypatch, "--torch-model", f"{fixture}:build_torch", "--paddle-model",
+                   f"{fixture}:build_paddle", "--input-shape", "2,3,6,6", "--repeat", "1", "--warmup", "0",
+                   "--json", "-") == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert row["input_shape"] == [2, 3, 6, 6] and set(row["frameworks"]) == {"torch", "paddle"}
+    assert row["frameworks"]["torch"]["parameters"] == row["frameworks"]["paddle"]["parameters"] > 0

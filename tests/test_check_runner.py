@@ -42,17 +42,17 @@ def test_parallel_run_matches_the_engine_in_input_order():
 
 def test_a_broken_twin_fails_through_the_runner(monkeypatch):
     """Verdicts come from the engine: a perturbed transfer fails in the runner as it does directly."""
-    import crossattn.check as check_module
+    from crossattn.model_pair import ModelPair
 
-    real = check_module.transfer
+    real = ModelPair.transfer
 
-    def perturbed(state, *args, **kwargs):
-        out, report = real(state, *args, **kwargs)
+    def perturbed(self, state, *args, **kwargs):
+        out, report = real(self, state, *args, **kwargs)
         if kwargs.get("complete", True):
             out = {k: v + 1e-3 if v.dtype.kind == "f" else v for k, v in out.items()}
         return out, report
 
-    monkeypatch.setattr(check_module, "transfer", perturbed)
+    monkeypatch.setattr(ModelPair, "transfer", perturbed)
     results = run_checks(_jobs(["se_default"], ("torch->paddle",), ("eval",)), workers=1, show_progress=False)
     assert not any(c.passed for c in results[0].cases)
 

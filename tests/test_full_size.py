@@ -8,19 +8,20 @@ import pytest
 
 from crossattn.spec import load_spec, resolve_spec, shipped_spec_paths
 from tests.helpers import assert_twins_equivalent
-from weight_transfer.convert import Twins
+from crossattn.model_pair import ModelPair
+from weight_transfer.convert import lazy_slots
 
 FULL_SIZE = ["se_resnet34", "se_resnet50", "se_resnet101", "se_resnet152", "gcnet_seg"]
 BLOCKS = [p.stem for p in shipped_spec_paths() if p.parent.name == "blocks"]
 
 
 def _same_slots_lazy_and_built(name: str) -> None:
-    twins = Twins.from_spec(load_spec(resolve_spec(name)))
+    pair = ModelPair.from_spec(load_spec(resolve_spec(name)))
     from crossattn.frameworks import adapter
 
     for framework in ("torch", "paddle"):
-        lazy = twins.slots(framework)
-        built = adapter(framework).slots(twins.build(framework))
+        lazy = lazy_slots(pair, framework)
+        built = adapter(framework).slots(pair.build(framework))
         assert lazy == built, f"{name} {framework}"
 
 

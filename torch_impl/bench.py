@@ -73,4 +73,5 @@ def flops(model: torch.nn.Module, x: torch.Tensor) -> float | None:
 
 
 def parameters(model: Any) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
+    """Trainable parameters (paddle keeps BatchNorm statistics as parameters; trainable ones compare)."""
+    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))

@@ -10,11 +10,10 @@ meta device, paddle's LazyGuard): reading their slots costs no initialisation.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from crossattn.atomic import atomic_write
 from crossattn.compare import Comparison, compare
 from crossattn.errors import CrossattnError, TransferError
 from crossattn.frameworks import adapter, available
+from crossattn.model_pair import ModelPair, release_freed_memory
 from crossattn.tolerances import Tolerance, tolerance_for
 from weight_transfer.checkpoints import (
     FRAMEWORKS,
@@ -39,67 +39,13 @@ from weight_transfer.checkpoints import (
 )
 from weight_transfer.rules import counterpart_name
 from weight_transfer.slots import Slot, join
-from weight_transfer.transfer import TransferReport, transfer
+from weight_transfer.transfer import TransferReport, map_layer_name
 
 MODES = ("train", "eval")
 
 
 def other(framework: str) -> str:
     return "paddle" if framework == "torch" else "torch"
-
-
-class Twins:
-    """The torch and paddle twins of one model: slots for the conversion, fresh models for verification.
-
-    Built from a spec (`from_spec`) or from any pair of factories, so a model
-    without a spec converts through the same code.
-    """
-
-    def __init__(self, name: str, build: Callable[[str], Any], input_shape: tuple[int, ...] | None,
-                 type_name: str | None = None) -> None:
-        self.name = name
-        self.type_name = type_name or name  # recorded in .safetensors metadata as "spec"
-        self.build = build
-        self.input_shape = input_shape
-        self._slots: dict[str, dict[str, Slot]] = {}
-
-    @classmethod
-    def from_spec(cls, spec: Any) -> "Twins":
-        from crossattn import registry
-
-        return cls(spec.name or spec.type, lambda framework: registry.build(spec, framework), spec.input_shape,
-                   spec.type)
-
-    def slots(self, framework: str) -> dict[str, Slot]:
-        """The framework twin's slots, read from a model built without storage (it may be large)."""
-        if framework not in self._slots:
-            model = self.build_lazy(framework)
-            self._slots[framework] = adapter(framework).slots(model)
-            del model
-        return self._slots[framework]
-
-    def build_lazy(self, framework: str) -> Any:
-        """The model with shapes and dtypes but no values (torch's meta device, paddle's LazyGuard).
-
-        Building skips the framework's default initialisation, which a
-        conversion would overwrite anyway: most of the time of building a large
-        model. A factory that needs values while building is built for real.
-        """
-        fw = adapter(framework)
-        try:
-            with fw.lazy():
-                return self.build(framework)
-        except Exception:  # noqa: BLE001 - any failure under the lazy context: build it normally
-            return self.build(framework)
-
-
-def _return_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them), so a model built only for its
-    slots does not stay resident while the checkpoint is read."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 @dataclasses.dataclass
@@ -182,7 +128,7 @@ class _VerificationFailed(Exception):
         self.verification = verification
 
 
-def convert(src: str | Path, dst: str | Path, twins: Twins, to: str | None = None, source: str | None = None,
+def convert(src: str | Path, dst: str | Path, twins: ModelPair, to: str | None = None, source: str | None = None,
             key: str | None = None, strip_prefix: str | None = None, trust_pickle: bool = False,
             verify: bool = True, seed: int = 0, full_verify: bool = False) -> ConvertReport:
     """Convert checkpoint `src` into `dst` for the twins' model.
@@ -200,10 +146,10 @@ def convert(src: str | Path, dst: str | Path, twins: Twins, to: str | None = Non
     if src.resolve() == dst.resolve():
         raise CheckpointError(f"{dst}: the destination is the source; write to another file")
     if verify and twins.input_shape is None:
-        raise CrossattnError(f"spec {twins.name} has no `input_shape`, which verification needs; "
-                             f"add one to the spec or pass --no-verify")
+        raise CrossattnError(f"{twins.origin}: no input shape, which verification needs; add `input_shape` to "
+                             f"the spec or pass --input-shape (or --no-verify)")
     for framework in _frameworks_needed(src_format, dst_format, source, to):
-        twins.slots(framework)  # models are built and dropped before the checkpoint is in memory
+        lazy_slots(twins, framework)  # built without storage, before the checkpoint is in memory
     raw = read_checkpoint(src, trust_pickle)
     source_options = _source_frameworks(src_format, raw, source)
     located = locate_weights(raw, twins.slots, source_options, key, strip_prefix)
@@ -216,8 +162,7 @@ def convert(src: str | Path, dst: str | Path, twins: Twins, to: str | None = Non
     if target == located.framework:
         out = validated(located.weights, twins.slots(target), target, context, report.notes)
     else:
-        out, report.transfer = transfer(located.weights, located.framework, twins.slots(target), target,
-                                        context=context)
+        out, report.transfer = twins.transfer(located.weights, located.framework, target, context=context)
     report.tensors = len(out)
 
     def write_and_verify(tmp: Path) -> None:
@@ -266,7 +211,7 @@ def _source_frameworks(src_format: str, raw: Any, source: str | None) -> list[st
     return [fw for fw in FRAMEWORKS if available(fw)] or list(FRAMEWORKS)
 
 
-def _refuse_other_naming(raw: Any, twins: Twins, expected: str, key: str | None, strip_prefix: str | None,
+def _refuse_other_naming(raw: Any, twins: ModelPair, expected: str, key: str | None, strip_prefix: str | None,
                          source: str | None) -> None:
     """A clearer error than a list of every key when the file simply holds the other framework's naming."""
     actual = other(expected)
@@ -324,24 +269,26 @@ def validated(weights: Mapping[str, np.ndarray], slots: Mapping[str, Slot], fram
 # --------------------------------------------------------------------------- verification
 
 
-def verify_files(twins: Twins, located: Located, written: Path, dst_format: str, target: str,
+def verify_files(twins: ModelPair, located: Located, written: Path, dst_format: str, target: str,
                  seed: int = 0, expected: dict[str, np.ndarray] | None = None,
                  full: bool = False) -> Verification:
     """Read the written file back and prove it holds the source's weights, then run both twins on it.
 
-    1. Every tensor as read back, mapped back through the transfer rules,
-       equals bit for bit the source tensor (cast to the twin's dtype, as the
-       transfer casts); tensors the target fills equal what was written
-       (`expected`, which is emptied: the caller has written it).
+    1. Every tensor as read back, mapped back through the transfer rules (and
+       the pair's name map), equals bit for bit the source tensor (cast to the
+       twin's dtype, as the transfer casts); tensors the target fills equal
+       what was written (`expected`, which is emptied: the caller has written
+       it). Tensor by tensor: no second copy of the checkpoint is made.
     2. Both twins, one with the source's weights and one with the file as
        read back, run forward in eval mode (every weight and running
-       statistic in use) on the spec's input in the twins' own dtype; their
-       outputs must agree within that dtype's tolerance. Train mode is left to
-       the float64 forward: in float32 a train-mode BatchNorm over a few values
-       per channel amplifies rounding past any tight bound, and it uses no
-       weight that eval mode does not. One model is alive at a time and the file's arrays are handed
-       over to the model as it is filled, so memory stays near twice the file.
-    3. With `full`, the same forward again in float64 (tolerance of float64).
+       statistic in use) on the pair's input in the twins' own dtype; their
+       outputs must agree within that dtype's tolerance. One model is alive at
+       a time and the file's arrays are handed over to the model as it is
+       filled, so memory stays near twice the file. Train mode is left to the
+       float64 forward: in float32 a train-mode BatchNorm over a few values per
+       channel amplifies rounding past any tight bound, and it uses no weight
+       that eval mode does not.
+    3. With `full`, both modes again in float64 (tolerance of float64).
     """
     started = time.perf_counter()
     source_fw = located.framework
@@ -354,14 +301,14 @@ def verify_files(twins: Twins, located: Located, written: Path, dst_format: str,
     # what was written is checked through the source; keep only what has no source tensor (filled values),
     # so the transposed copies made for writing are gone before the file is read back
     written_keys = set(expected) if expected is not None else None
-    mapped = set(_file_keys(source_slots, source_state, source_fw, target).values())
+    mapped = set(_file_keys(twins, source_slots, source_state, source_fw, target).values())
     filled = {k: v for k, v in (expected or {}).items() if k not in mapped}
     if expected is not None:
         expected.clear()
     raw = read_checkpoint(written, fmt=dst_format)  # a temp name: its extension is not its format
     read_back = dict(locate_weights(raw, twins.slots, [target]).weights)
     del raw
-    comparisons = [_tensors_as_written(read_back, written_keys, filled, source_state, source_fw, source_slots,
+    comparisons = [_tensors_as_written(twins, read_back, written_keys, filled, source_state, source_fw, source_slots,
                                        target)]
     dtype = _float_dtype(twins.slots(target))
     tol = tolerance_for(dtype)
@@ -381,23 +328,23 @@ def verify_files(twins: Twins, located: Located, written: Path, dst_format: str,
     return Verification(comparisons, time.perf_counter() - started, tol, "full" if full else "fast")
 
 
-def _file_keys(source_slots: Mapping[str, Slot], source_state: Mapping[str, np.ndarray], source_fw: str,
-               target: str) -> dict[str, str]:
-    """Source key -> the key its tensor has in the written file (same key within a framework)."""
+def _file_keys(twins: ModelPair, source_slots: Mapping[str, Slot], source_state: Mapping[str, np.ndarray],
+               source_fw: str, target: str) -> dict[str, str]:
+    """Source key -> the key its tensor has in the written file (through the rules and the name map)."""
+    if source_fw == target:
+        return {key: key for key in source_slots if key in source_state}
+    layer_map = twins.layer_map(source_fw, target)
     keys = {}
     for key, slot in source_slots.items():
         if key not in source_state:
             continue
-        if source_fw == target:
-            keys[key] = key
-            continue
         name, _ = counterpart_name(slot.kind, slot.name, source_fw)
         if name is not None:
-            keys[key] = join(slot.layer, name)
+            keys[key] = join(map_layer_name(slot.layer, layer_map), name)
     return keys
 
 
-def _tensors_as_written(read_back: Mapping[str, np.ndarray], written_keys: set[str] | None,
+def _tensors_as_written(twins: ModelPair, read_back: Mapping[str, np.ndarray], written_keys: set[str] | None,
                         filled: Mapping[str, np.ndarray], source_state: Mapping[str, np.ndarray], source_fw: str,
                         source_slots: Mapping[str, Slot], target: str) -> Comparison:
     """Bit-for-bit, tensor by tensor (no second copy of the checkpoint): every tensor of the file mapped
@@ -410,14 +357,14 @@ def _tensors_as_written(read_back: Mapping[str, np.ndarray], written_keys: set[s
     for key, value in filled.items():
         if key in read_back and not _same(read_back[key], value):
             problems.append((f"`{key}` differs from what was written", _max_abs(read_back[key], value)))
-    for key, file_key in _file_keys(source_slots, source_state, source_fw, target).items():
+    for key, file_key in _file_keys(twins, source_slots, source_state, source_fw, target).items():
         if file_key not in read_back:
             continue  # reported above
         if source_fw == target:
             back = {key: read_back[file_key]}
         else:
-            back, _ = transfer({file_key: read_back[file_key]}, target, {key: source_slots[key]}, source_fw,
-                               complete=False)
+            back, _ = twins.transfer({file_key: read_back[file_key]}, target, source_fw, {key: source_slots[key]},
+                                     complete=False)
         if key in back and not _same(back[key], source_state[key]):
             problems.append((f"`{key}` differs from the source", _max_abs(back[key], source_state[key])))
     checked = len(read_back)
@@ -450,11 +397,11 @@ def _float_dtype(slots: Mapping[str, Slot]) -> str:
     return "float64" if kinds == {"float64"} else "float32"
 
 
-def _lazy_output(twins: Twins, framework: str, state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+def _lazy_output(twins: ModelPair, framework: str, state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     """The twin's eval-mode output with `state` as its storage; `state` is consumed (emptied)."""
     fw = adapter(framework)
     fw.setup("cpu")
-    model = twins.build_lazy(framework)
+    model = build_lazy(twins, framework)
     try:
         fw.load_lazy(model, state, consume=True)
     except CrossattnError:  # a tensor without a value after a lazy build (a non-persistent buffer): build it
@@ -464,8 +411,33 @@ def _lazy_output(twins: Twins, framework: str, state: dict[str, np.ndarray], x: 
     with fw.threads(1):
         output = fw.forward(model, x, train=False)
     del model
-    _return_freed_memory()
+    release_freed_memory()
     return output
+
+
+def build_lazy(twins: ModelPair, framework: str) -> Any:
+    """The pair's model with shapes and dtypes but no values (torch's meta device, paddle's LazyGuard).
+
+    Building skips the framework's default initialisation, which a conversion
+    overwrites anyway: most of the time of building a large model. A factory
+    that needs values while building is built for real.
+    """
+    fw = adapter(framework)
+    try:
+        with fw.lazy():
+            return twins.build(framework)
+    except Exception:  # noqa: BLE001 - any failure under the lazy context: build it normally
+        return twins.build(framework)
+
+
+def lazy_slots(twins: ModelPair, framework: str) -> dict[str, Slot]:
+    """The pair's slots for `framework`, read from a model built without storage, and cached in the pair."""
+    cached = twins._slots  # noqa: SLF001 - ModelPair.slots fills the same cache with a real build
+    if framework not in cached:
+        model = build_lazy(twins, framework)
+        cached[framework] = adapter(framework).slots(model)
+        del model
+    return cached[framework]
 
 
 def _as_slot_dtype(value: np.ndarray, slot: Any) -> np.ndarray:
@@ -475,7 +447,7 @@ def _as_slot_dtype(value: np.ndarray, slot: Any) -> np.ndarray:
     return value.astype(slot.dtype, copy=False)
 
 
-def _outputs(twins: Twins, framework: str, state: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+def _outputs(twins: ModelPair, framework: str, state: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
     """The float64 twin's output in each mode, from `state`; one twin alive at a time (they may be large)."""
     fw = adapter(framework)
     fw.setup("cpu")
@@ -488,7 +460,7 @@ def _outputs(twins: Twins, framework: str, state: Mapping[str, np.ndarray], seed
     with fw.threads(1):
         outputs = {mode: fw.forward(model, x, train=(mode == "train")) for mode in ("eval", "train")}
     del model
-    _return_freed_memory()
+    release_freed_memory()
     return {mode: outputs[mode] for mode in MODES}
 
 
