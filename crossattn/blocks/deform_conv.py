@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from crossattn.options import Options, positive, require
 from crossattn.registry import register
 
-if TYPE_CHECKING:  # numpy is imported where it is used: listing specs (every block module) stays fast
+if TYPE_CHECKING:  # numpy is imported where the geometry is computed: listing specs stays fast
     import numpy as np
 
 
