@@ -57,7 +57,8 @@ def bench_command(specs: tuple[str, ...], framework: str, device: str, batch: in
         progress.close()
     settings = {"framework": framework, "device": device, "batch": batch, "size": size, "dtype": dtype,
                 "repeat": repeat, "warmup": warmup, "threads": threads or os.cpu_count(),
-                "command": "crossattn " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])}
+                "command": "crossattn bench " + " ".join(sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv
+                                                         else sys.argv[1:])}
     report = bench.report_json(rows, settings)
     if quiet:
         click.echo(json.dumps(report, indent=2))
