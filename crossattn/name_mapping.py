@@ -1,0 +1,260 @@
+"""Propose the layer-name map between a user's torch model and paddle model.
+
+Two stages, each stating what it assumed:
+
+1. Common prefixes: a wrapper that adds or removes leading components on one
+   side (`backbone.`, `module.`, `model.encoder.`) is one map entry.
+2. Structural matching for the layers still unmatched: same module order, same
+   layer kind, same tensors with the same shapes (compared in one naming and
+   layout, through the transfer rules). Where kinds and shapes cannot pair the
+   layers one to one, the candidates are reported, never guessed.
+
+The map is torch layer prefix -> paddle layer prefix, applied by longest prefix
+(`weight_transfer.transfer.map_layer_name`); the empty prefix stands for every
+layer. Pure Python over Slot tables: no framework is imported here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from crossattn.errors import CrossattnError
+from weight_transfer.rules import counterpart_name, rule_for, split_rule_for
+from weight_transfer.slots import Slot
+
+#: how many layer pairs a note spells out before it counts the rest
+SHOWN = 4
+
+
+@dataclasses.dataclass
+class NameMapProposal:
+    """The proposed map, what was assumed to reach it, and what could not be decided."""
+
+    mapping: dict[str, str]
+    notes: list[str]
+    ambiguous: list[str]
+
+
+Signature = tuple[str, tuple[tuple[str, tuple[int, ...]], ...]]
+
+
+def _tensor_entries(slot: Slot, framework: str) -> list[tuple[str, tuple[int, ...]]]:
+    """A tensor in paddle's naming and layout (torch's fused q/k/v in its parts); [] for one with no twin."""
+    if framework == "torch":
+        split = split_rule_for(slot.kind, slot.name, "torch")
+        if split is not None:
+            rule, _ = split
+            n = len(rule.paddle_names)
+            if not slot.shape or slot.shape[0] % n:
+                return [(slot.name, slot.shape)]
+            part = (slot.shape[0] // n, *slot.shape[1:])
+            if rule.layout == "transpose" and len(part) == 2:
+                part = part[::-1]
+            return [(name, part) for name in rule.paddle_names]
+        name, rule = counterpart_name(slot.kind, slot.name, "torch")
+        if name is None:
+            return []
+    else:
+        name, rule = slot.name, rule_for(slot.kind, slot.name, "paddle")
+        if rule is not None and rule.torch_name is None:
+            return []
+    shape = slot.shape
+    if rule is not None and rule.layout == "transpose" and framework == "torch" and len(shape) == 2:
+        shape = shape[::-1]
+    if rule is not None and rule.layout == "reshape":
+        size = 1
+        for dim in shape:
+            size *= dim
+        shape = (size,)
+    return [(name, tuple(shape))]
+
+
+def layer_signatures(slots: Mapping[str, Slot], framework: str) -> dict[str, Signature]:
+    """Each layer that owns tensors, in module order, with its kind and tensors (paddle naming and layout)."""
+    entries: dict[str, list] = {}
+    kinds: dict[str, str] = {}
+    for slot in slots.values():
+        kinds.setdefault(slot.layer, slot.kind)
+        entries.setdefault(slot.layer, []).extend(_tensor_entries(slot, framework))
+    return {layer: (kinds[layer], tuple(sorted(entries[layer]))) for layer in entries}
+
+
+def _components(name: str) -> list[str]:
+    return name.split(".") if name else []
+
+
+def _map_one(layer: str, mapping: Mapping[str, str]) -> str:
+    """`layer` renamed by its longest mapped prefix; the empty prefix maps every layer, an empty target strips."""
+    for prefix in sorted(mapping, key=len, reverse=True):
+        if prefix == "" or layer == prefix or layer.startswith(prefix + "."):
+            rest = layer[len(prefix):].lstrip(".") if prefix else layer
+            target = mapping[prefix]
+            return ".".join(part for part in (target, rest) if part)
+    return layer
+
+
+def _common_leading(names: list[str]) -> list[str]:
+    parts = [_components(n) for n in names]
+    if not parts:
+        return []
+    common = parts[0]
+    for other in parts[1:]:
+        n = 0
+        while n < len(common) and n < len(other) and common[n] == other[n]:
+            n += 1
+        common = common[:n]
+    # a layer itself is not a prefix of all layers unless others sit beneath it: keep at most len - 1 of the
+    # shortest name, so the last component stays a layer's own name
+    shortest = min(len(p) for p in parts)
+    return common[:max(shortest - 1, 0)] if shortest == len(common) else common
+
+
+def _describe_prefix(torch_prefix: str, paddle_prefix: str, layers: int) -> str:
+    if not torch_prefix:
+        return f"prefix `{paddle_prefix}.` added on the paddle side ({layers} layers)"
+    if not paddle_prefix:
+        return f"prefix `{torch_prefix}.` of the torch side removed ({layers} layers)"
+    return f"prefix `{torch_prefix}.` (torch) renamed `{paddle_prefix}.` (paddle) ({layers} layers)"
+
+
+def _prefix_candidates(torch_sigs: dict[str, Signature], paddle_sigs: dict[str, Signature]) -> set[tuple[str, str]]:
+    """Leading-prefix swaps worth scoring: those common to every layer, and those a layer pair of equal
+    kind and shapes implies (`conv1` and `backbone.conv1` imply `` -> `backbone`)."""
+    lead_t, lead_p = _common_leading(list(torch_sigs)), _common_leading(list(paddle_sigs))
+    candidates = {(".".join(lead_t[:i]), ".".join(lead_p[:j]))
+                  for i in range(len(lead_t) + 1) for j in range(len(lead_p) + 1)}
+    by_sig: dict[Signature, list[str]] = {}
+    for p, sig in paddle_sigs.items():
+        by_sig.setdefault(sig, []).append(p)
+    for t, sig in torch_sigs.items():
+        tc = _components(t)
+        for p in by_sig.get(sig, []):
+            pc = _components(p)
+            n = 0
+            while n < min(len(tc), len(pc)) and tc[-1 - n] == pc[-1 - n]:
+                n += 1
+            if n:
+                candidates.add((".".join(tc[:len(tc) - n]), ".".join(pc[:len(pc) - n])))
+    return candidates
+
+
+def _prefix_stage(torch_sigs: dict[str, Signature], paddle_sigs: dict[str, Signature],
+                  notes: list[str]) -> dict[str, str]:
+    """The one leading-prefix swap that lets the most layers keep their names; {} when names already agree."""
+    best: tuple[int, int, str, str] | None = None
+    for t_prefix, p_prefix in sorted(_prefix_candidates(torch_sigs, paddle_sigs)):
+        mapping = {t_prefix: p_prefix} if t_prefix != p_prefix else {}
+        score = sum(paddle_sigs.get(_map_one(t, mapping)) == sig for t, sig in torch_sigs.items())
+        size = len(_components(t_prefix)) + len(_components(p_prefix)) if mapping else 0
+        if best is None or (score, -size) > best[:2]:
+            best = (score, -size, t_prefix, p_prefix)
+    identity = sum(paddle_sigs.get(t) == sig for t, sig in torch_sigs.items())
+    score, _, t_prefix, p_prefix = best
+    # a swap must explain most layers: one implied by a few look-alike layers (two blocks of equal shapes
+    # in different stages) would pair them out of order; those are left to the structural stage
+    if t_prefix == p_prefix or score <= identity or score < max(2, (len(torch_sigs) + 1) // 2):
+        if identity:
+            notes.append(f"{identity} of {len(torch_sigs)} torch layers have the same name, kind and shapes "
+                         f"in paddle")
+        return {}
+    notes.append(_describe_prefix(t_prefix, p_prefix, score))
+    return {t_prefix: p_prefix}
+
+
+def _describe_sig(sig: Signature) -> str:
+    kind, tensors = sig
+    return f"{kind}: " + ", ".join(f"{name} {list(shape)}" for name, shape in tensors)
+
+
+def _structural_stage(torch_left: list[str], paddle_left: list[str], torch_sigs: dict[str, Signature],
+                      paddle_sigs: dict[str, Signature], notes: list[str],
+                      ambiguous: list[str]) -> dict[str, str]:
+    """Pair the unmatched layers by module order within each (kind, shapes) group of equal size."""
+    pairs: dict[str, str] = {}
+    if not torch_left and not paddle_left:
+        return pairs
+    same_sequence = [torch_sigs[t] for t in torch_left] == [paddle_sigs[p] for p in paddle_left]
+    groups: dict[Signature, tuple[list[str], list[str]]] = {}
+    for t in torch_left:
+        groups.setdefault(torch_sigs[t], ([], []))[0].append(t)
+    for p in paddle_left:
+        groups.setdefault(paddle_sigs[p], ([], []))[1].append(p)
+    for sig, (ts, ps) in groups.items():
+        if len(ts) == len(ps):
+            pairs.update(zip(ts, ps))
+            continue
+        shown_t = ", ".join(f"`{t}`" for t in ts[:SHOWN]) + (f" and {len(ts) - SHOWN} more" if len(ts) > SHOWN else "")
+        shown_p = ", ".join(f"`{p}`" for p in ps[:SHOWN]) + (f" and {len(ps) - SHOWN} more" if len(ps) > SHOWN else "")
+        ambiguous.append(f"{len(ts)} torch layer(s) ({shown_t or 'none'}) but {len(ps)} paddle layer(s) "
+                         f"({shown_p or 'none'}) of kind and shapes {_describe_sig(sig)}")
+    if pairs:
+        how = ("the two models' unmatched layers have the same sequence of kinds and shapes"
+               if same_sequence else "layers paired in module order within each group of equal kind and shapes")
+        shown = ", ".join(f"`{t}` -> `{p}`" for t, p in list(pairs.items())[:SHOWN])
+        more = f" and {len(pairs) - SHOWN} more" if len(pairs) > SHOWN else ""
+        notes.append(f"{len(pairs)} layers matched by structure ({how}; assumed: both models register their "
+                     f"layers in the same order): {shown}{more}")
+    return pairs
+
+
+def _compressed(pairs: dict[str, str], base: dict[str, str], torch_layers: list[str]) -> dict[str, str]:
+    """Per-layer pairs folded into prefix entries where a whole subtree is renamed alike."""
+    mapping = dict(base)
+    remaining = dict(pairs)
+    while remaining:
+        t, p = next(iter(remaining.items()))
+        tc, pc = _components(t), _components(p)
+        n = 0  # the common trailing components: the subtree's own names
+        while n < min(len(tc), len(pc)) - 1 and tc[-1 - n] == pc[-1 - n]:
+            n += 1
+        chosen = (t, p)
+        for k in range(n, 0, -1):  # the widest prefix whose whole subtree maps consistently
+            t_pre, p_pre = ".".join(tc[:-k]), ".".join(pc[:-k])
+            if not t_pre:
+                continue
+            under = [x for x in torch_layers if x == t_pre or x.startswith(t_pre + ".")]
+            if all(x in remaining and remaining[x] == _map_one(x, {t_pre: p_pre}) for x in under):
+                chosen = (t_pre, p_pre)
+                break
+        mapping[chosen[0]] = chosen[1]
+        for x in [x for x in remaining if x == chosen[0] or x.startswith(chosen[0] + ".")]:
+            if remaining[x] == _map_one(x, {chosen[0]: chosen[1]}):
+                del remaining[x]
+        remaining.pop(t, None)
+    return mapping
+
+
+def propose_name_map(torch_slots: Mapping[str, Slot], paddle_slots: Mapping[str, Slot],
+                     strict: bool = True) -> NameMapProposal:
+    """The torch -> paddle layer-prefix map under which every tensor finds its twin.
+
+    strict=True raises CrossattnError naming the candidates when some layers
+    cannot be paired one to one; strict=False returns the partial map with
+    those cases in `ambiguous` (for the user to settle by hand).
+    """
+    torch_sigs = layer_signatures(torch_slots, "torch")
+    paddle_sigs = layer_signatures(paddle_slots, "paddle")
+    notes: list[str] = []
+    ambiguous: list[str] = []
+    base = _prefix_stage(torch_sigs, paddle_sigs, notes)
+    matched = {t: _map_one(t, base) for t, sig in torch_sigs.items() if paddle_sigs.get(_map_one(t, base)) == sig}
+    taken = set(matched.values())
+    torch_left = [t for t in torch_sigs if t not in matched]
+    paddle_left = [p for p in paddle_sigs if p not in taken]
+    pairs = _structural_stage(torch_left, paddle_left, torch_sigs, paddle_sigs, notes, ambiguous)
+    mapping = _compressed(pairs, base, list(torch_sigs))
+    wanted = {**matched, **pairs}
+    for _ in range(len(wanted) + 1):  # a prefix entry that renames a layer wrongly: that layer gets its own
+        wrong = [t for t, p in wanted.items() if _map_one(t, mapping) != p]
+        if not wrong:
+            break
+        mapping.update({t: wanted[t] for t in wrong})
+    if not mapping and not ambiguous:
+        notes.insert(0, "layer names already agree: no map needed")
+    if ambiguous and strict:
+        raise CrossattnError("cannot propose a name map: the layers below cannot be paired one to one by kind and "
+                             "tensor shapes, so any choice would be a guess; write those entries of the map by "
+                             "hand (`crossattn map ... -o names.yaml` writes the rest for you): "
+                             + "; ".join(ambiguous))
+    return NameMapProposal(mapping, notes, ambiguous)
