@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from crossattn.errors import CrossattnError
 from weight_transfer.rules import counterpart_name, rule_for, split_rule_for
 from weight_transfer.slots import Slot
+from weight_transfer.transfer import map_layer_name
 
 #: how many layer pairs a note spells out before it counts the rest
 SHOWN = 4
@@ -85,13 +86,8 @@ def _components(name: str) -> list[str]:
 
 
 def _map_one(layer: str, mapping: Mapping[str, str]) -> str:
-    """`layer` renamed by its longest mapped prefix; the empty prefix maps every layer, an empty target strips."""
-    for prefix in sorted(mapping, key=len, reverse=True):
-        if prefix == "" or layer == prefix or layer.startswith(prefix + "."):
-            rest = layer[len(prefix):].lstrip(".") if prefix else layer
-            target = mapping[prefix]
-            return ".".join(part for part in (target, rest) if part)
-    return layer
+    """`layer` renamed as the transfer renames it: longest prefix, "" the whole model, "" as target strips."""
+    return map_layer_name(layer, mapping)
 
 
 def _common_leading(names: list[str]) -> list[str]:
@@ -246,7 +242,8 @@ def propose_name_map(torch_slots: Mapping[str, Slot], paddle_slots: Mapping[str,
     mapping = _compressed(pairs, base, list(torch_sigs))
     wanted = {**matched, **pairs}
     for _ in range(len(wanted) + 1):  # a prefix entry that renames a layer wrongly: that layer gets its own
-        wrong = [t for t, p in wanted.items() if _map_one(t, mapping) != p]
+        inverse = {v: k for k, v in mapping.items()}  # paddle -> torch transfers read the map backwards
+        wrong = [t for t, p in wanted.items() if _map_one(t, mapping) != p or _map_one(p, inverse) != t]
         if not wrong:
             break
         mapping.update({t: wanted[t] for t in wrong})
