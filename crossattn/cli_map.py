@@ -9,6 +9,8 @@ import sys
 
 import click
 
+from crossattn.model_pair import pair_options
+
 
 def map_yaml(mapping: dict[str, str], notes: list[str], ambiguous: list[str], torch_model: str,
              paddle_model: str) -> str:
@@ -29,15 +31,11 @@ def map_yaml(mapping: dict[str, str], notes: list[str], ambiguous: list[str], to
 
 
 @click.command("map")
-@click.option("--torch-model", required=True, metavar="MODULE:FACTORY",
-              help="Your torch model: a callable returning a torch.nn.Module (imported from the current folder too).")
-@click.option("--paddle-model", required=True, metavar="MODULE:FACTORY",
-              help="Your paddle model: a callable returning a paddle.nn.Layer.")
-@click.option("--model-args", type=click.Path(dir_okay=False), default=None,
-              help="YAML keyword arguments for the factories: one mapping for both, or `torch:` and `paddle:`.")
+@pair_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write the map here (YAML); default: print it.")
-def map_command(torch_model: str, paddle_model: str, model_args: str | None, output: str | None) -> None:
+def map_command(torch_model: str | None, paddle_model: str | None, model_args: str | None, name_map: str | None,
+                input_shape: str | None, output: str | None) -> None:
     """Propose the torch -> paddle layer-name map of your own pair.
 
     Common prefixes first (a `backbone.` wrapper, `module.`), then structure:
@@ -45,12 +43,21 @@ def map_command(torch_model: str, paddle_model: str, model_args: str | None, out
     shapes. What was assumed is written as comments; layers that cannot be
     paired one to one are listed, never guessed. Exit status: 0 a complete
     map, 1 a partial map (see its comments), 2 a mistake in the input.
+    Takes the pair options every command takes; --input-shape is not needed.
     """
     from crossattn.atomic import atomic_write_text
     from crossattn.model_pair import ModelPair
     from crossattn.name_mapping import propose_name_map
 
-    pair = ModelPair.from_factories(torch_model, paddle_model, model_args)
+    from crossattn.errors import CrossattnError
+
+    if not torch_model or not paddle_model:
+        raise CrossattnError("map needs your own pair: --torch-model MODULE:FACTORY --paddle-model MODULE:FACTORY "
+                             "(a spec's twins share their names)")
+    if name_map:
+        raise CrossattnError("map proposes the name map; drop --name-map (pass the file it writes to the other "
+                             "commands)")
+    pair = ModelPair.from_factories(torch_model, paddle_model, model_args)  # --input-shape: not needed here
     proposal = propose_name_map(pair.slots("torch"), pair.slots("paddle"), strict=False)
     text = map_yaml(proposal.mapping, proposal.notes, proposal.ambiguous, torch_model, paddle_model)
     if output:

@@ -143,6 +143,7 @@ def test_a_wrapped_model_converts_with_an_automatic_map(tmp_path, model_args):
     assert refused.exception is not None and not (tmp_path / "w.pdparams").exists()
     assert len(message) < 3000, "a readable summary, not every key"
     assert "prefix `backbone.`" in message and "--name-map auto" in message
+    assert "naming read as" not in message  # torch's BatchNorm names are right here: only the prefix is wrong
     output = ok(run(["convert", tmp_path / "wrapped.pt", tmp_path / "w.pdparams", *pair, "--name-map", "auto"]))
     assert "prefix `backbone.` of the torch side removed" in output and "verify    PASS" in output
     back = ok(run(["convert", tmp_path / "w.pdparams", tmp_path / "w.pt", *pair, "--name-map", "auto"]))

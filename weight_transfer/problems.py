@@ -49,6 +49,10 @@ def _layer(key: str) -> str:
     return key.rpartition(".")[0]
 
 
+def _name(key: str) -> str:
+    return key.rpartition(".")[2]
+
+
 def _shown(problems: list[Problem], category: str) -> str:
     text = "; ".join(p.text for p in problems[:SHOWN])
     return text + (f"; and {len(problems) - SHOWN} more {category}" if len(problems) > SHOWN else "")
@@ -97,7 +101,7 @@ def _causes(missing: list[Problem], unexpected: list[Problem], misshaped: list[P
              and p.shapes[0][0] % p.shapes[1][0] == 0 and p.shapes[0][0] // p.shapes[1][0] in (2, 3, 4)
              and p.shapes[0][1:] in (p.shapes[1][1:], p.shapes[1][1:][::-1])]
     keys = {p.key.rpartition(".")[2] for p in missing + unexpected}
-    if fused or ("in_proj_weight" in keys and keys & {"q_proj.weight", "weight"}):
+    if fused or "in_proj_weight" in keys:
         example = f" (e.g. `{fused[0].key}` {list(fused[0].shapes[0])} for {list(fused[0].shapes[1])})" if fused else ""
         causes.append(f"a fused layer: one side keeps several projections in one tensor (torch's "
                       f"MultiheadAttention in_proj_weight = q, k, v stacked){example}; transfer splits it only when "
@@ -108,12 +112,12 @@ def _causes(missing: list[Problem], unexpected: list[Problem], misshaped: list[P
     if counters:
         causes.append(f"{len(counters)} `num_batches_tracked` counter(s) with no BatchNorm to take them: torch "
                       f"BatchNorm state where the model has none of that name (a renamed or missing BatchNorm)")
-    if any(p.key.endswith(("running_mean", "running_var")) for p in unexpected) and \
-            any(p.key.endswith(("_mean", "_variance")) for p in missing):
+    unexpected_names = {_name(p.key) for p in unexpected}
+    missing_names = {_name(p.key) for p in missing}
+    if unexpected_names & {"running_mean", "running_var"} and missing_names & {"_mean", "_variance"}:
         causes.append("BatchNorm statistics named `running_mean`/`running_var` where `_mean`/`_variance` are "
                       "expected: torch naming read as paddle's")
-    elif any(p.key.endswith(("_mean", "_variance")) for p in unexpected) and \
-            any(p.key.endswith(("running_mean", "running_var")) for p in missing):
+    elif unexpected_names & {"_mean", "_variance"} and missing_names & {"running_mean", "running_var"}:
         causes.append("BatchNorm statistics named `_mean`/`_variance` where `running_mean`/`running_var` are "
                       "expected: paddle naming read as torch's")
     if not causes and missing and unexpected:
@@ -135,7 +139,7 @@ def _fixes(causes: list[str], missing: list[Problem], unexpected: list[Problem])
                      "-o names.yaml`, then `--name-map names.yaml`")
     extra = next((c.split("`")[1] for c in causes if c.startswith("the source's keys carry")), None)
     if extra:
-        fixes.append(f"for a checkpoint of the same model saved under a wrapper: `--strip-prefix {extra}`")
+        fixes.append(f"if the checkpoint is of the unwrapped model saved under a wrapper: `--strip-prefix {extra}`")
     return fixes
 
 
