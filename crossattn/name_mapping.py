@@ -221,6 +221,16 @@ def _compressed(pairs: dict[str, str], base: dict[str, str], torch_layers: list[
     return mapping
 
 
+def _in_module_order(mapping: dict[str, str], torch_layers: list[str]) -> dict[str, str]:
+    """Entries in the torch model's module order (a prefix where its first layer is), for a readable file."""
+    def rank(prefix: str) -> tuple[int, int]:
+        under = [i for i, layer in enumerate(torch_layers)
+                 if not prefix or layer == prefix or layer.startswith(prefix + ".")]
+        return (min(under) if under else len(torch_layers), len(prefix))
+
+    return dict(sorted(mapping.items(), key=lambda item: rank(item[0])))
+
+
 def propose_name_map(torch_slots: Mapping[str, Slot], paddle_slots: Mapping[str, Slot],
                      strict: bool = True) -> NameMapProposal:
     """The torch -> paddle layer-prefix map under which every tensor finds its twin.
@@ -247,6 +257,7 @@ def propose_name_map(torch_slots: Mapping[str, Slot], paddle_slots: Mapping[str,
         if not wrong:
             break
         mapping.update({t: wanted[t] for t in wrong})
+    mapping = _in_module_order(mapping, list(torch_sigs))
     if not mapping and not ambiguous:
         notes.insert(0, "layer names already agree: no map needed")
     if ambiguous and strict:
