@@ -14,6 +14,7 @@ import click
 from crossattn import __version__
 from crossattn.errors import CrossattnError
 from crossattn.model_pair import pair_from_cli, pair_options, parse_shape
+from crossattn.cli_problems import problems_to_json
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -91,6 +92,7 @@ def validate_command(specs: tuple[str, ...]) -> None:
 @click.option("--layers", is_flag=True, help="Also trace every layer and mark the first that diverges.")
 @click.option("--single-step", is_flag=True, help="With --layers: feed each layer the reference's input.")
 @pair_options
+@problems_to_json
 def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode: str, dtype: str,
                   atol: float | None, rtol: float | None, seed: int, json_path: str | None, full: bool,
                   layers: bool, single_step: bool, torch_model: str | None, paddle_model: str | None,
@@ -191,6 +193,7 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@problems_to_json
 def diff_command(spec: str | None, direction: str, mode: str, single_step: bool, torch_model: str | None,
                  paddle_model: str | None, model_args: str | None, name_map: str | None, input_shape: str | None,
                  do_transfer: bool,

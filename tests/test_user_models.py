@@ -9,6 +9,8 @@ DenseNet, whose paddle.vision layer names have nothing in common with torch's.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import paddle
 import paddle.vision.models as paddle_models
@@ -181,3 +183,13 @@ def test_map_reports_what_it_cannot_pair_and_exits_1(tmp_path, model_args):
     assert isinstance(result.exception, SystemExit) and result.exception.code == 1
     assert "not decided:" in result.output
     assert "NOT DECIDED" in (tmp_path / "names.yaml").read_text()
+
+
+def test_check_writes_every_transfer_problem_to_its_json(tmp_path, model_args):
+    report = tmp_path / "problems.json"
+    result = run(["check", *pair_args("wrapped_resnet18", "resnet18", model_args), "--json", report])
+    assert result.exception is not None and "are listed in" in str(result.exception)
+    data = json.loads(report.read_text())
+    assert len(data["problems"]) == 224 and "and 119 more unexpected" in data["error"]
+    assert {p["category"] for p in data["problems"]} == {"missing", "unexpected"}
+    assert "--strip-prefix" not in data["error"]  # no checkpoint to strip in a check

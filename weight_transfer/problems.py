@@ -129,7 +129,7 @@ def _causes(missing: list[Problem], unexpected: list[Problem], misshaped: list[P
     return causes
 
 
-def _fixes(causes: list[str], missing: list[Problem], unexpected: list[Problem]) -> list[str]:
+def _fixes(causes: list[str], missing: list[Problem], unexpected: list[Problem], converting: bool) -> list[str]:
     fixes = []
     names_differ = any(c.startswith(("the source's keys carry", "the model's keys carry", "layer names differ"))
                        for c in causes)
@@ -138,7 +138,7 @@ def _fixes(causes: list[str], missing: list[Problem], unexpected: list[Problem])
                      "the map first: `crossattn map --torch-model MODULE:FACTORY --paddle-model MODULE:FACTORY "
                      "-o names.yaml`, then `--name-map names.yaml`")
     extra = next((c.split("`")[1] for c in causes if c.startswith("the source's keys carry")), None)
-    if extra:
+    if extra and converting:
         fixes.append(f"if the checkpoint is of the unwrapped model saved under a wrapper: `--strip-prefix {extra}`")
     return fixes
 
@@ -157,7 +157,7 @@ def summarise(problems: Iterable[str], context: str = "weight transfer", json_hi
     causes = _causes(by["missing"], by["unexpected"], by["mis-shaped"])
     if causes:
         parts.append("likely cause: " + "; ".join(causes))
-    fixes = _fixes(causes, by["missing"], by["unexpected"])
+    fixes = _fixes(causes, by["missing"], by["unexpected"], context.startswith("converting"))
     if fixes:
         parts.append("fix: " + "; or ".join(fixes))
     if json_hint and len(parsed) > SHOWN:
@@ -167,3 +167,4 @@ def summarise(problems: Iterable[str], context: str = "weight transfer", json_hi
 
 def to_json(problems: Iterable[str]) -> list[dict]:
     return [parse(p).to_json() for p in problems]
+
