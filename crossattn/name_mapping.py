@@ -78,7 +78,9 @@ def layer_signatures(slots: Mapping[str, Slot], framework: str) -> dict[str, Sig
     for slot in slots.values():
         kinds.setdefault(slot.layer, slot.kind)
         entries.setdefault(slot.layer, []).extend(_tensor_entries(slot, framework))
-    return {layer: (kinds[layer], tuple(sorted(entries[layer]))) for layer in entries}
+    # a layer whose every tensor lacks a twin (torch's untracked-affine InstanceNorm statistics) has
+    # nothing to map
+    return {layer: (kinds[layer], tuple(sorted(entries[layer]))) for layer in entries if entries[layer]}
 
 
 def _components(name: str) -> list[str]:
@@ -221,6 +223,46 @@ def _compressed(pairs: dict[str, str], base: dict[str, str], torch_layers: list[
     return mapping
 
 
+def _settle(mapping: dict[str, str], wanted: Mapping[str, str]) -> None:
+    """Give a layer its own entry wherever a prefix entry renames it wrongly, in either direction."""
+    for _ in range(len(wanted) + 1):
+        inverse = {v: k for k, v in mapping.items()}  # paddle -> torch transfers read the map backwards
+        wrong = [t for t, p in wanted.items() if _map_one(t, mapping) != p or _map_one(p, inverse) != t]
+        if not wrong:
+            return
+        mapping.update({t: wanted[t] for t in wrong})
+
+
+def _container_pairs(wanted: Mapping[str, str], mapping: Mapping[str, str], torch_layers: list[str],
+                     paddle_layers: list[str]) -> dict[str, str]:
+    """Modules without tensors of their own (blocks, stages) paired where their whole subtrees correspond.
+
+    Not needed to move weights; it lets `diff` compare block outputs too
+    (`stage2.0` <-> `2_1`). A torch module pairs with the paddle module whose
+    tensor layers are exactly the images of its own.
+    """
+    containers = {".".join(parts[:i]) for layer in torch_layers
+                  for parts in [_components(layer)] for i in range(1, len(parts))} - set(torch_layers)
+    images = set(wanted.values()) | set(mapping.values())
+    out: dict[str, str] = {}
+    for container in sorted(containers, key=lambda c: (c.count("."), c)):
+        under = [t for t in torch_layers if t.startswith(container + ".")]
+        if not all(t in wanted for t in under):
+            continue
+        mapped = [_components(wanted[t]) for t in under]
+        n = 0
+        while all(len(m) > n + 1 for m in mapped) and len({m[n] for m in mapped}) == 1:
+            n += 1
+        candidate = ".".join(mapped[0][:n])
+        if not candidate or candidate in images or _map_one(container, mapping) == candidate:
+            continue
+        if {p for p in paddle_layers if p.startswith(candidate + ".")} != {wanted[t] for t in under}:
+            continue
+        out[container] = candidate
+        images.add(candidate)
+    return out
+
+
 def _in_module_order(mapping: dict[str, str], torch_layers: list[str]) -> dict[str, str]:
     """Entries in the torch model's module order (a prefix where its first layer is), for a readable file."""
     def rank(prefix: str) -> tuple[int, int]:
@@ -251,12 +293,12 @@ def propose_name_map(torch_slots: Mapping[str, Slot], paddle_slots: Mapping[str,
     pairs = _structural_stage(torch_left, paddle_left, torch_sigs, paddle_sigs, notes, ambiguous)
     mapping = _compressed(pairs, base, list(torch_sigs))
     wanted = {**matched, **pairs}
-    for _ in range(len(wanted) + 1):  # a prefix entry that renames a layer wrongly: that layer gets its own
-        inverse = {v: k for k, v in mapping.items()}  # paddle -> torch transfers read the map backwards
-        wrong = [t for t, p in wanted.items() if _map_one(t, mapping) != p or _map_one(p, inverse) != t]
-        if not wrong:
-            break
-        mapping.update({t: wanted[t] for t in wrong})
+    _settle(mapping, wanted)
+    containers = _container_pairs(wanted, mapping, list(torch_sigs), list(paddle_sigs))
+    if containers:
+        mapping.update(containers)
+        wanted.update(containers)
+        _settle(mapping, wanted)
     mapping = _in_module_order(mapping, list(torch_sigs))
     if not mapping and not ambiguous:
         notes.insert(0, "layer names already agree: no map needed")

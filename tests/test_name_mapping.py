@@ -174,3 +174,13 @@ def test_a_misspelt_spec_name_suggests_the_closest():
 def test_a_factory_given_as_spec_points_at_the_model_options():
     with pytest.raises(SpecError, match="--torch-model MODULE:FACTORY"):
         resolve_spec("mypkg.nets:resnet50")
+
+
+def test_a_layer_whose_tensors_have_no_twin_needs_no_entry():
+    """torch's InstanceNorm without affine but tracking statistics: paddle has nothing to pair it with."""
+    layers = LAYERS + [("inorm", "instancenorm", {"running_mean": (8,), "running_var": (8,),
+                                                  "num_batches_tracked": ()})]
+    paddle = paddle_slots(lambda layer: "net." + layer)  # the torch-only layer is absent on the paddle side
+    paddle = {k: s for k, s in paddle.items() if s.layer != "net.inorm"}
+    proposal = propose_name_map(torch_slots(layers=layers), paddle)
+    assert proposal.mapping == {"": "net"} and not proposal.ambiguous

@@ -174,6 +174,7 @@ def test_map_of_structurally_matched_layers_names_each_pairing(tmp_path, model_a
     assert mapping["fc"] == "_fc" and mapping["conv1"] == "_conv1"
     assert mapping["stage2.0.branch1.0"] == "2_1._conv_dw_1.0"  # the stride-2 block's depthwise conv
     assert mapping["stage4.3.branch2.5"] == "4_4._conv_linear.0"  # the last block's pointwise conv
+    assert mapping["stage2.0"] == "2_1" and mapping["stage3.1"] == "3_2"  # blocks too, for diff
     assert "same order" in output
 
 
