@@ -204,3 +204,13 @@ def test_sync_batchnorm_transfers_as_batchnorm():
     a = torch_adapter.step(tsync, x, np.ones, False).output
     b = paddle_adapter.step(plain, x, np.ones, False).output
     assert compare("output", "output", b, a, tolerance_for("float64")).passed
+
+
+def test_attention_layers_are_paired_by_their_split_shapes():
+    """A name map proposed across the fused/split forms: torch's in_proj_weight matches paddle's q/k/v."""
+    from crossattn.name_mapping import propose_name_map
+
+    tmod = tn.Sequential(TorchAttention())
+    pmod = PaddleAttention()
+    proposal = propose_name_map(torch_adapter.slots(tmod), paddle_adapter.slots(pmod))
+    assert proposal.mapping == {"0": ""}
