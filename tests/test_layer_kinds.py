@@ -214,3 +214,24 @@ def test_attention_layers_are_paired_by_their_split_shapes():
     pmod = PaddleAttention()
     proposal = propose_name_map(torch_adapter.slots(tmod), paddle_adapter.slots(pmod))
     assert proposal.mapping == {"0": ""}
+
+
+class PaddleAttentionSwapped(PaddleAttention):
+    """A planted bug: keys and values given in the wrong order (as a wrong q/k/v split would do)."""
+
+    def forward(self, x):
+        return self.attn(x, x[..., :self.vdim] * 0.5, x[..., :self.kdim])
+
+
+@pytest.mark.parametrize("paddle_factory, passed", [("PaddleAttention", True), ("PaddleAttentionSwapped", False)])
+def test_check_of_an_attention_pair_counts_split_tensors_as_the_fused_one(paddle_factory, passed):
+    from click.testing import CliRunner
+
+    import cli
+
+    here = "tests.test_layer_kinds"
+    result = CliRunner().invoke(cli.cli, ["check", "--torch-model", f"{here}:TorchAttention", "--paddle-model",
+                                          f"{here}:{paddle_factory}", "--input-shape", "2,5,8"],
+                                standalone_mode=False)
+    assert ("4 passed, 0 failed" in result.output) is passed, result.output
+    assert "trainable in" not in result.output  # q/k/v parts are compared as in_proj_weight

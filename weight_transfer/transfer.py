@@ -182,6 +182,20 @@ def canonical_key(slot: Slot, framework: str) -> str:
     return join(slot.layer, name or slot.name)
 
 
+def trainable_key(slot: Slot, framework: str) -> str:
+    """`canonical_key`, with the parts of a split tensor counted as the fused torch tensor.
+
+    Which tensors train is compared per torch tensor: paddle's q/k/v_proj
+    weights (and torch's separate q/k/v_proj_weight) are all `in_proj_weight`.
+    Initialisation keeps `canonical_key`, so the parts still draw apart.
+    """
+    name = slot.name if framework == "paddle" else counterpart_name(slot.kind, slot.name, "torch")[0]
+    split = split_rule_for(slot.kind, name, "paddle") if name else None
+    if split is not None:
+        return join(slot.layer, split[0].torch_name)
+    return canonical_key(slot, framework)
+
+
 def map_layer_name(layer: str, layer_map: Mapping[str, str]) -> str:
     """`layer` renamed by its longest mapped prefix (`backbone` -> `features` renames `backbone.0.conv`).
 
