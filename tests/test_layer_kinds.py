@@ -235,3 +235,25 @@ def test_check_of_an_attention_pair_counts_split_tensors_as_the_fused_one(paddle
                                 standalone_mode=False)
     assert ("4 passed, 0 failed" in result.output) is passed, result.output
     assert "trainable in" not in result.output  # q/k/v parts are compared as in_proj_weight
+
+
+def test_an_attention_checkpoint_converts_both_ways(tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+
+    here = "tests.test_layer_kinds"
+    pair = ["--torch-model", f"{here}:TorchAttention", "--paddle-model", f"{here}:PaddleAttention",
+            "--input-shape", "2,5,8"]
+    model = TorchAttention()
+    state = initial_state(torch_adapter.slots(model), torch_adapter.state(model), "torch", seed=5, mode="check")
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / "a.pt")
+    for src, dst in (("a.pt", "a.pdparams"), ("a.pdparams", "b.pt")):
+        result = CliRunner().invoke(cli.cli, ["convert", str(tmp_path / src), str(tmp_path / dst), *pair],
+                                    standalone_mode=False)
+        assert "verify    PASS" in result.output, result.output
+    q = paddle.load(str(tmp_path / "a.pdparams"))["attn.q_proj.weight"]
+    np.testing.assert_array_equal(q, np.split(state["attn.in_proj_weight"], 3)[0].T)
+    back = torch.load(tmp_path / "b.pt", weights_only=True)
+    for key, value in state.items():
+        np.testing.assert_array_equal(back[key].numpy(), value)
