@@ -184,8 +184,13 @@ def _structural_stage(torch_left: list[str], paddle_left: list[str], torch_sigs:
             continue
         shown_t = ", ".join(f"`{t}`" for t in ts[:SHOWN]) + (f" and {len(ts) - SHOWN} more" if len(ts) > SHOWN else "")
         shown_p = ", ".join(f"`{p}`" for p in ps[:SHOWN]) + (f" and {len(ps) - SHOWN} more" if len(ps) > SHOWN else "")
-        ambiguous.append(f"{len(ts)} torch layer(s) ({shown_t or 'none'}) but {len(ps)} paddle layer(s) "
-                         f"({shown_p or 'none'}) of kind and shapes {_describe_sig(sig)}")
+        if not ts or not ps:
+            framework, other, shown = ("paddle", "torch", shown_p) if not ts else ("torch", "paddle", shown_t)
+            ambiguous.append(f"{len(ps) or len(ts)} {framework} layer(s) ({shown}) with no {other} layer of their "
+                             f"kind and shapes ({_describe_sig(sig)})")
+            continue
+        ambiguous.append(f"{len(ts)} torch layer(s) ({shown_t}) but {len(ps)} paddle layer(s) ({shown_p}) of kind "
+                         f"and shapes {_describe_sig(sig)}")
     if pairs:
         how = ("the two models' unmatched layers have the same sequence of kinds and shapes"
                if same_sequence else "layers paired in module order within each group of equal kind and shapes")
@@ -303,8 +308,10 @@ def propose_name_map(torch_slots: Mapping[str, Slot], paddle_slots: Mapping[str,
     if not mapping and not ambiguous:
         notes.insert(0, "layer names already agree: no map needed")
     if ambiguous and strict:
-        raise CrossattnError("cannot propose a name map: the layers below cannot be paired one to one by kind and "
-                             "tensor shapes, so any choice would be a guess; write those entries of the map by "
-                             "hand (`crossattn map ... -o names.yaml` writes the rest for you): "
-                             + "; ".join(ambiguous))
+        shown = "; ".join(ambiguous[:SHOWN]) + (f"; and {len(ambiguous) - SHOWN} more group(s)"
+                                                if len(ambiguous) > SHOWN else "")
+        raise CrossattnError("cannot propose a name map: some layers cannot be paired one to one by kind and "
+                             "tensor shapes (the models may not be the same architecture), and any choice would "
+                             "be a guess; write those entries by hand (`crossattn map ... -o names.yaml` writes "
+                             f"the rest and lists every group): {shown}")
     return NameMapProposal(mapping, notes, ambiguous)
