@@ -213,3 +213,9 @@ def test_check_writes_every_transfer_problem_to_its_json(tmp_path, model_args):
     assert len(data["problems"]) == 224 and "and 119 more unexpected" in data["error"]
     assert {p["category"] for p in data["problems"]} == {"missing", "unexpected"}
     assert "--strip-prefix" not in data["error"]  # no checkpoint to strip in a check
+
+
+def test_diff_traces_a_renamed_pair_with_an_automatic_map(model_args):
+    output = ok(run(["diff", *pair_args("lenet", "LeNet", model_args, "--name-map", "auto", shape=(2, 1, 28, 28))]))
+    assert "note: --name-map auto" in output and "no layer diverges" in output
+    assert "fc3" in output and "fc.2" in output  # the last Linear compared under both names
