@@ -305,7 +305,9 @@ def propose_name_map(torch_slots: Mapping[str, Slot], paddle_slots: Mapping[str,
         wanted.update(containers)
         _settle(mapping, wanted)
     mapping = _in_module_order(mapping, list(torch_sigs))
-    if not mapping and not ambiguous:
+    if not torch_sigs and not paddle_sigs:
+        notes.insert(0, "neither model has state tensors: there is nothing to map")
+    elif not mapping and not ambiguous:
         notes.insert(0, "layer names already agree: no map needed")
     if ambiguous and strict:
         shown = "; ".join(ambiguous[:SHOWN]) + (f"; and {len(ambiguous) - SHOWN} more group(s)"

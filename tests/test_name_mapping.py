@@ -184,3 +184,8 @@ def test_a_layer_whose_tensors_have_no_twin_needs_no_entry():
     paddle = {k: s for k, s in paddle.items() if s.layer != "net.inorm"}
     proposal = propose_name_map(torch_slots(layers=layers), paddle)
     assert proposal.mapping == {"": "net"} and not proposal.ambiguous
+
+
+def test_models_without_state_need_no_map():
+    proposal = propose_name_map({}, {})
+    assert proposal.mapping == {} and "nothing to map" in proposal.notes[0]
