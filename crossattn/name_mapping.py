@@ -165,6 +165,29 @@ def _describe_sig(sig: Signature) -> str:
     return f"{kind}: " + ", ".join(f"{name} {list(shape)}" for name, shape in tensors)
 
 
+def _weight_shape(sig: Signature) -> tuple[int, ...] | None:
+    return next((shape for name, shape in sig[1] if name.endswith("weight")), None)
+
+
+def _fused_hint(sig: Signature, count: int, groups: Mapping[Signature, tuple[list[str], list[str]]]) -> str:
+    """`; looks like ...` when a torch-only Linear/conv is k paddle-only ones stacked (a qkv projection)."""
+    weight = _weight_shape(sig)
+    if sig[0] not in ("linear", "conv") or weight is None or len(weight) < 2:
+        return ""
+    out_axis = 1 if sig[0] == "linear" else 0  # paddle layouts: Linear [in, out], conv [out, in, *k]
+    for other, (ts, ps) in groups.items():
+        part = _weight_shape(other)
+        if other[0] != sig[0] or ts or part is None or len(part) != len(weight) or not part[out_axis]:
+            continue
+        k, rest = divmod(weight[out_axis], part[out_axis])
+        same_rest = all(a == b for i, (a, b) in enumerate(zip(weight, part)) if i != out_axis)
+        if not rest and k in (2, 3, 4) and same_rest and len(ps) == k * count:
+            return (f"; they look like {k} of paddle's layers fused into one (e.g. q, k, v in one projection: "
+                    f"{list(weight)} = {k} x {list(part)}); crossattn splits a fused projection only inside "
+                    f"MultiheadAttention, so map those layers and split the tensor by hand")
+    return ""
+
+
 def _structural_stage(torch_left: list[str], paddle_left: list[str], torch_sigs: dict[str, Signature],
                       paddle_sigs: dict[str, Signature], notes: list[str],
                       ambiguous: list[str]) -> dict[str, str]:
@@ -186,8 +209,9 @@ def _structural_stage(torch_left: list[str], paddle_left: list[str], torch_sigs:
         shown_p = ", ".join(f"`{p}`" for p in ps[:SHOWN]) + (f" and {len(ps) - SHOWN} more" if len(ps) > SHOWN else "")
         if not ts or not ps:
             framework, other, shown = ("paddle", "torch", shown_p) if not ts else ("torch", "paddle", shown_t)
+            fused = _fused_hint(sig, len(ts), groups) if ts else ""
             ambiguous.append(f"{len(ps) or len(ts)} {framework} layer(s) ({shown}) with no {other} layer of their "
-                             f"kind and shapes ({_describe_sig(sig)})")
+                             f"kind and shapes ({_describe_sig(sig)}){fused}")
             continue
         ambiguous.append(f"{len(ts)} torch layer(s) ({shown_t}) but {len(ps)} paddle layer(s) ({shown_p}) of kind "
                          f"and shapes {_describe_sig(sig)}")

@@ -189,3 +189,17 @@ def test_a_layer_whose_tensors_have_no_twin_needs_no_entry():
 def test_models_without_state_need_no_map():
     proposal = propose_name_map({}, {})
     assert proposal.mapping == {} and "nothing to map" in proposal.notes[0]
+
+
+def test_a_fused_qkv_projection_is_named_as_such():
+    """timm-style attention: one Linear `qkv` [3E, E] in torch, three Linear layers in paddle."""
+    torch_layers = [("attn.qkv", "linear", {"weight": (24, 8), "bias": (24,)}),
+                    ("attn.proj", "linear", {"weight": (8, 8), "bias": (8,)})]
+    paddle_layers = [("attn.q", "linear", {"weight": (8, 8), "bias": (8,)}),
+                     ("attn.k", "linear", {"weight": (8, 8), "bias": (8,)}),
+                     ("attn.v", "linear", {"weight": (8, 8), "bias": (8,)}),
+                     ("attn.proj", "linear", {"weight": (8, 8), "bias": (8,)})]
+    with pytest.raises(CrossattnError) as info:
+        propose_name_map(torch_slots(layers=torch_layers), paddle_slots(layers=paddle_layers))
+    message = str(info.value)
+    assert "`attn.qkv`" in message and "3 of paddle's layers fused into one" in message
