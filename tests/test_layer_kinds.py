@@ -257,3 +257,16 @@ def test_an_attention_checkpoint_converts_both_ways(tmp_path):
     back = torch.load(tmp_path / "b.pt", weights_only=True)
     for key, value in state.items():
         np.testing.assert_array_equal(back[key].numpy(), value)
+
+
+def test_a_missing_fused_projection_is_named_by_its_torch_name():
+    tmod = _built(lambda: tn.MultiheadAttention(8, 2, bias=False), "torch")
+    pmod = _built(lambda: pn.MultiHeadAttention(8, 2), "paddle")  # paddle's has biases
+    with pytest.raises(TransferError) as info:
+        transfer(torch_adapter.state(tmod), "torch", paddle_adapter.slots(pmod), "paddle")
+    assert "missing `in_proj_bias` (for paddle `q_proj.bias`" in str(info.value)
+    pstate = paddle_adapter.state(pmod)
+    del pstate["v_proj.weight"]
+    with pytest.raises(TransferError) as info:
+        transfer(pstate, "paddle", torch_adapter.slots(_built(lambda: tn.MultiheadAttention(8, 2), "torch")), "torch")
+    assert "missing `v_proj.weight` (for torch `in_proj_weight`" in str(info.value)

@@ -104,6 +104,11 @@ def transfer(source: Mapping[str, np.ndarray], source_framework: str, target_slo
         source_key = join(slot.layer, source_name)
         if source_key not in source:
             if complete:
+                split = split_rule_for(slot.kind, slot.name, target_framework)
+                if split is not None:  # name the fused tensor (or its parts) the source lacks
+                    rule_split, _ = split
+                    names = (rule_split.torch_name,) if target_framework == "paddle" else rule_split.paddle_names
+                    source_key = "`/`".join(join(slot.layer, n) for n in names if join(slot.layer, n) not in source)
                 problems.append(f"missing `{source_key}` (for {target_framework} `{key}`, shape {list(slot.shape)})")
             continue
         used.add(source_key)
