@@ -34,6 +34,7 @@ FAMILIES = {  # name: (torch factory, paddle factory, layer names agree, input s
     "shufflenet_v2_x0_25": ("shufflenet_v2_x0_25", "shufflenet_v2_x0_25", False, SHAPE),
     "lenet": ("lenet", "LeNet", False, (2, 1, 28, 28)),
     "densenet121": ("densenet121", "densenet121", False, SHAPE),
+    "resnet50": ("resnet50", "resnet50", True, SHAPE),
 }
 FAST = ["resnet18", "shufflenet_v2_x0_25", "lenet"]
 CHECKED = ["resnet18", "lenet"]  # ShuffleNetV2: see test_paddle_float32_batchnorm_epsilon_is_...
@@ -114,8 +115,9 @@ def test_convert_both_ways_loads_in_each_framework_with_equal_logits(family, tmp
 
 
 @pytest.mark.slow
-def test_densenet_converts_both_ways_with_an_automatic_map(tmp_path, model_args):
-    round_trip("densenet121", tmp_path, model_args, "--name-map", "auto")
+@pytest.mark.parametrize("family", ["densenet121", "resnet50"])
+def test_larger_models_convert_both_ways(family, tmp_path, model_args):
+    round_trip(family, tmp_path, model_args, *([] if FAMILIES[family][2] else ["--name-map", "auto"]))
 
 
 @pytest.mark.parametrize("family", CHECKED)
