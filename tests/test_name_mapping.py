@@ -203,3 +203,15 @@ def test_a_fused_qkv_projection_is_named_as_such():
         propose_name_map(torch_slots(layers=torch_layers), paddle_slots(layers=paddle_layers))
     message = str(info.value)
     assert "`attn.qkv`" in message and "3 of paddle's layers fused into one" in message
+
+
+def test_the_written_map_reads_back_through_the_name_map_loader(tmp_path):
+    from crossattn.cli_map import map_yaml
+    from crossattn.model_pair import load_name_map
+
+    mapping = {"": "backbone", "fc": "head.classifier", "module.model": ""}
+    path = tmp_path / "names.yaml"
+    path.write_text(map_yaml(mapping, ["a note"], ["an undecided group"], "a:b", "c:d"))
+    assert load_name_map(str(path)) == mapping
+    text = path.read_text()
+    assert "#   - a note" in text and "NOT DECIDED" in text
