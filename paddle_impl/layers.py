@@ -7,6 +7,7 @@ import paddle
 from paddle import nn
 
 from crossattn.conventions import BN_EPSILON, BN_MOMENTUM_PADDLE, LN_EPSILON
+from crossattn.conventions import as_paddle_holds
 from crossattn.resample import adaptive_pool_matrix, bilinear_matrix
 
 ZERO_INIT_ATTR = "crossattn_zero_init"
@@ -26,8 +27,8 @@ def batch_norm(dimension: int, channels: int) -> nn.Layer:
     return cls(channels, epsilon=BN_EPSILON, momentum=BN_MOMENTUM_PADDLE)
 
 
-def layer_norm(shape: list[int]) -> nn.Layer:
-    return nn.LayerNorm(shape, epsilon=LN_EPSILON)
+def layer_norm(shape: list[int], epsilon: float = LN_EPSILON) -> nn.Layer:
+    return nn.LayerNorm(shape, epsilon=as_paddle_holds(epsilon))
 
 
 def zero_init_layer(layer: nn.Layer) -> nn.Layer:

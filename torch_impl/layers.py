@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from crossattn.conventions import BN_EPSILON, BN_MOMENTUM_TORCH, LN_EPSILON
+from crossattn.conventions import as_paddle_holds
 from crossattn.resample import adaptive_pool_matrix, bilinear_matrix
 
 ZERO_INIT_ATTR = "crossattn_zero_init"
@@ -26,8 +27,8 @@ def batch_norm(dimension: int, channels: int) -> nn.Module:
     return cls(channels, eps=BN_EPSILON, momentum=BN_MOMENTUM_TORCH)
 
 
-def layer_norm(shape: list[int]) -> nn.Module:
-    return nn.LayerNorm(shape, eps=LN_EPSILON)
+def layer_norm(shape: list[int], epsilon: float = LN_EPSILON) -> nn.Module:
+    return nn.LayerNorm(shape, eps=as_paddle_holds(epsilon))
 
 
 def zero_init_layer(module: nn.Module) -> nn.Module:
