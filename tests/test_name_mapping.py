@@ -215,3 +215,19 @@ def test_the_written_map_reads_back_through_the_name_map_loader(tmp_path):
     assert load_name_map(str(path)) == mapping
     text = path.read_text()
     assert "#   - a note" in text and "NOT DECIDED" in text
+
+
+def test_another_architecture_is_named_and_counters_are_a_symptom():
+    """A ResNet50 checkpoint given to an SE-ResNet50 spec: names differ and one side has more layers."""
+    missing = [f"missing `stem.{i}.weight` (for paddle `stem.{i}.weight`, shape [8])" for i in range(20)]
+    unexpected = [f"unexpected `layer{i}.weight` (shape [8]): no paddle tensor takes it" for i in range(12)]
+    unexpected += [f"unexpected `layer{i}.num_batches_tracked` (shape []): no paddle tensor takes it"
+                   for i in range(12)]
+    message = summarise(missing + unexpected, "converting r50.pt")
+    assert "layer names differ" in message and "another architecture" in message
+    assert "num_batches_tracked` counter" not in message and "--name-map auto" in message
+
+
+def test_a_counter_whose_batchnorm_arrived_is_a_cause():
+    message = summarise(["unexpected `norm.num_batches_tracked` (shape []): no paddle tensor takes it"])
+    assert "1 `num_batches_tracked` counter(s)" in message

@@ -106,9 +106,22 @@ def _causes(missing: list[Problem], unexpected: list[Problem], misshaped: list[P
         causes.append(f"a fused layer: one side keeps several projections in one tensor (torch's "
                       f"MultiheadAttention in_proj_weight = q, k, v stacked){example}; transfer splits it only when "
                       f"both layers are recognised as MultiheadAttention")
-    extra = prefix.split("`")[1] if prefix and prefix.startswith("the source's") else None
-    counters = [p for p in unexpected if p.key.endswith("num_batches_tracked")
-                and not (extra and p.key.startswith(extra))]  # those under a wrapper prefix are explained
+    missing_layers = {_layer(p.key) for p in missing}
+    unexpected_layers = {_layer(p.key) for p in unexpected}
+    if not prefix and missing and unexpected:
+        shared = len(missing_layers & unexpected_layers)
+        if shared <= min(len(missing_layers), len(unexpected_layers)) // 10:
+            differ = (f"layer names differ between the two models ({len(unexpected_layers)} source layer(s) "
+                      f"unknown to the model, {len(missing_layers)} model layer(s) not in the source")
+            larger = max(len(missing_layers), len(unexpected_layers))
+            if abs(len(missing_layers) - len(unexpected_layers)) > larger // 10:
+                differ += "; that many more on one side suggests another architecture, not only other names"
+            causes.insert(0, differ + ")")
+    # a counter is a cause of its own only where the rest of its BatchNorm arrived (a layer not recognised
+    # as BatchNorm); under a wrapper prefix or in a renamed layer it is one more symptom
+    rest_unexpected = {_layer(p.key) for p in unexpected if not p.key.endswith("num_batches_tracked")}
+    counters = [p for p in unexpected
+                if p.key.endswith("num_batches_tracked") and _layer(p.key) not in rest_unexpected]
     if counters:
         causes.append(f"{len(counters)} `num_batches_tracked` counter(s) with no BatchNorm to take them: torch "
                       f"BatchNorm state where the model has none of that name (a renamed or missing BatchNorm)")
@@ -120,12 +133,6 @@ def _causes(missing: list[Problem], unexpected: list[Problem], misshaped: list[P
     elif unexpected_names & {"_mean", "_variance"} and missing_names & {"running_mean", "running_var"}:
         causes.append("BatchNorm statistics named `_mean`/`_variance` where `running_mean`/`running_var` are "
                       "expected: paddle naming read as torch's")
-    if not causes and missing and unexpected:
-        missing_layers = {_layer(p.key) for p in missing}
-        unexpected_layers = {_layer(p.key) for p in unexpected}
-        if missing_layers.isdisjoint(unexpected_layers):
-            causes.append(f"layer names differ between the two models ({len(unexpected_layers)} source layer(s) "
-                          f"unknown to the model, {len(missing_layers)} model layer(s) not in the source)")
     return causes
 
 
@@ -134,8 +141,9 @@ def _fixes(causes: list[str], missing: list[Problem], unexpected: list[Problem],
     names_differ = any(c.startswith(("the source's keys carry", "the model's keys carry", "layer names differ"))
                        for c in causes)
     if names_differ or (missing and unexpected and not causes):
-        fixes.append("let crossattn pair the layers with `--name-map auto` (it prints what it assumed), or review "
-                     "the map first: `crossattn map --torch-model MODULE:FACTORY --paddle-model MODULE:FACTORY "
+        fixes.append("give the two models as your own pair (--torch-model MODULE:FACTORY --paddle-model "
+                     "MODULE:FACTORY) and let crossattn pair the layers with `--name-map auto` (it prints what it "
+                     "assumed), or review the map first: `crossattn map --torch-model ... --paddle-model ... "
                      "-o names.yaml`, then `--name-map names.yaml`")
     extra = next((c.split("`")[1] for c in causes if c.startswith("the source's keys carry")), None)
     if extra and converting:
