@@ -141,8 +141,8 @@ def _fixes(causes: list[str], missing: list[Problem], unexpected: list[Problem],
     names_differ = any(c.startswith(("the source's keys carry", "the model's keys carry", "layer names differ"))
                        for c in causes)
     if names_differ or (missing and unexpected and not causes):
-        fixes.append("give the two models as your own pair (--torch-model MODULE:FACTORY --paddle-model "
-                     "MODULE:FACTORY) and let crossattn pair the layers with `--name-map auto` (it prints what it "
+        fixes.append("with the two models as your own pair (--torch-model MODULE:FACTORY --paddle-model "
+                     "MODULE:FACTORY), let crossattn pair the layers: `--name-map auto` (it prints what it "
                      "assumed), or review the map first: `crossattn map --torch-model ... --paddle-model ... "
                      "-o names.yaml`, then `--name-map names.yaml`")
     extra = next((c.split("`")[1] for c in causes if c.startswith("the source's keys carry")), None)
