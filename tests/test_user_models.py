@@ -196,6 +196,7 @@ def test_map_of_structurally_matched_layers_names_each_pairing(tmp_path, model_a
     assert mapping["stage2.0.branch1.0"] == "2_1._conv_dw_1.0"  # the stride-2 block's depthwise conv
     assert mapping["stage4.3.branch2.5"] == "4_4._conv_linear.0"  # the last block's pointwise conv
     assert mapping["stage2.0"] == "2_1" and mapping["stage3.1"] == "3_2"  # blocks too, for diff
+    assert len(set(mapping.values())) == len(mapping)  # one to one, so it reads backwards too
     assert "same order" in output
 
 
