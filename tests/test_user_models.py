@@ -3,8 +3,8 @@
 Through the CLI, as a user porting a model would: convert a torch checkpoint to
 paddle and back (verified), load each file with its own framework's loader and
 compare logits, `check` the pair, and let `--name-map auto` (or `crossattn map`)
-pair the layers where names differ: a `backbone.` wrapper, and ShuffleNetV2 /
-DenseNet, whose paddle.vision layer names have nothing in common with torch's.
+pair the layers where names differ: a `backbone.` wrapper, and LeNet, ShuffleNetV2
+and DenseNet, whose paddle.vision layer names have nothing in common with torch's.
 """
 
 from __future__ import annotations
@@ -145,6 +145,8 @@ def test_paddle_float32_batchnorm_epsilon_is_what_a_float64_check_sees(tmp_path)
     default.write_text("num_classes: 10\n")
     pair = pair_args("shufflenet_v2_x0_25", "shufflenet_v2_x0_25", default, "--name-map", "auto")
     assert "4 passed, 0 failed" in ok(run(["check", "--dtype", "float32", *pair]))
+    strict = run(["check", "--mode", "train", "--direction", "torch2paddle", *pair])  # torch's own 1e-5
+    assert "0 passed, 1 failed" in strict.output, strict.output
 
 
 def test_check_fails_the_pair_when_one_batchnorm_differs(model_args):
