@@ -23,7 +23,7 @@ from crossattn.spec import Spec
 from crossattn.training.augment import CropFlip
 from crossattn.training.config import TrainConfig
 from paddle_impl import adapter
-from paddle_impl.layers import bilinear_resize
+from paddle_impl.layers import apply_bn_stats, bilinear_resize
 
 FRAMEWORK = "paddle"
 CHANNELS_LAST_NOTE = "paddle: channels_last is ignored (the twins are built NCHW; paddle sets layout per layer)"
@@ -142,6 +142,7 @@ class Trainer:
         self.dtype = config.dtype
         self.model = build_model(spec, config.seed)
         self.model.to(dtype=self.dtype)
+        apply_bn_stats(self.model, config.bn_stats)
         self.optimizer = make_optimizer(self.model, config)
         self.scaler = paddle.amp.GradScaler(init_loss_scaling=2.0**16) if config.amp == "fp16" else None
         self.autocast_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(config.amp)
@@ -213,7 +214,7 @@ class Trainer:
         return result
 
     def predict(self, split: str, batches: Iterable[np.ndarray]) -> np.ndarray:
-        """float32 logits of the split's images, in the order of `batches`."""
+        """Logits (float64 in float64 runs, else float32) of the split's images, in the order of `batches`."""
         images = self.test_images if split == "test" else self.train_images
         self.model.eval()
         outputs = []
@@ -221,7 +222,7 @@ class Trainer:
             for indices in batches:
                 with self._autocast():
                     logits = self.model(self.batch(images, indices, None))
-                outputs.append(logits.astype("float32").numpy())
+                outputs.append(logits.astype("float64" if logits.dtype == paddle.float64 else "float32").numpy())
         return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
 
     def parameters_and_macs(self) -> tuple[int, int]:

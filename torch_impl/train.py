@@ -24,7 +24,7 @@ from crossattn.spec import Spec
 from crossattn.training.augment import CropFlip
 from crossattn.training.config import TrainConfig
 from torch_impl import adapter
-from torch_impl.layers import bilinear_resize
+from torch_impl.layers import apply_bn_stats, bilinear_resize
 
 FRAMEWORK = "torch"
 CHANNELS_LAST_NOTE = "torch: model and inputs in channels_last (NHWC) memory format"
@@ -133,6 +133,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # nothing here draws from it; a dropout layer would
         self.dtype = getattr(torch, config.dtype)
         self.model = build_model(spec, config.seed).to(device=self.device, dtype=self.dtype)
+        apply_bn_stats(self.model, config.bn_stats)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.optimizer = make_optimizer(self.model, config)
@@ -205,7 +206,7 @@ class Trainer:
         return result
 
     def predict(self, split: str, batches: Iterable[np.ndarray]) -> np.ndarray:
-        """float32 logits of the split's images, in the order of `batches`."""
+        """Logits (float64 in float64 runs, else float32) of the split's images, in the order of `batches`."""
         images = self.test_images if split == "test" else self.train_images
         self.model.eval()
         outputs = []
@@ -213,7 +214,8 @@ class Trainer:
             for indices in batches:
                 with self._autocast():
                     logits = self.model(self.batch(images, indices, None))
-                outputs.append(logits.float().cpu().numpy())
+                outputs.append(logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+                               .cpu().numpy())
         return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
 
     def parameters_and_macs(self) -> tuple[int, int]:
