@@ -22,6 +22,7 @@ from crossattn.init import initial_state
 from crossattn.spec import Spec
 from crossattn.training.augment import CropFlip
 from crossattn.training.config import TrainConfig
+from weight_transfer import optimizer_state
 from paddle_impl import adapter
 from paddle_impl.layers import apply_bn_stats, bilinear_resize
 
@@ -86,6 +87,15 @@ def make_optimizer(model: paddle.nn.Layer, config: TrainConfig) -> paddle.optimi
                                       weight_decay=config.weight_decay)
     return paddle.optimizer.Adam(learning_rate=config.lr, beta1=config.adam_beta1, beta2=config.adam_beta2,
                                  epsilon=config.adam_epsilon, parameters=params, weight_decay=decay)
+
+
+def native_optimizer_state(build: Callable[[str], paddle.nn.Layer],
+                           opt: optimizer_state.OptimizerState) -> tuple[dict, dict[str, str]]:
+    """`opt` keyed as the optimizer of a model built first in a fresh process (or name scope) names it."""
+    with paddle.utils.unique_name.guard():
+        model = build(FRAMEWORK)
+        names = {name: p.name for name, p in model.named_parameters() if not p.stop_gradient}
+    return optimizer_state.paddle_state_dict(opt, names), names
 
 
 def set_lr(optimizer: paddle.optimizer.Optimizer, lr: float) -> None:
@@ -234,7 +244,8 @@ class Trainer:
 
     def save(self, path: str, epoch: int, step: int) -> None:
         payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch,
-                   "step": step, "framework": FRAMEWORK}
+                   "step": step, "framework": FRAMEWORK, optimizer_state.NAMES_KEY: self.parameter_names(),
+                   optimizer_state.HYPER_KEY: optimizer_state.hyperparameters(self.config)}
         if self.scaler is not None:
             payload["scaler"] = self.scaler.state_dict()
         paddle.save(payload, path)
@@ -246,3 +257,16 @@ class Trainer:
         if self.scaler is not None and "scaler" in payload:
             self.scaler.load_state_dict(payload["scaler"])
         return int(payload["epoch"]), int(payload["step"])
+
+    def parameter_names(self) -> dict[str, str]:
+        """Structured name -> variable name of each trainable parameter (how its optimizer state is keyed)."""
+        return {name: p.name for name, p in self.model.named_parameters() if not p.stop_gradient}
+
+    def load_translated(self, model_state: dict[str, np.ndarray], opt: optimizer_state.OptimizerState) -> None:
+        """Weights and optimizer state carried over from the other framework (already in paddle's form)."""
+        adapter.load_state(self.model, model_state)
+        self.optimizer.set_state_dict(optimizer_state.paddle_state_dict(opt, self.parameter_names()))
+
+    def dropout_layers(self) -> list[str]:
+        return [name for name, m in self.model.named_sublayers()
+                if isinstance(m, (paddle.nn.Dropout, paddle.nn.Dropout2D, paddle.nn.Dropout3D)) and m.p > 0]

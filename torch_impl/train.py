@@ -23,6 +23,7 @@ from crossattn.init import initial_state
 from crossattn.spec import Spec
 from crossattn.training.augment import CropFlip
 from crossattn.training.config import TrainConfig
+from weight_transfer import optimizer_state
 from torch_impl import adapter
 from torch_impl.layers import apply_bn_stats, bilinear_resize
 
@@ -77,6 +78,15 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
     adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return adam(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
                 weight_decay=config.weight_decay)
+
+
+def native_optimizer_state(build: Callable[[str], torch.nn.Module],
+                           opt: optimizer_state.OptimizerState) -> tuple[dict, list[str]]:
+    """`opt` as the state_dict of the optimizer make_optimizer builds for the model."""
+    model = build(FRAMEWORK)
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    groups = make_optimizer(model, TrainConfig(**opt.hyper)).state_dict()["param_groups"]
+    return optimizer_state.torch_state_dict(opt, names, groups), names
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -227,7 +237,8 @@ class Trainer:
 
     def save(self, path: str, epoch: int, step: int) -> None:
         payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch,
-                   "step": step, "framework": FRAMEWORK}
+                   "step": step, "framework": FRAMEWORK, optimizer_state.NAMES_KEY: self.parameter_names(),
+                   optimizer_state.HYPER_KEY: optimizer_state.hyperparameters(self.config)}
         if self.scaler is not None:
             payload["scaler"] = self.scaler.state_dict()
         torch.save(payload, path)
@@ -239,3 +250,20 @@ class Trainer:
         if self.scaler is not None and "scaler" in payload:
             self.scaler.load_state_dict(payload["scaler"])
         return int(payload["epoch"]), int(payload["step"])
+
+    def parameter_names(self) -> list[str]:
+        """The trainable parameters in the optimizer's order (how its state is indexed)."""
+        return [name for name, p in self.model.named_parameters() if p.requires_grad]
+
+    def load_translated(self, model_state: dict[str, np.ndarray], opt: optimizer_state.OptimizerState) -> None:
+        """Weights and optimizer state carried over from the other framework (already in torch's form)."""
+        adapter.load_state(self.model, model_state)
+        template = self.optimizer.state_dict()["param_groups"]
+        native = optimizer_state.torch_state_dict(opt, self.parameter_names(), template)
+        native["state"] = {i: {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in entry.items()}
+                           for i, entry in native["state"].items()}
+        self.optimizer.load_state_dict(native)
+
+    def dropout_layers(self) -> list[str]:
+        return [name for name, m in self.model.named_modules()
+                if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
