@@ -13,6 +13,7 @@ import click
 
 from crossattn import __version__
 from crossattn.errors import CrossattnError
+from crossattn.model_pair import pair_from_cli, pair_options, parse_shape
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,49 +90,71 @@ def validate_command(specs: tuple[str, ...]) -> None:
 @click.option("--full", is_flag=True, help="Print every tensor, not only the worst per case.")
 @click.option("--layers", is_flag=True, help="Also trace every layer and mark the first that diverges.")
 @click.option("--single-step", is_flag=True, help="With --layers: feed each layer the reference's input.")
+@pair_options
 def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode: str, dtype: str,
                   atol: float | None, rtol: float | None, seed: int, json_path: str | None, full: bool,
-                  layers: bool, single_step: bool) -> None:
-    """Prove the torch and paddle twins of SPECS equivalent, forward and backward.
+                  layers: bool, single_step: bool, torch_model: str | None, paddle_model: str | None,
+                  model_args: str | None, name_map: str | None, input_shape: str | None) -> None:
+    """Prove the torch and paddle twins of SPECS (or your own pair) equivalent, forward and backward.
 
     Each spec is built in both frameworks; weights are initialised in one and
     transferred to the other; the same input goes through both in train and
     eval mode. Compared: output, input gradient, every parameter gradient and
-    the BatchNorm running statistics. Exit status 0 only if every tensor passes.
+    the BatchNorm running statistics. Your own pair: --torch-model,
+    --paddle-model, --input-shape and, where names differ, --name-map.
+    Exit status 0 only if every tensor passes.
     """
     from crossattn.atomic import atomic_write_text
     from crossattn.check import DIRECTIONS, MODES, check_spec
     from crossattn.report import failure_details, summary_table, to_json
+    from crossattn.model_pair import ModelPair
     from crossattn.spec import load_spec, resolve_spec, shipped_spec_paths
     from crossattn.tolerances import Tolerance, tolerance_for
 
-    if not specs and not all_specs:
-        raise CrossattnError("check needs SPEC arguments or --all (see `crossattn specs`)")
+    user_pair = bool(torch_model or paddle_model or model_args)
+    if user_pair and (specs or all_specs):
+        raise CrossattnError("check takes SPEC arguments (or --all), or your own pair (--torch-model/--paddle-model),"
+                             " not both")
+    if not specs and not all_specs and not user_pair:
+        raise CrossattnError("check needs SPEC arguments, --all, or your own pair (--torch-model MODULE:FACTORY "
+                             "--paddle-model MODULE:FACTORY --input-shape N,C,H,W); see `crossattn specs`")
     if single_step and not layers:
         raise CrossattnError("--single-step applies to the layer trace: add --layers (or use `crossattn diff`)")
-    paths = [resolve_spec(s) for s in specs] + (shipped_spec_paths() if all_specs else [])
-    loaded = [load_spec(p) for p in paths]
+    if user_pair:
+        pairs = [pair_from_cli(None, torch_model, paddle_model, model_args, name_map, input_shape, "check")]
+    else:
+        if name_map:
+            raise CrossattnError("--name-map applies to your own pair; a spec's twins share their names")
+        paths = [resolve_spec(s) for s in specs] + (shipped_spec_paths() if all_specs else [])
+        pairs = [ModelPair.from_spec(load_spec(p)) for p in paths]
+        for pair in pairs:
+            if input_shape:
+                pair.input_shape = parse_shape(input_shape)
+            if pair.input_shape is None:
+                raise CrossattnError(f"spec {pair.spec.path}: `input_shape` is required to check it; add it to "
+                                     f"the spec or pass --input-shape")
+    for pair in pairs:
+        for note in pair.notes:
+            click.echo(f"note: {note}")
     base = tolerance_for(dtype)
     tol = Tolerance(atol if atol is not None else base.atol, rtol if rtol is not None else base.rtol)
     directions = DIRECTIONS if direction == "both" else (direction,)
     modes = MODES if mode == "both" else (mode,)
     started = time.perf_counter()
     cases = []
-    for spec in loaded:
-        if spec.input_shape is None:
-            raise CrossattnError(f"spec {spec.path}: `input_shape` is required to check it")
-        cases += check_spec(spec, directions, modes, tol, seed, dtype)
+    for pair in pairs:
+        cases += check_spec(pair, directions, modes, tol, seed, dtype)
     elapsed = time.perf_counter() - started
     click.echo(summary_table(cases, full))
     layer_reports = []
     if layers:
-        from crossattn.diff import diff_spec
+        from crossattn.diff import diff_pair
         from crossattn.report import diff_table
 
-        for spec in loaded:
+        for pair in pairs:
             for direction_name in directions:
                 for mode_name in modes:
-                    layer_reports.append(diff_spec(spec, direction_name, mode_name, single_step, tol, seed, dtype))
+                    layer_reports.append(diff_pair(pair, direction_name, mode_name, single_step, tol, seed, dtype))
                     click.echo("\n" + diff_table(layer_reports[-1]))
     notes = sorted({n for case in cases for n in case.notes})
     for note in notes:
@@ -140,7 +163,8 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     if details:
         click.echo(details)
     passed = sum(c.passed for c in cases)
-    click.echo(f"{passed} passed, {len(cases) - passed} failed ({len(loaded)} spec(s), dtype {dtype}, "
+    what = f"{len(pairs)} spec(s)" if not user_pair else pairs[0].name
+    click.echo(f"{passed} passed, {len(cases) - passed} failed ({what}, dtype {dtype}, "
                f"atol {tol.atol:g}, rtol {tol.rtol:g}, {elapsed:.1f}s)")
     if json_path:
         settings = {"dtype": dtype, "atol": tol.atol, "rtol": tol.rtol, "seed": seed,
@@ -159,11 +183,7 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
 @click.option("--mode", type=click.Choice(["train", "eval"]), default="eval", show_default=True)
 @click.option("--single-step", is_flag=True,
               help="Feed each candidate layer the reference's input (and incoming gradient): no accumulation.")
-@click.option("--torch-model", metavar="MODULE:FACTORY", help="Your torch model: a callable returning it.")
-@click.option("--paddle-model", metavar="MODULE:FACTORY", help="Your paddle model: a callable returning it.")
-@click.option("--name-map", type=click.Path(exists=True, dir_okay=False),
-              help="YAML mapping torch layer names to paddle layer names (your own models).")
-@click.option("--input-shape", help="Input shape for your own models, e.g. 2,3,32,32.")
+@pair_options
 @click.option("--transfer/--no-transfer", "do_transfer", default=True, show_default=True,
               help="Your own models: copy the reference's weights into the candidate through the name map.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
@@ -172,7 +192,8 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def diff_command(spec: str | None, direction: str, mode: str, single_step: bool, torch_model: str | None,
-                 paddle_model: str | None, name_map: str | None, input_shape: str | None, do_transfer: bool,
+                 paddle_model: str | None, model_args: str | None, name_map: str | None, input_shape: str | None,
+                 do_transfer: bool,
                  dtype: str, atol: float | None, rtol: float | None, seed: int, json_path: str | None) -> None:
     """Find the first layer where two implementations diverge.
 
@@ -182,27 +203,16 @@ def diff_command(spec: str | None, direction: str, mode: str, single_step: bool,
     import json
 
     from crossattn.atomic import atomic_write_text
-    from crossattn.diff import diff_spec
+    from crossattn.diff import diff_pair
     from crossattn.report import diff_table
     from crossattn.tolerances import Tolerance, tolerance_for
 
     base = tolerance_for(dtype)
     tol = Tolerance(atol if atol is not None else base.atol, rtol if rtol is not None else base.rtol)
-    if spec and (torch_model or paddle_model or name_map):
-        raise CrossattnError("diff takes either SPEC (a spec's twins) or --torch-model/--paddle-model "
-                             "(your own pair), not both")
-    if spec:
-        from crossattn.spec import load_spec, resolve_spec
-
-        loaded = load_spec(resolve_spec(spec))
-        if loaded.input_shape is None:
-            raise CrossattnError(f"spec {loaded.path}: `input_shape` is required to trace it")
-        report = diff_spec(loaded, direction, mode, single_step, tol, seed, dtype)
-    else:
-        from crossattn.user_models import diff_user_models
-
-        report = diff_user_models(torch_model, paddle_model, name_map, input_shape, direction, mode, single_step,
-                                  tol, seed, dtype, do_transfer)
+    pair = pair_from_cli(spec, torch_model, paddle_model, model_args, name_map, input_shape, "diff")
+    for note in pair.notes:
+        click.echo(f"note: {note}")
+    report = diff_pair(pair, direction, mode, single_step, tol, seed, dtype, do_transfer)
     click.echo(diff_table(report))
     if json_path:
         atomic_write_text(json_path, json.dumps(report.to_json(), indent=2))

@@ -100,9 +100,9 @@ def step_verify(args: argparse.Namespace) -> dict:
 def step_twins(args: argparse.Namespace) -> dict:
     """Only the part of a conversion that builds both twins to read their slots."""
     from crossattn.spec import load_spec, resolve_spec
-    from weight_transfer.convert import Twins
+    from crossattn.model_pair import ModelPair
 
-    twins = Twins.from_spec(load_spec(resolve_spec(args.spec)))
+    twins = ModelPair.from_spec(load_spec(resolve_spec(args.spec)))
     started = time.perf_counter()
     twins.slots("torch")
     twins.slots("paddle")

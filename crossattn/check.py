@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from crossattn import registry
 from crossattn.compare import Comparison, compare, within_rounding_budget
 from crossattn.conventions import replay_running_stats
 from crossattn.frameworks import adapter
 from crossattn.init import initial_state
+from crossattn.model_pair import ModelPair, renamed_slots
 from crossattn.spec import Spec
 from crossattn.tolerances import ROUNDING_BUDGET_FACTOR, Tolerance, tolerance_for
-from weight_transfer import TransferReport, canonical_key, transfer
+from weight_transfer import TransferReport, canonical_key
 from weight_transfer.slots import Slot
 
 DIRECTIONS = ("torch->paddle", "paddle->torch")
@@ -65,9 +65,14 @@ class CheckCase:
                 "comparisons": [c.to_json() for c in self.comparisons]}
 
 
-def _inputs(spec: Spec, seed: int, dtype: str) -> tuple[np.ndarray, Callable[[tuple[int, ...]], np.ndarray]]:
+def as_pair(models: ModelPair | Spec) -> ModelPair:
+    """Engines take a ModelPair; a Spec stands for its twins."""
+    return models if isinstance(models, ModelPair) else ModelPair.from_spec(models)
+
+
+def _inputs(spec: Spec | ModelPair, seed: int, dtype: str) -> tuple[np.ndarray, Callable[[tuple[int, ...]], np.ndarray]]:
     if spec.input_shape is None:
-        raise ValueError(f"spec {spec.name} has no input_shape; a check needs one")
+        raise ValueError(f"{spec.name} has no input_shape; a check needs one")
     rng = np.random.default_rng([seed, 1])
     x = rng.standard_normal(spec.input_shape).astype(dtype)
 
@@ -87,8 +92,9 @@ def _is_running_mean(slot: Slot) -> bool:
 
 @dataclasses.dataclass
 class TwinPair:
-    """Both twins of a spec, cast to the check dtype, with the shared initial state."""
+    """Both models of a pair, cast to the check dtype, with the shared initial state."""
 
+    models: ModelPair
     src_fw: str
     dst_fw: str
     src: ModuleType
@@ -106,31 +112,34 @@ class TwinPair:
         self.dst.load_state(self.dst_model, self.dst_init)
 
 
-def prepare_pair(spec: Spec, direction: str, dtype: str = "float64", seed: int = 0,
+def prepare_pair(models: ModelPair | Spec, direction: str, dtype: str = "float64", seed: int = 0,
                  after_transfer: Callable[[dict[str, np.ndarray]], None] | None = None) -> TwinPair:
-    """Build both twins, draw random weights in the source, transfer them to the target."""
+    """Build both models, draw random weights in the source, transfer them to the target."""
+    models = as_pair(models)
     src_fw, dst_fw = direction.split("->")
     src, dst = adapter(src_fw), adapter(dst_fw)
     src.setup("cpu")
     dst.setup("cpu")
-    src_model = src.to_dtype(registry.build(spec, src_fw), dtype)
-    dst_model = dst.to_dtype(registry.build(spec, dst_fw), dtype)
+    src_model = src.to_dtype(models.build(src_fw), dtype)
+    dst_model = dst.to_dtype(models.build(dst_fw), dtype)
     src_slots, dst_slots = src.slots(src_model), dst.slots(dst_model)
     src_init = initial_state(src_slots, src.state(src_model), src_fw, seed, mode="check")
-    dst_init, report = transfer(src_init, src_fw, dst_slots, dst_fw)
+    dst_init, report = models.transfer(src_init, src_fw, dst_fw, dst_slots)
     if after_transfer is not None:
         after_transfer(dst_init)
-    pair = TwinPair(src_fw, dst_fw, src, dst, src_model, dst_model, src_slots, dst_slots, src_init, dst_init,
+    pair = TwinPair(models, src_fw, dst_fw, src, dst, src_model, dst_model, src_slots, dst_slots, src_init, dst_init,
                     report)
     pair.reload()
     return pair
 
 
-def check_spec(spec: Spec, directions: Sequence[str] = DIRECTIONS, modes: Sequence[str] = MODES,
+def check_spec(spec: ModelPair | Spec, directions: Sequence[str] = DIRECTIONS, modes: Sequence[str] = MODES,
                tol: Tolerance | None = None, seed: int = 0, dtype: str = "float64",
                after_transfer: Callable[[dict[str, np.ndarray]], None] | None = None) -> list[CheckCase]:
-    """Run the equivalence check of one spec; `after_transfer` may tamper with the target state (tests)."""
+    """Run the equivalence check of one spec's twins or a user's pair; `after_transfer` may tamper with the
+    target state (tests)."""
     tol = tol or tolerance_for(dtype)
+    spec = as_pair(spec)
     cases = []
     for direction in directions:
         pair = prepare_pair(spec, direction, dtype, seed, after_transfer)
@@ -139,9 +148,9 @@ def check_spec(spec: Spec, directions: Sequence[str] = DIRECTIONS, modes: Sequen
     return cases
 
 
-def _exact_step(spec: Spec, pair: TwinPair, x: np.ndarray, cotangent, train: bool):
+def _exact_step(spec: ModelPair, pair: TwinPair, x: np.ndarray, cotangent, train: bool):
     """The reference framework's float64 step with the same weights: the exact answer for a float32 check."""
-    model = pair.src.to_dtype(registry.build(spec, pair.src_fw), "float64")
+    model = pair.src.to_dtype(spec.build(pair.src_fw), "float64")
     pair.src.load_state(model, {k: v.astype(np.float64) if np.issubdtype(v.dtype, np.floating) else v
                                 for k, v in pair.src_init.items()})
 
@@ -151,7 +160,7 @@ def _exact_step(spec: Spec, pair: TwinPair, x: np.ndarray, cotangent, train: boo
     return pair.src.step(model, x.astype(np.float64), cotangent64, train)
 
 
-def _check_case(spec: Spec, pair: TwinPair, mode: str, tol: Tolerance, seed: int, dtype: str) -> CheckCase:
+def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed: int, dtype: str) -> CheckCase:
     pair.reload()
     train = mode == "train"
     x, cotangent = _inputs(spec, seed, dtype)
@@ -167,7 +176,7 @@ def _check_case(spec: Spec, pair: TwinPair, mode: str, tol: Tolerance, seed: int
 
     comparisons = [judged("output", "output", got.output, ref.output, exact and exact.output),
                    judged("input.grad", "input_grad", got.input_grad, ref.input_grad, exact and exact.input_grad)]
-    got_grads, _ = transfer(got.param_grads, pair.dst_fw, pair.src_slots, pair.src_fw, complete=False)
+    got_grads, _ = pair.models.transfer(got.param_grads, pair.dst_fw, pair.src_fw, pair.src_slots, complete=False)
     for key, slot in pair.src_slots.items():
         if slot.trainable:
             comparisons.append(judged(f"{key}.grad", "param_grad", got_grads.get(key, np.zeros(slot.shape)),
@@ -177,7 +186,8 @@ def _check_case(spec: Spec, pair: TwinPair, mode: str, tol: Tolerance, seed: int
         notes.append(f"{dtype}: tensors outside atol/rtol are judged against the reference framework's float64 "
                      f"result (pass when within {ROUNDING_BUDGET_FACTOR:g}x the reference's own rounding error)")
     if mode == "train":
-        comparisons += _running_stats(pair.src_fw, pair.src_slots, pair.src_init, ref, got, pair.dst_fw, tol, notes)
+        comparisons += _running_stats(pair.src_fw, pair.src_slots, pair.src_init, ref, got, pair.dst_fw, tol, notes,
+                                      pair.models)
     comparisons += _trainable_flags(pair, tol)
     if train:
         comparisons += _other_buffers(pair, got, ref, tol)
@@ -188,7 +198,8 @@ def _check_case(spec: Spec, pair: TwinPair, mode: str, tol: Tolerance, seed: int
 def _trainable_flags(pair: TwinPair, tol: Tolerance) -> list[Comparison]:
     """A tensor trained on one side and frozen on the other is a difference, whichever side is the source."""
     src = {canonical_key(s, pair.src_fw) for s in pair.src_slots.values() if s.trainable}
-    dst = {canonical_key(s, pair.dst_fw) for s in pair.dst_slots.values() if s.trainable}
+    dst_slots, _ = renamed_slots(pair.dst_slots, pair.models.layer_map(pair.dst_fw, pair.src_fw))
+    dst = {canonical_key(s, pair.dst_fw) for s in dst_slots.values() if s.trainable}
     return [Comparison(key, "trainable", math.inf, math.inf, math.nan, False,
                        f"trainable in {pair.src_fw if key in src else pair.dst_fw} only", tol.atol, tol.rtol)
             for key in sorted(src ^ dst)]
@@ -196,7 +207,7 @@ def _trainable_flags(pair: TwinPair, tol: Tolerance) -> list[Comparison]:
 
 def _other_buffers(pair: TwinPair, got, ref, tol: Tolerance) -> list[Comparison]:
     """State other than parameters and BatchNorm statistics, after the train step (an EMA, a step counter)."""
-    got_state, _ = transfer(got.state, pair.dst_fw, pair.src_slots, pair.src_fw, complete=False)
+    got_state, _ = pair.models.transfer(got.state, pair.dst_fw, pair.src_fw, pair.src_slots, complete=False)
     out = []
     for key, slot in pair.src_slots.items():
         if slot.trainable or slot.kind == "batchnorm" or key not in got_state or key not in ref.state:
@@ -212,9 +223,9 @@ def _other_buffers(pair: TwinPair, got, ref, tol: Tolerance) -> list[Comparison]
 
 
 def _running_stats(src_fw: str, src_slots: dict[str, Slot], src_init: dict[str, np.ndarray], ref, got,
-                   dst_fw: str, tol: Tolerance, notes: list[str]) -> list[Comparison]:
+                   dst_fw: str, tol: Tolerance, notes: list[str], models: ModelPair) -> list[Comparison]:
     """The candidate's running statistics against its own framework's rule replayed over the reference's batches."""
-    got_state, _ = transfer(got.state, dst_fw, src_slots, src_fw, complete=False)
+    got_state, _ = models.transfer(got.state, dst_fw, src_fw, src_slots, complete=False)
     by_layer: dict[str, dict[str, str]] = {}
     for key, slot in src_slots.items():
         if _is_running_mean(slot):

@@ -9,14 +9,18 @@ import sys
 
 import click
 
+from crossattn.model_pair import pair_from_cli, pair_options
+
 FRAMEWORK_CHOICE = click.Choice(["torch", "paddle"])
 
 
 @click.command("convert")
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.argument("dst", type=click.Path(dir_okay=False))
-@click.option("--spec", "spec_arg", required=True,
-              help="The model the checkpoint belongs to: a shipped spec name or a spec file.")
+@click.option("--spec", "spec_arg", default=None,
+              help="The model the checkpoint belongs to: a shipped spec name or a spec file (or give your own "
+                   "pair with --torch-model/--paddle-model).")
+@pair_options
 @click.option("--to", "to_framework", type=FRAMEWORK_CHOICE, default=None,
               help="Naming of DST when its format is neutral (.safetensors, .npz); default: the other framework.")
 @click.option("--from", "from_framework", type=FRAMEWORK_CHOICE, default=None,
@@ -28,9 +32,14 @@ FRAMEWORK_CHOICE = click.Choice(["torch", "paddle"])
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Forward both twins in float64, one with SRC and one with DST as written, and compare.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the verification input.")
-def convert_command(src: str, dst: str, spec_arg: str, to_framework: str | None, from_framework: str | None,
-                    key: str | None, strip_prefix: str | None, trust_pickle: bool, verify: bool, seed: int) -> None:
-    """Convert checkpoint SRC into DST for the model of --spec.
+def convert_command(src: str, dst: str, spec_arg: str | None, torch_model: str | None, paddle_model: str | None,
+                    model_args: str | None, name_map: str | None, input_shape: str | None,
+                    to_framework: str | None, from_framework: str | None, key: str | None, strip_prefix: str | None, trust_pickle: bool, verify: bool, seed: int) -> None:
+    """Convert checkpoint SRC into DST for the model of --spec, or for your own pair.
+
+    Your own pair: --torch-model MODULE:FACTORY --paddle-model MODULE:FACTORY,
+    with --name-map FILE (or auto) where the layer names differ and
+    --input-shape for the verification.
 
     Formats follow the extensions: .pt/.pth (torch), .pdparams (paddle),
     .safetensors and .npz (either; see --to/--from). Weights inside a training
@@ -38,11 +47,13 @@ def convert_command(src: str, dst: str, spec_arg: str, to_framework: str | None,
     DST appears only if the conversion and its verification succeed.
     Exit status: 0 success, 1 verification failed, 2 a mistake in the input.
     """
-    from crossattn.spec import load_spec, resolve_spec
-    from weight_transfer.convert import Twins, convert
+    from weight_transfer.convert import convert
 
-    spec = load_spec(resolve_spec(spec_arg))
-    report = convert(src, dst, Twins.from_spec(spec), to=to_framework, source=from_framework, key=key,
+    pair = pair_from_cli(spec_arg, torch_model, paddle_model, model_args, name_map, input_shape, "convert",
+                         need_input=False)
+    for note in pair.notes:
+        click.echo(f"note: {note}")
+    report = convert(src, dst, pair, to=to_framework, source=from_framework, key=key,
                      strip_prefix=strip_prefix, trust_pickle=trust_pickle, verify=verify, seed=seed)
     for line in report.lines():
         click.echo(line)

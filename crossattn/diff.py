@@ -21,6 +21,8 @@ import numpy as np
 
 from crossattn.check import _inputs, prepare_pair
 from crossattn.compare import Comparison, compare
+from crossattn.errors import CrossattnError
+from crossattn.model_pair import ModelPair
 from crossattn.spec import Spec
 from crossattn.tolerances import Tolerance, tolerance_for
 from crossattn.tracing import LayerTrace
@@ -101,32 +103,69 @@ def trace_pair(ref_adapter, ref_model, got_adapter, got_model, x: np.ndarray, co
     return ref, got
 
 
-def diff_spec(spec: Spec, direction: str = "torch->paddle", mode: str = "eval", single_step: bool = False,
+def diff_spec(spec: Spec | ModelPair, direction: str = "torch->paddle", mode: str = "eval", single_step: bool = False,
               tol: Tolerance | None = None, seed: int = 0, dtype: str = "float64",
               after_transfer=None) -> DiffReport:
-    """Trace a spec's twins (weights drawn in the source and transferred) and compare layer by layer."""
+    """Trace a pair (weights drawn in the source and transferred) and compare layer by layer."""
     tol = tol or tolerance_for(dtype)
     pair = prepare_pair(spec, direction, dtype, seed, after_transfer)
-    x, cotangent = _inputs(spec, seed, dtype)
-    ref, got = trace_pair(pair.src, pair.src_model, pair.dst, pair.dst_model, x, cotangent, mode == "train", {},
-                          single_step)
-    return DiffReport(spec.name, direction, mode, single_step, *compare_traces(ref, got, {}, tol))
+    x, cotangent = _inputs(pair.models, seed, dtype)
+    name_map = pair.models.layer_map(pair.src_fw, pair.dst_fw)
+    ref, got = trace_pair(pair.src, pair.src_model, pair.dst, pair.dst_model, x, cotangent, mode == "train",
+                          name_map, single_step)
+    return DiffReport(pair.models.name, direction, mode, single_step, *compare_traces(ref, got, name_map, tol))
 
 
 def transfer_by_name_map(ref_fw: str, ref_model, got_fw: str, got_model, name_map: Mapping[str, str]):
-    """Copy the reference's weights into the candidate through the transfer rules and a layer-name map."""
+    """Copy the reference's weights into the candidate through the transfer rules and a layer-name map
+    (reference layer names -> candidate layer names)."""
     from crossattn.frameworks import adapter
+    from crossattn.model_pair import renamed_slots
     from weight_transfer import transfer
-    from weight_transfer.transfer import rename_layers
 
     ref_adapter, got_adapter = adapter(ref_fw), adapter(got_fw)
     inverse = {v: k for k, v in name_map.items()}
-    got_slots = got_adapter.slots(got_model)
-    as_reference = rename_layers(got_slots, inverse)  # candidate slots under reference names
+    as_reference, own_key = renamed_slots(got_adapter.slots(got_model), inverse)  # candidate slots, reference names
     state, report = transfer(ref_adapter.state(ref_model), ref_fw, as_reference, got_fw)
-    back = {slot.key: state[ref_key] for ref_key, slot in zip(as_reference, got_slots.values())}
-    got_adapter.load_state(got_model, back)
+    got_adapter.load_state(got_model, {own_key[k]: v for k, v in state.items()})
     return report
+
+
+def diff_user_pair(models: ModelPair, direction: str = "torch->paddle", mode: str = "eval",
+                   single_step: bool = False, tol: Tolerance | None = None, seed: int = 0, dtype: str = "float64",
+                   do_transfer: bool = True) -> DiffReport:
+    """Trace a user's pair with its own weights: the reference's copied into the candidate (do_transfer), or
+    each model as its factory made it (weights the user loaded)."""
+    from crossattn.frameworks import adapter
+
+    if models.input_shape is None:
+        raise CrossattnError("--input-shape is required with your own models, e.g. --input-shape 2,3,32,32")
+    ref_fw, got_fw = direction.split("->")
+    built = {}
+    for framework in (ref_fw, got_fw):
+        built[framework] = adapter(framework).to_dtype(models.build(framework), dtype)
+    oriented = models.layer_map(ref_fw, got_fw)
+    if do_transfer:
+        transfer_by_name_map(ref_fw, built[ref_fw], got_fw, built[got_fw], oriented)
+    x = np.random.default_rng([seed, 1]).standard_normal(models.input_shape).astype(dtype)
+    try:
+        return diff_models((ref_fw, built[ref_fw]), (got_fw, built[got_fw]), x, oriented, mode, single_step, tol,
+                           seed, title=models.name)
+    except CrossattnError:
+        raise
+    except (RuntimeError, ValueError) as exc:  # a shape the models cannot take, as the frameworks word it
+        shape = ",".join(map(str, models.input_shape))
+        raise CrossattnError(f"--input-shape {shape}: the models could not run on it "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def diff_pair(models: ModelPair, direction: str = "torch->paddle", mode: str = "eval", single_step: bool = False,
+              tol: Tolerance | None = None, seed: int = 0, dtype: str = "float64",
+              do_transfer: bool = True) -> DiffReport:
+    """A spec's twins (random weights drawn and transferred) or a user's pair (its own weights)."""
+    if models.spec is not None:
+        return diff_spec(models, direction, mode, single_step, tol, seed, dtype)
+    return diff_user_pair(models, direction, mode, single_step, tol, seed, dtype, do_transfer)
 
 
 def diff_models(reference: tuple[str, object], candidate: tuple[str, object], x: np.ndarray,

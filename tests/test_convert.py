@@ -25,7 +25,8 @@ from torch_impl import adapter as torch_adapter
 from torch_impl.layers import batch_norm as torch_bn
 from weight_transfer import convert as convert_module
 from weight_transfer.checkpoints import CheckpointError, UnsafeCheckpointError, read_checkpoint
-from weight_transfer.convert import Twins, convert
+from crossattn.model_pair import ModelPair
+from weight_transfer.convert import convert
 from weight_transfer.transfer import transfer
 
 ADAPTERS = {"torch": torch_adapter, "paddle": paddle_adapter}
@@ -56,8 +57,8 @@ class TinyPaddle(paddle.nn.Layer):
         return self.fc(paddle.nn.functional.relu(self.bn(self.conv(x))).mean(axis=[2, 3]))
 
 
-def tiny_twins() -> Twins:
-    return Twins("tiny", lambda fw: TinyTorch() if fw == "torch" else TinyPaddle(), (2, 3, 5, 5))
+def tiny_twins() -> ModelPair:
+    return ModelPair("tiny", {"torch": TinyTorch, "paddle": TinyPaddle}, (2, 3, 5, 5))
 
 
 @pytest.fixture(scope="module")
@@ -67,19 +68,19 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def non_local():
-    return Twins.from_spec(load_spec(resolve_spec("non_local_embedded_gaussian")))
+    return ModelPair.from_spec(load_spec(resolve_spec("non_local_embedded_gaussian")))
 
 
 @pytest.fixture(scope="module")
 def resnet():
     """A narrow ResNet ablation model: convs, BatchNorms, a non-local block and a Linear head."""
-    return Twins.from_spec(parse_spec({
+    return ModelPair.from_spec(parse_spec({
         "type": "resnet_ablation", "input_shape": [2, 3, 8, 8],
         "options": {"num_classes": 3, "stem": "cifar", "widths": [4, 8, 8, 8], "stage_blocks": [1, 1, 1, 1],
                     "attention": {"type": "non_local", "options": {"mode": "embedded_gaussian"}}}}, "resnet_small"))
 
 
-def states(twins: Twins, seed: int = 1, batches: int = 5) -> dict[str, dict[str, np.ndarray]]:
+def states(twins: ModelPair, seed: int = 1, batches: int = 5) -> dict[str, dict[str, np.ndarray]]:
     """Random weights in torch naming and their paddle transfer."""
     model = twins.build("torch")
     state = initial_state(torch_adapter.slots(model), torch_adapter.state(model), "torch", seed, mode="check")
@@ -90,7 +91,7 @@ def states(twins: Twins, seed: int = 1, batches: int = 5) -> dict[str, dict[str,
     return {"torch": state, "paddle": paddle_state}
 
 
-def expected(twins: Twins, base: dict[str, dict[str, np.ndarray]], src_fw: str, dst_fw: str) -> dict:
+def expected(twins: ModelPair, base: dict[str, dict[str, np.ndarray]], src_fw: str, dst_fw: str) -> dict:
     if src_fw == dst_fw:
         return base[src_fw]
     return transfer(base[src_fw], src_fw, twins.slots(dst_fw), dst_fw)[0]
@@ -247,7 +248,7 @@ def test_a_file_holding_the_other_frameworks_naming_is_named_as_such(tiny, tmp_p
 
 
 def test_square_linear_weights_without_metadata_need_from(tmp_path):
-    twins = Twins.from_spec(Spec("se", SEOptions(channels=4, squeeze_channels=4), name="se_square",
+    twins = ModelPair.from_spec(Spec("se", SEOptions(channels=4, squeeze_channels=4), name="se_square",
                                  input_shape=(2, 4, 3, 3)))
     base = states(twins)
     save_native(tmp_path / "sq.npz", "npz", base["torch"])
@@ -378,7 +379,7 @@ def run_cli(monkeypatch, *args: str) -> int:
 
 def test_cli_exit_codes(tmp_path, monkeypatch, capsys):
     spec = load_spec(resolve_spec("non_local_embedded_gaussian"))
-    base = states(Twins.from_spec(spec))
+    base = states(ModelPair.from_spec(spec))
     save_native(tmp_path / "a.pt", "pt", {f"module.{k}": v for k, v in base["torch"].items()})
     assert run_cli(monkeypatch, str(tmp_path / "a.pt"), str(tmp_path / "a.pdparams"),
                    "--spec", "non_local_embedded_gaussian") == 0

@@ -8,10 +8,9 @@ and renamed over the destination last.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from crossattn.atomic import atomic_write
 from crossattn.compare import Comparison, compare
 from crossattn.errors import CrossattnError, TransferError
 from crossattn.frameworks import adapter, available
+from crossattn.model_pair import ModelPair, release_freed_memory
 from crossattn.tolerances import Tolerance, tolerance_for
 from weight_transfer.checkpoints import (
     FRAMEWORKS,
@@ -36,54 +36,13 @@ from weight_transfer.checkpoints import (
 )
 from weight_transfer import optimizer_state
 from weight_transfer.slots import Slot
-from weight_transfer.transfer import TransferReport, transfer
+from weight_transfer.transfer import TransferReport
 
 MODES = ("train", "eval")
 
 
 def other(framework: str) -> str:
     return "paddle" if framework == "torch" else "torch"
-
-
-class Twins:
-    """The torch and paddle twins of one model: slots for the conversion, fresh models for verification.
-
-    Built from a spec (`from_spec`) or from any pair of factories, so a model
-    without a spec converts through the same code.
-    """
-
-    def __init__(self, name: str, build: Callable[[str], Any], input_shape: tuple[int, ...] | None,
-                 type_name: str | None = None) -> None:
-        self.name = name
-        self.type_name = type_name or name  # recorded in .safetensors metadata as "spec"
-        self.build = build
-        self.input_shape = input_shape
-        self._slots: dict[str, dict[str, Slot]] = {}
-
-    @classmethod
-    def from_spec(cls, spec: Any) -> "Twins":
-        from crossattn import registry
-
-        return cls(spec.name or spec.type, lambda framework: registry.build(spec, framework), spec.input_shape,
-                   spec.type)
-
-    def slots(self, framework: str) -> dict[str, Slot]:
-        """The framework twin's slots; the model itself is dropped at once (it may be large)."""
-        if framework not in self._slots:
-            model = self.build(framework)
-            self._slots[framework] = adapter(framework).slots(model)
-            del model
-            _return_freed_memory()
-        return self._slots[framework]
-
-
-def _return_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them), so a model built only for its
-    slots does not stay resident while the checkpoint is read."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 @dataclasses.dataclass
@@ -162,7 +121,7 @@ class _VerificationFailed(Exception):
         self.verification = verification
 
 
-def convert(src: str | Path, dst: str | Path, twins: Twins, to: str | None = None, source: str | None = None,
+def convert(src: str | Path, dst: str | Path, twins: ModelPair, to: str | None = None, source: str | None = None,
             key: str | None = None, strip_prefix: str | None = None, trust_pickle: bool = False,
             verify: bool = True, seed: int = 0) -> ConvertReport:
     """Convert checkpoint `src` into `dst` for the twins' model.
@@ -179,8 +138,8 @@ def convert(src: str | Path, dst: str | Path, twins: Twins, to: str | None = Non
     if src.resolve() == dst.resolve():
         raise CheckpointError(f"{dst}: the destination is the source; write to another file")
     if verify and twins.input_shape is None:
-        raise CrossattnError(f"spec {twins.name} has no `input_shape`, which verification needs; "
-                             f"add one to the spec or pass --no-verify")
+        raise CrossattnError(f"{twins.origin}: no input shape, which verification needs; add `input_shape` to "
+                             f"the spec or pass --input-shape (or --no-verify)")
     for framework in _frameworks_needed(src_format, dst_format, source, to):
         twins.slots(framework)  # models are built and dropped before the checkpoint is in memory
     raw = read_checkpoint(src, trust_pickle)
@@ -195,8 +154,7 @@ def convert(src: str | Path, dst: str | Path, twins: Twins, to: str | None = Non
     if target == located.framework:
         out = validated(located.weights, twins.slots(target), target, context, report.notes)
     else:
-        out, report.transfer = transfer(located.weights, located.framework, twins.slots(target), target,
-                                        context=context)
+        out, report.transfer = twins.transfer(located.weights, located.framework, target, context=context)
     report.tensors = len(out)
     entries = _training_entries(raw, located, target, dst_format, twins, report.notes)
 
@@ -263,7 +221,7 @@ def _source_frameworks(src_format: str, raw: Any, source: str | None) -> list[st
     return [fw for fw in FRAMEWORKS if available(fw)] or list(FRAMEWORKS)
 
 
-def _refuse_other_naming(raw: Any, twins: Twins, expected: str, key: str | None, strip_prefix: str | None,
+def _refuse_other_naming(raw: Any, twins: ModelPair, expected: str, key: str | None, strip_prefix: str | None,
                          source: str | None) -> None:
     """A clearer error than a list of every key when the file simply holds the other framework's naming."""
     actual = other(expected)
@@ -321,7 +279,7 @@ def validated(weights: Mapping[str, np.ndarray], slots: Mapping[str, Slot], fram
 # --------------------------------------------------------------------------- verification
 
 
-def verify_files(twins: Twins, located: Located, written: Path, dst_format: str, target: str,
+def verify_files(twins: ModelPair, located: Located, written: Path, dst_format: str, target: str,
                  seed: int = 0) -> Verification:
     """Forward both twins in float64, one with the source's weights and one with the file as written."""
     started = time.perf_counter()
@@ -346,7 +304,7 @@ def _as_slot_dtype(value: np.ndarray, slot: Any) -> np.ndarray:
     return value.astype(slot.dtype, copy=False)
 
 
-def _outputs(twins: Twins, framework: str, state: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+def _outputs(twins: ModelPair, framework: str, state: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
     """The float64 twin's output in each mode, from `state`; one twin alive at a time (they may be large)."""
     fw = adapter(framework)
     fw.setup("cpu")
@@ -363,7 +321,7 @@ def _outputs(twins: Twins, framework: str, state: Mapping[str, np.ndarray], seed
         fw.load_state(model, state64)  # afresh: a train-mode step moves the running statistics
         outputs[mode] = fw.step(model, x, cotangent, train=(mode == "train")).output
     del model, state64
-    _return_freed_memory()
+    release_freed_memory()
     return outputs
 
 

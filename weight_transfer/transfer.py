@@ -138,10 +138,15 @@ def canonical_key(slot: Slot, framework: str) -> str:
 
 
 def map_layer_name(layer: str, layer_map: Mapping[str, str]) -> str:
-    """`layer` renamed by its longest mapped prefix (`backbone` -> `features` renames `backbone.0.conv`)."""
+    """`layer` renamed by its longest mapped prefix (`backbone` -> `features` renames `backbone.0.conv`).
+
+    The empty prefix stands for the whole model: `{"": "backbone"}` renames `conv1` to `backbone.conv1`,
+    and `{"backbone": ""}` takes the wrapper away again.
+    """
     for prefix in sorted(layer_map, key=len, reverse=True):
-        if layer == prefix or layer.startswith(prefix + "."):
-            return layer_map[prefix] + layer[len(prefix):]
+        if prefix == "" or layer == prefix or layer.startswith(prefix + "."):
+            rest = layer[len(prefix):].lstrip(".") if prefix else layer
+            return join(layer_map[prefix], rest) if rest else layer_map[prefix]
     return layer
 
 
