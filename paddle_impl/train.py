@@ -113,6 +113,26 @@ def smoothed_cross_entropy(logits: paddle.Tensor, labels: paddle.Tensor, smoothi
     return loss.mean()
 
 
+def train_step(model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer, x: paddle.Tensor,
+               labels: paddle.Tensor, lr: float, smoothing: float = 0.0,
+               autocast: contextlib.AbstractContextManager | None = None,
+               scaler: paddle.amp.GradScaler | None = None) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """One optimizer step on a batch: forward, loss, backward, step; the loop's and `crossattn align`'s."""
+    set_lr(optimizer, lr)
+    with autocast or contextlib.nullcontext():
+        logits = model(x)
+    loss = smoothed_cross_entropy(logits, labels, smoothing)
+    optimizer.clear_grad(set_to_zero=False)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss, logits
+
+
 def count_parameters(model: paddle.nn.Layer) -> int:
     return int(sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient))
 
@@ -198,20 +218,10 @@ class Trainer:
         correct = paddle.zeros([], dtype="int64")
         seen = done = 0
         for indices, aug, lr in steps:
-            set_lr(self.optimizer, lr)
             x = self.batch(self.train_images, indices, aug)
             labels = paddle.gather(self.train_labels, paddle.to_tensor(indices), axis=0)
-            with self._autocast():
-                logits = self.model(x)
-            loss = smoothed_cross_entropy(logits, labels, self.config.label_smoothing)
-            self.optimizer.clear_grad(set_to_zero=False)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self.optimizer.step()
+            loss, logits = train_step(self.model, self.optimizer, x, labels, lr, self.config.label_smoothing,
+                                      self._autocast(), self.scaler)
             loss_sum += loss.detach().astype("float64") * len(indices)
             correct += (logits.detach().argmax(axis=1) == labels).astype("int64").sum()
             seen += len(indices)
@@ -270,3 +280,33 @@ class Trainer:
     def dropout_layers(self) -> list[str]:
         return [name for name, m in self.model.named_sublayers()
                 if isinstance(m, (paddle.nn.Dropout, paddle.nn.Dropout2D, paddle.nn.Dropout3D)) and m.p > 0]
+
+
+# --------------------------------------------------------------------------- for crossattn align
+
+
+def step_arrays(model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer, x: np.ndarray, labels: np.ndarray,
+                lr: float) -> float:
+    """train_step on numpy inputs; the loss as a float."""
+    loss, _ = train_step(model, optimizer, paddle.to_tensor(x), paddle.to_tensor(labels), lr)
+    return float(loss.detach().astype("float64").item())
+
+
+def optimizer_record(model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer, config: TrainConfig,
+                     step: int) -> optimizer_state.OptimizerState:
+    """The live optimizer's state as crossattn reads a checkpoint's."""
+    names = {name: p.name for name, p in model.named_parameters() if not p.stop_gradient}
+    content = {"optimizer": optimizer.state_dict(), "step": step, optimizer_state.NAMES_KEY: names,
+               optimizer_state.HYPER_KEY: optimizer_state.hyperparameters(config)}
+    return optimizer_state.read(optimizer_state.numpy_tree(content), FRAMEWORK)
+
+
+def set_train_mode(model: paddle.nn.Layer, train: bool) -> list[str]:
+    """Train or eval mode, dropout always off (identity); returns the dropout layers so held."""
+    model.train() if train else model.eval()
+    held = []
+    for name, layer in model.named_sublayers():
+        if isinstance(layer, (paddle.nn.Dropout, paddle.nn.Dropout2D, paddle.nn.Dropout3D, paddle.nn.AlphaDropout)):
+            layer.eval()
+            held.append(name)
+    return held

@@ -105,6 +105,25 @@ def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing
     return loss.mean()
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor,
+               lr: float, smoothing: float = 0.0, autocast: contextlib.AbstractContextManager | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch: forward, loss, backward, step; the loop's and `crossattn align`'s."""
+    set_lr(optimizer, lr)
+    with autocast or contextlib.nullcontext():
+        logits = model(x)
+    loss = smoothed_cross_entropy(logits, labels, smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss, logits
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
@@ -190,20 +209,10 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = done = 0
         for indices, aug, lr in steps:
-            set_lr(self.optimizer, lr)
             x = self.batch(self.train_images, indices, aug)
             labels = self.train_labels.index_select(0, torch.from_numpy(indices).to(self.device))
-            with self._autocast():
-                logits = self.model(x)
-            loss = smoothed_cross_entropy(logits, labels, self.config.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self.optimizer.step()
+            loss, logits = train_step(self.model, self.optimizer, x, labels, lr, self.config.label_smoothing,
+                                      self._autocast(), self.scaler)
             loss_sum += loss.detach().double() * len(indices)
             correct += (logits.detach().argmax(dim=1) == labels).sum()
             seen += len(indices)
@@ -267,3 +276,34 @@ class Trainer:
     def dropout_layers(self) -> list[str]:
         return [name for name, m in self.model.named_modules()
                 if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
+
+
+# --------------------------------------------------------------------------- for crossattn align
+
+
+def step_arrays(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: np.ndarray, labels: np.ndarray,
+                lr: float) -> float:
+    """train_step on numpy inputs; the loss as a float."""
+    device = next(model.parameters()).device
+    loss, _ = train_step(model, optimizer, torch.from_numpy(x).to(device), torch.from_numpy(labels).to(device), lr)
+    return float(loss.detach().double())
+
+
+def optimizer_record(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                     step: int) -> optimizer_state.OptimizerState:
+    """The live optimizer's state as crossattn reads a checkpoint's."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    content = {"optimizer": optimizer.state_dict(), "step": step, optimizer_state.NAMES_KEY: names,
+               optimizer_state.HYPER_KEY: optimizer_state.hyperparameters(config)}
+    return optimizer_state.read(optimizer_state.numpy_tree(content), FRAMEWORK)
+
+
+def set_train_mode(model: torch.nn.Module, train: bool) -> list[str]:
+    """Train or eval mode, dropout always off (identity); returns the dropout layers so held."""
+    model.train(train)
+    held = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.eval()
+            held.append(name)
+    return held

@@ -186,7 +186,7 @@ def convert(src: str | Path, dst: str | Path, twins: ModelPair, to: str | None =
     return report
 
 
-def _training_entries(raw: Any, located: Located, target: str, dst_format: str, twins: Twins,
+def _training_entries(raw: Any, located: Located, target: str, dst_format: str, twins: ModelPair,
                       notes: list[str]) -> dict[str, Any]:
     """A training checkpoint's optimizer state, epoch and step, carried into a framework format."""
     if located.key != "model" or not isinstance(raw.content, Mapping) or "optimizer" not in raw.content:
@@ -196,8 +196,7 @@ def _training_entries(raw: Any, located: Located, target: str, dst_format: str, 
                      if dst_format not in FRAMEWORKS else "the source's optimizer state is not copied "
                      "(same framework; convert to the other one to translate it)")
         return {}
-    return optimizer_state.training_entries(raw.content, located.framework, target, twins.build,
-                                            twins.slots(target), str(raw.path), notes)
+    return optimizer_state.training_entries(raw.content, located.framework, target, twins, str(raw.path), notes)
 
 
 def _frameworks_needed(src_format: str, dst_format: str, source: str | None, to: str | None) -> list[str]:

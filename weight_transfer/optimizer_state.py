@@ -180,15 +180,23 @@ def _read_paddle(state_dict: Mapping, names: Mapping[str, str], hyper: dict, ste
 
 
 def translate(state: OptimizerState, target_slots: Mapping[str, Slot], target_framework: str,
-              where: str = "optimizer state") -> OptimizerState:
-    """The same state for the target twin: each moment renamed and laid out as its parameter is."""
+              where: str = "optimizer state", pair: Any = None) -> OptimizerState:
+    """The same state for the target twin: each moment renamed and laid out as its parameter is.
+
+    `pair` (a crossattn.model_pair.ModelPair) adds its name map for a user's own pair.
+    """
     if state.framework == target_framework:
         return state
     trainable = {k: s for k, s in target_slots.items() if s.trainable}
     moments = {}
     for moment, values in state.moments.items():
-        moved, _ = transfer(values, state.framework, trainable, target_framework, complete=False,
-                            context=f"{where} ({moment})")
+        context = f"{where} ({moment})"
+        if pair is not None:
+            moved, _ = pair.transfer(values, state.framework, target_framework, target_slots=trainable,
+                                     complete=False, context=context)
+        else:
+            moved, _ = transfer(values, state.framework, trainable, target_framework, complete=False,
+                                context=context)
         if state.step > 0:
             lost = sorted(set(trainable) - set(moved))
             if lost:
@@ -246,16 +254,16 @@ def _power(beta: float, exponent: int, dtype: np.dtype) -> np.ndarray:
 # --------------------------------------------------------------------------- converting checkpoint files
 
 
-def training_entries(content: Any, source: str, target: str, build: Callable[[str], Any],
-                     target_slots: Mapping[str, Slot], where: str, notes: list[str]) -> dict[str, Any]:
+def training_entries(content: Any, source: str, target: str, pair: Any, where: str,
+                     notes: list[str]) -> dict[str, Any]:
     """The entries beside the weights of a converted training checkpoint (optimizer state translated,
-    epoch and step kept); {} when the source holds no optimizer state."""
+    epoch and step kept); {} when the source holds no optimizer state. `pair`: a ModelPair."""
     if not isinstance(content, Mapping) or "optimizer" not in content:
         return {}
-    state = read(_numpy_tree(content), source, where)
-    state = translate(state, target_slots, target, where)
+    state = read(numpy_tree(content), source, where)
+    state = translate(state, pair.slots(target), target, where, pair=pair)
     module = importlib.import_module(f"{target}_impl.train")
-    optimizer, names = module.native_optimizer_state(build, state)
+    optimizer, names = module.native_optimizer_state(pair.build, state)
     notes.append(f"optimizer state ({state.hyper['optimizer']}, {state.step} steps) translated to {target}")
     return {"optimizer": optimizer, "epoch": int(content.get("epoch", 0)), "step": state.step,
             "framework": target, NAMES_KEY: names, HYPER_KEY: dict(state.hyper)}
@@ -285,12 +293,12 @@ def _map_arrays(value: Any, fn: Callable[[np.ndarray], Any]) -> Any:
     return value
 
 
-def _numpy_tree(value: Any) -> Any:
+def numpy_tree(value: Any) -> Any:
     """Tensors anywhere in a checkpoint's content as numpy arrays."""
     if isinstance(value, Mapping):
-        return {k: _numpy_tree(v) for k, v in value.items()}
+        return {k: numpy_tree(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_numpy_tree(v) for v in value)
+        return type(value)(numpy_tree(v) for v in value)
     if isinstance(value, np.ndarray) or hasattr(value, "detach"):
         return _array(value)
     return value

@@ -54,7 +54,7 @@ def load_foreign(trainer: Any, path: Path, source: str, target: str, config: Tra
     weights = {k: to_numpy(v, k, where) for k, v in content["model"].items()}
     slots = adapter(target).slots(trainer.model)
     state, _ = transfer(weights, source, slots, target, context=f"continuing {path} in {target}")
-    opt = optimizer_state.read(optimizer_state._numpy_tree(content), source, where)
+    opt = optimizer_state.read(optimizer_state.numpy_tree(content), source, where)
     if opt is None:
         raise CrossattnError(f"{path}: the checkpoint holds no optimizer state; the run cannot continue exactly")
     wanted = optimizer_state.hyperparameters(config)
