@@ -99,7 +99,7 @@ class AlignReport:
 
     @property
     def worst_final(self) -> Comparison | None:
-        return max(self.final, key=lambda c: c.severity, default=None)
+        return _worst(self.final) if self.final else None
 
     def to_json(self) -> dict:
         drift = self.first_drift
@@ -111,6 +111,11 @@ class AlignReport:
                 "first_drift": None if drift is None else {"step": drift.step, "tensor": drift.worst.tensor},
                 "steps": [row.to_json() for row in self.rows],
                 "final": [c.to_json() for c in self.final], "notes": self.notes}
+
+
+def _worst(results: list[Comparison]) -> Comparison:
+    """The failing comparison furthest outside its bounds; if none fails, the one closest to them."""
+    return max(results, key=lambda c: (not c.passed, c.severity))
 
 
 def judge(name: str, category: str, candidate: np.ndarray, reference: np.ndarray, tol: Tolerance,
@@ -203,7 +208,7 @@ def align(pair: Any, config: TrainConfig, settings: AlignSettings,
         diff = math.sqrt(sum(float(np.sum((cand_state[k].astype(np.float64) - ref_state[k]) ** 2))
                              for k in trainable))
         norm = math.sqrt(sum(float(np.sum(ref_state[k].astype(np.float64) ** 2)) for k in trainable))
-        worst = max(results, key=lambda c: c.severity)
+        worst = _worst(results)
         rows.append(StepRow(step + 1, lr, {src: losses[src], dst: losses[dst]}, abs(losses[dst] - losses[src]),
                             diff / norm if norm else (0.0 if diff == 0 else math.inf), worst,
                             all(c.passed for c in results)))

@@ -30,9 +30,8 @@ def batch_norm(dimension: int, channels: int) -> nn.Layer:
 class _SharedStatsBatchNorm:
     """BatchNorm whose running statistics follow a shared rule (conventions.bn_stats_update).
 
-    The output and its gradient come from paddle's own kernel fed the batch
-    statistics (its running-statistic update lands on copies, discarded); only
-    the fold into the running estimates is replaced.
+    The output, its gradient and the batch statistics come from paddle's own
+    kernel; only the fold into the running estimates is replaced.
     """
 
     crossattn_bn_stats = "torch"
@@ -42,17 +41,13 @@ class _SharedStatsBatchNorm:
             return super().forward(x)
         self._check_data_format(self._data_format)
         self._check_input_dim(x)
-        out = F.batch_norm(x, self._mean.clone(), self._variance.clone(), weight=self.weight, bias=self.bias,
-                           training=True, momentum=self._momentum, epsilon=self._epsilon,
-                           data_format=self._data_format, use_global_stats=False)
+        # momentum 0 makes the kernel hand back this batch's statistics (mean, biased variance): no extra pass
+        mean, var = paddle.zeros_like(self._mean), paddle.zeros_like(self._variance)
+        out = F.batch_norm(x, mean, var, weight=self.weight, bias=self.bias, training=True, momentum=0.0,
+                           epsilon=self._epsilon, data_format=self._data_format, use_global_stats=False)
         with paddle.no_grad():
             channel_axis = 1 if self._data_format.startswith("NC") else x.ndim - 1
-            axes = [a for a in range(x.ndim) if a != channel_axis]
             count = int(np.prod(x.shape)) // int(x.shape[channel_axis])
-            mean = x.mean(axis=axes)
-            shape = [1] * x.ndim
-            shape[channel_axis] = -1
-            var = ((x - mean.reshape(shape)) ** 2).mean(axis=axes)
             keep, new, unbiased = bn_stats_update(self.crossattn_bn_stats, 1.0 - self._momentum)
             if unbiased:
                 var = var * (count / max(count - 1, 1))

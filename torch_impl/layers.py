@@ -30,8 +30,8 @@ def batch_norm(dimension: int, channels: int) -> nn.Module:
 class _SharedStatsBatchNorm:
     """BatchNorm whose running statistics follow a shared rule (conventions.bn_stats_update).
 
-    The output and its gradient come from torch's own kernel fed the batch
-    statistics; only the fold into the running estimates is replaced.
+    The output, its gradient and the batch statistics come from torch's own
+    kernel; only the fold into the running estimates is replaced.
     """
 
     crossattn_bn_stats = "paddle"
@@ -40,15 +40,14 @@ class _SharedStatsBatchNorm:
         if not (self.training and self.track_running_stats):
             return super().forward(x)
         self._check_input_dim(x)
-        out = F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        # momentum 1 makes the kernel hand back this batch's statistics (mean, unbiased variance): no extra pass
+        mean, var = torch.zeros_like(self.running_mean), torch.zeros_like(self.running_var)
+        out = F.batch_norm(x, mean, var, self.weight, self.bias, True, 1.0, self.eps)
         with torch.no_grad():
-            dims = [0, *range(2, x.dim())]
             count = x.numel() // x.shape[1]
-            mean = x.mean(dim=dims)
-            var = x.var(dim=dims, correction=0)
             keep, new, unbiased = bn_stats_update(self.crossattn_bn_stats, self.momentum)
-            if unbiased:
-                var = var * (count / max(count - 1, 1))
+            if not unbiased:
+                var = var * ((count - 1) / count)
             self.running_mean.copy_(keep * self.running_mean + new * mean)
             self.running_var.copy_(keep * self.running_var + new * var)
             self.num_batches_tracked.add_(1)
