@@ -95,7 +95,7 @@ def ablation_command(ablation_yaml: str, framework: str, epochs: int | None, dev
                      out_dir: Path | None, dataset: str | None, data_dir: str | None, download: bool) -> None:
     """Train an ablation's baseline and variants; write ablation.md, ablation.csv and ablation.png.
 
-    ABLATION_YAML is a path or a shipped name (seed004). Finished runs in the
+    ABLATION_YAML is a path or a shipped name (seed004, seed004_faithful). Finished runs in the
     output folder are read back, unfinished ones resumed. With --devices each
     GPU runs one training subprocess at a time (CUDA_VISIBLE_DEVICES set per
     process); without, runs go one after another in this process.

@@ -8,6 +8,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from crossattn.conventions import BN_EPSILON, BN_MOMENTUM_PADDLE, BN_STATS_RULES, LN_EPSILON, bn_stats_update
+from crossattn.conventions import as_paddle_holds
 from crossattn.resample import adaptive_pool_matrix, bilinear_matrix
 
 ZERO_INIT_ATTR = "crossattn_zero_init"
@@ -82,8 +83,8 @@ def apply_bn_stats(model: nn.Layer, rule: str) -> nn.Layer:
     return model
 
 
-def layer_norm(shape: list[int]) -> nn.Layer:
-    return nn.LayerNorm(shape, epsilon=LN_EPSILON)
+def layer_norm(shape: list[int], epsilon: float = LN_EPSILON) -> nn.Layer:
+    return nn.LayerNorm(shape, epsilon=as_paddle_holds(epsilon))
 
 
 def zero_init_layer(layer: nn.Layer) -> nn.Layer:

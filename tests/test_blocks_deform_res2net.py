@@ -332,3 +332,13 @@ def test_spec_file_errors_name_the_key_and_line(tmp_path):
     with pytest.raises(SpecError) as info:
         load_spec(path)
     assert info.value.key == "input_shape" and info.value.line == 2
+
+
+def test_block_option_modules_do_not_import_numpy():
+    """Listing specs imports every option module; numpy waits until shapes are computed."""
+    import subprocess
+    import sys
+
+    code = ("import sys, crossattn.registry as r; r.entries(); "
+            "import crossattn.blocks.deform_conv as d; assert 'numpy' not in sys.modules, 'numpy imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

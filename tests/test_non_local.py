@@ -151,6 +151,8 @@ def test_torch_twin_matches_the_paper_formula(mode):
     ({"in_channels": 8, "dimension": 4}, "dimension"),
     ({"in_channels": 8, "sub_sample": "yes"}, "sub_sample"),
     ({"in_channels": True}, "in_channels"),
+    ({"in_channels": 8, "scale_by": "in_channels"}, "scale_by"),  # without use_scale
+    ({"in_channels": 8, "use_scale": True, "scale_by": "channels"}, "scale_by"),
 ])
 def test_bad_options_name_the_key(options, key):
     with pytest.raises(OptionError) as info:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossattn.conventions import BN_EPSILON, BN_MOMENTUM_TORCH, BN_STATS_RULES, LN_EPSILON, bn_stats_update
+from crossattn.conventions import as_paddle_holds
 from crossattn.resample import adaptive_pool_matrix, bilinear_matrix
 
 ZERO_INIT_ATTR = "crossattn_zero_init"
@@ -80,8 +81,8 @@ def apply_bn_stats(model: nn.Module, rule: str) -> nn.Module:
     return model
 
 
-def layer_norm(shape: list[int]) -> nn.Module:
-    return nn.LayerNorm(shape, eps=LN_EPSILON)
+def layer_norm(shape: list[int], epsilon: float = LN_EPSILON) -> nn.Module:
+    return nn.LayerNorm(shape, eps=as_paddle_holds(epsilon))
 
 
 def zero_init_layer(module: nn.Module) -> nn.Module:

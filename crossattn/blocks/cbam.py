@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from crossattn.blocks.se import squeezed_channels
+from crossattn.blocks.se import Rounding, squeezed_channels
 from crossattn.options import Options, check_feature_map, positive, require
 from crossattn.registry import register
 
@@ -22,6 +22,16 @@ class CBAMOptions(Options):
     spatial_kernel: int = 7
     #: channel gate only (the paper's "channel attention" ablation)
     no_spatial: bool = False
+    #: how C/r becomes the hidden width: floor, round (halves to even) or half_up (timm: 24/16 -> 2)
+    rounding: Rounding = "floor"
+    #: explicit hidden width of the channel MLP; overrides reduction and rounding
+    hidden_channels: int | None = None
+    #: biases in the channel MLP (the paper's and the authors' layers have them; timm's have none)
+    mlp_bias: bool = True
+    #: a BatchNorm after the spatial gate's conv, before the sigmoid (the authors' code and timm)
+    spatial_norm: bool = False
+    #: 1x1 convolutions instead of Linear layers in the channel MLP (same arithmetic, conv layout)
+    use_conv: bool = False
 
     def validate(self) -> None:
         positive(self.channels, "channels")
@@ -29,11 +39,18 @@ class CBAMOptions(Options):
         positive(self.spatial_kernel, "spatial_kernel")
         require(self.spatial_kernel % 2 == 1, "spatial_kernel",
                 f"must be odd so the attention map keeps the input's size, got {self.spatial_kernel}")
+        positive(self.hidden_channels, "hidden_channels")
+        require(self.hidden_channels is None or (self.reduction == 16 and self.rounding == "floor"),
+                "hidden_channels", "give either hidden_channels or reduction / rounding, not both")
+        require(not (self.spatial_norm and self.no_spatial), "spatial_norm",
+                "normalises the spatial gate, which no_spatial removes")
 
     @property
     def hidden(self) -> int:
         """Width of the shared channel MLP."""
-        return squeezed_channels(self.channels, self.reduction, "floor")
+        if self.hidden_channels is not None:
+            return self.hidden_channels
+        return squeezed_channels(self.channels, self.reduction, self.rounding)
 
     @property
     def spatial_padding(self) -> int:

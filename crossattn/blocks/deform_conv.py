@@ -11,11 +11,13 @@ Offset layout, as `paddle.vision.ops.deform_conv2d` reads it: offset channel
 from __future__ import annotations
 
 import dataclasses
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from crossattn.options import Options, positive, require
 from crossattn.registry import register
+
+if TYPE_CHECKING:  # numpy is imported where the geometry is computed: listing specs stays fast
+    import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +94,8 @@ class DeformConvOptions(Options):
 
 def base_positions(options: DeformConvOptions, out_height: int, out_width: int) -> tuple[np.ndarray, np.ndarray]:
     """Undeformed sampling rows and columns p + p_k, each [K, out_height, out_width] (integers as floats)."""
+    import numpy as np
+
     taps = np.arange(options.kernel_size) * options.dilation
     tap_y, tap_x = np.repeat(taps, options.kernel_size), np.tile(taps, options.kernel_size)  # k row-major
     rows = np.arange(out_height) * options.stride - options.pad

@@ -36,6 +36,8 @@ class ECAOptions(Options):
     gamma: float = DEFAULT_GAMMA
     b: float = DEFAULT_B
     dimension: Dimension = 2
+    #: smallest adaptive kernel (odd): 1 follows the paper's formula; timm raises it to 3
+    min_kernel_size: int = 1
 
     def validate(self) -> None:
         positive(self.channels, "channels")
@@ -45,12 +47,17 @@ class ECAOptions(Options):
         require(self.gamma > 0, "gamma", f"must be > 0, got {self.gamma}")
         require(self.kernel_size is None or (self.gamma == DEFAULT_GAMMA and self.b == DEFAULT_B), "kernel_size",
                 "give either kernel_size or gamma / b, not both")
+        positive(self.min_kernel_size, "min_kernel_size")
+        require(self.min_kernel_size % 2 == 1, "min_kernel_size",
+                f"must be odd, as every kernel is, got {self.min_kernel_size}")
+        require(self.kernel_size is None or self.min_kernel_size == 1, "min_kernel_size",
+                "bounds the adaptive kernel; an explicit kernel_size is used as given")
 
     @property
     def kernel(self) -> int:
         if self.kernel_size is not None:
             return self.kernel_size
-        return adaptive_kernel_size(self.channels, self.gamma, self.b)
+        return max(adaptive_kernel_size(self.channels, self.gamma, self.b), self.min_kernel_size)
 
     @property
     def padding(self) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import math
+
 from crossattn.options import Options, positive, require
 from crossattn.registry import register
 
@@ -28,6 +30,9 @@ class GlobalContextOptions(Options):
     #: zero the last conv of the add transform, so the block starts as the identity; the mul
     #: transform is never zeroed (sigmoid(0) would halve x, not keep it)
     zero_init_last: bool = True
+    #: epsilon of the transform's LayerNorm (timm's LayerNorm2d: 1e-6); both twins add it rounded
+    #: to float32, as paddle holds it (the default is crossattn's LN_EPSILON)
+    norm_epsilon: float = 1e-5
 
     def validate(self) -> None:
         positive(self.in_channels, "in_channels")
@@ -37,6 +42,8 @@ class GlobalContextOptions(Options):
         require(len(self.fusions) > 0, "fusions", "name at least one of 'add', 'mul'")
         require(len(set(self.fusions)) == len(self.fusions), "fusions",
                 f"each fusion may appear once, got {list(self.fusions)}")
+        require(math.isfinite(self.norm_epsilon) and self.norm_epsilon > 0, "norm_epsilon",
+                f"must be a positive number, got {self.norm_epsilon}")
 
     @property
     def bottleneck(self) -> int:

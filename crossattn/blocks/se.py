@@ -11,22 +11,29 @@ from typing import Literal
 from crossattn.options import Options, check_feature_map, positive, require
 from crossattn.registry import register
 
-Rounding = Literal["floor", "round"]
+Rounding = Literal["floor", "round", "half_up"]
 Gate = Literal["sigmoid", "hard_sigmoid"]
 Dimension = Literal[1, 2, 3]
 
 
 
-def squeezed_channels(channels: int, reduction: int, rounding: Rounding = "floor") -> int:
-    """Bottleneck width C / r, at least 1.
+def squeezed_channels(channels: int, reduction: int, rounding: Rounding = "floor", divisor: int = 1) -> int:
+    """Bottleneck width C / r as a multiple of `divisor`, at least one divisor.
 
-    `floor` is C // r. `round` is seed 002's `round(C / 16)` (HybridSN's attention
-    block, SE-ResNet): Python's round, nearest integer with halves to even, so
-    24 / 16 = 1.5 gives 2 and 40 / 16 = 2.5 gives 2.
+    The width is divisor * q, q being C / (r * divisor) made an integer by `rounding`:
+    `floor` (C // r for divisor 1); `round`, seed 002's `round(C / 16)` (HybridSN's attention
+    block, SE-ResNet), Python's round with halves to even, so 24 / 16 = 1.5 gives 2 and
+    40 / 16 = 2.5 gives 2; `half_up`, halves up (40 / 16 gives 3), the rule timm's blocks
+    use, with divisor 8 for its SE. Computed in integers, so no float rounding enters.
     """
-    width = round(channels / reduction) if rounding == "round" else channels // reduction
-    return max(width, 1)
-
+    step = reduction * divisor
+    if rounding == "round":
+        quotient = round(channels / step)
+    elif rounding == "half_up":
+        quotient = (2 * channels + step) // (2 * step)
+    else:
+        quotient = channels // step
+    return max(quotient, 1) * divisor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +43,10 @@ class SEOptions(Options):
     reduction: int = 16
     #: explicit bottleneck width; overrides reduction and rounding
     squeeze_channels: int | None = None
-    #: how C/r becomes a width: C // r, or seed 002's round(C / r) (halves to even)
+    #: how C/r becomes a width: C // r, seed 002's round(C / r) (halves to even) or half_up
     rounding: Rounding = "floor"
+    #: the width is a multiple of this (at least one multiple): timm's SE rounds to 8
+    width_divisor: int = 1
     #: sigmoid (paper) or hard sigmoid relu6(x + 3) / 6 (MobileNetV3-style)
     gate: Gate = "sigmoid"
     #: 1x1 convolutions instead of Linear layers (same arithmetic, conv weight layout)
@@ -52,13 +61,16 @@ class SEOptions(Options):
                 "give either squeeze_channels or reduction, not both")
         require(self.squeeze_channels is None or self.rounding == "floor", "rounding",
                 "applies to the width computed from reduction, not to an explicit squeeze_channels")
+        positive(self.width_divisor, "width_divisor")
+        require(self.squeeze_channels is None or self.width_divisor == 1, "width_divisor",
+                "applies to the width computed from reduction, not to an explicit squeeze_channels")
 
     @property
     def squeeze(self) -> int:
         """Width of the excitation bottleneck."""
         if self.squeeze_channels is not None:
             return self.squeeze_channels
-        return squeezed_channels(self.channels, self.reduction, self.rounding)
+        return squeezed_channels(self.channels, self.reduction, self.rounding, self.width_divisor)
 
     @property
     def gate_shape(self) -> tuple[int, ...]:

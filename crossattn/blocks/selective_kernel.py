@@ -31,12 +31,18 @@ class SelectiveKernelOptions(Options):
     #: a bias in each path's selection layer A_i z + b_i: the seed's 1x1 convs carry one; the
     #: paper's (Eq. 5) and the authors' selection matrices do not
     select_bias: bool = False
+    #: split the input channels evenly across the paths (path i convolves its own share to all
+    #: out_channels), as timm's SelectiveKernel does by default; false: every path sees all of x
+    split_input: bool = False
 
     def validate(self) -> None:
         for key in ("in_channels", "out_channels", "stride", "paths", "groups", "reduction", "min_dim"):
             positive(getattr(self, key), key)
-        require(self.in_channels % self.groups == 0, "groups",
-                f"groups ({self.groups}) must divide in_channels ({self.in_channels})")
+        require(not self.split_input or self.in_channels % self.paths == 0, "split_input",
+                f"splits in_channels ({self.in_channels}) evenly across {self.paths} paths: they must divide")
+        require(self.path_in_channels % self.groups == 0, "groups",
+                f"groups ({self.groups}) must divide in_channels ({self.in_channels})" if not self.split_input else
+                f"groups ({self.groups}) must divide each path's share of the input ({self.path_in_channels})")
         require(self.channels % self.groups == 0, "groups",
                 f"groups ({self.groups}) must divide out_channels ({self.channels})")
 
@@ -44,6 +50,11 @@ class SelectiveKernelOptions(Options):
     def channels(self) -> int:
         """Channels of every path and of the output."""
         return self.out_channels if self.out_channels is not None else self.in_channels
+
+    @property
+    def path_in_channels(self) -> int:
+        """Input channels of each path's conv: all of them, or an even share with split_input."""
+        return self.in_channels // self.paths if self.split_input else self.in_channels
 
     @property
     def reduced_dim(self) -> int:

@@ -11,19 +11,28 @@ from paddle import nn
 from paddle.nn import functional as F
 
 from crossattn.blocks.cbam import CBAMOptions
-from paddle_impl.layers import global_avg_pool
+from paddle_impl.layers import batch_norm, global_avg_pool
 
 
 class ChannelGate(nn.Layer):
     """x * sigmoid(MLP(spatial mean) + MLP(spatial max)); the MLP's weights are shared by both descriptors."""
 
-    def __init__(self, channels: int, hidden: int) -> None:
+    def __init__(self, channels: int, hidden: int, bias: bool = True, use_conv: bool = False) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(channels, hidden)
-        self.fc2 = nn.Linear(hidden, channels)
+        self.use_conv = use_conv
+        bias_attr = None if bias else False
+        if use_conv:
+            self.fc1 = nn.Conv2D(channels, hidden, kernel_size=1, bias_attr=bias_attr)
+            self.fc2 = nn.Conv2D(hidden, channels, kernel_size=1, bias_attr=bias_attr)
+        else:
+            self.fc1 = nn.Linear(channels, hidden, bias_attr=bias_attr)
+            self.fc2 = nn.Linear(hidden, channels, bias_attr=bias_attr)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        logits = self._mlp(global_avg_pool(x).flatten(1)) + self._mlp(paddle.amax(x, axis=(2, 3)))
+        mean, peak = global_avg_pool(x), paddle.amax(x, axis=(2, 3), keepdim=True)  # (B, C, 1, 1)
+        if not self.use_conv:
+            mean, peak = mean.flatten(1), peak.flatten(1)
+        logits = self._mlp(mean) + self._mlp(peak)
         return x * F.sigmoid(logits).reshape([x.shape[0], x.shape[1], 1, 1])
 
     def _mlp(self, descriptor: paddle.Tensor) -> paddle.Tensor:
@@ -33,24 +42,32 @@ class ChannelGate(nn.Layer):
 class SpatialGate(nn.Layer):
     """x * sigmoid(conv([mean over channels; max over channels])), one weight per position."""
 
-    def __init__(self, kernel_size: int, padding: int) -> None:
+    def __init__(self, kernel_size: int, padding: int, norm: bool = False) -> None:
         super().__init__()
         self.conv = nn.Conv2D(2, 1, kernel_size=kernel_size, padding=padding, bias_attr=False)
+        self.norm = batch_norm(2, 1) if norm else None
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         pooled = paddle.concat([x.mean(axis=1, keepdim=True), paddle.amax(x, axis=1, keepdim=True)], axis=1)
-        return x * F.sigmoid(self.conv(pooled))
+        logits = self.conv(pooled)
+        if self.norm is not None:
+            logits = self.norm(logits)
+        return x * F.sigmoid(logits)
 
 
 class CBAMBlock(nn.Layer):
     """Channel gate, then (unless no_spatial) spatial gate, applied in sequence."""
 
-    def __init__(self, channels: int, reduction: int = 16, spatial_kernel: int = 7, no_spatial: bool = False) -> None:
+    def __init__(self, channels: int, reduction: int = 16, spatial_kernel: int = 7, no_spatial: bool = False,
+                 rounding: str = "floor", hidden_channels: int | None = None, mlp_bias: bool = True,
+                 spatial_norm: bool = False, use_conv: bool = False) -> None:
         super().__init__()
         self.options = opts = CBAMOptions(channels=channels, reduction=reduction, spatial_kernel=spatial_kernel,
-                                          no_spatial=no_spatial)
-        self.channel_gate = ChannelGate(opts.channels, opts.hidden)
-        self.spatial_gate = None if opts.no_spatial else SpatialGate(opts.spatial_kernel, opts.spatial_padding)
+                                          no_spatial=no_spatial, rounding=rounding, hidden_channels=hidden_channels,
+                                          mlp_bias=mlp_bias, spatial_norm=spatial_norm, use_conv=use_conv)
+        self.channel_gate = ChannelGate(opts.channels, opts.hidden, opts.mlp_bias, opts.use_conv)
+        self.spatial_gate = (None if opts.no_spatial
+                             else SpatialGate(opts.spatial_kernel, opts.spatial_padding, opts.spatial_norm))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         out = self.channel_gate(x)

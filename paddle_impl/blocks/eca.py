@@ -13,10 +13,10 @@ class ECABlock(nn.Layer):
     """y = x * sigmoid(conv1d over the channel axis of the spatial means); k channels interact, no MLP."""
 
     def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = DEFAULT_GAMMA,
-                 b: float = DEFAULT_B, dimension: int = 2) -> None:
+                 b: float = DEFAULT_B, dimension: int = 2, min_kernel_size: int = 1) -> None:
         super().__init__()
         self.options = opts = ECAOptions(channels=channels, kernel_size=kernel_size, gamma=gamma, b=b,
-                                         dimension=dimension)
+                                         dimension=dimension, min_kernel_size=min_kernel_size)
         self.conv = nn.Conv1D(1, 1, kernel_size=opts.kernel, padding=opts.padding, bias_attr=False)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:

@@ -6,6 +6,7 @@ import paddle
 from paddle import nn
 
 from crossattn.blocks.non_local import Mode, NonLocalOptions, pairwise_divisor
+from paddle_impl.blocks.attention import fused_attention
 from paddle_impl.layers import batch_norm, conv_nd, max_pool_nd, zero_init_layer
 
 
@@ -15,12 +16,14 @@ class NonLocalBlock(nn.Layer):
     def __init__(self, in_channels: int, inter_channels: int | None = None, reduction: int = 2,
                  mode: Mode = "embedded_gaussian", dimension: int = 2, sub_sample: bool = True,
                  bn_layer: bool = True, use_scale: bool = False, zero_init: bool = True,
-                 normalize_by: str = "positions") -> None:
+                 normalize_by: str = "positions", scale_by: str = "inter_channels",
+                 affinity: str = "positions", attention_impl: str = "explicit") -> None:
         super().__init__()
         self.options = opts = NonLocalOptions(
             in_channels=in_channels, inter_channels=inter_channels, reduction=reduction, mode=mode,
             dimension=dimension, sub_sample=sub_sample, bn_layer=bn_layer, use_scale=use_scale,
-            zero_init=zero_init, normalize_by=normalize_by)
+            zero_init=zero_init, normalize_by=normalize_by, scale_by=scale_by, affinity=affinity,
+            attention_impl=attention_impl)
         conv = conv_nd(opts.dimension)
         self.g = conv(opts.in_channels, opts.inter, kernel_size=1)
         self.theta = conv(opts.in_channels, opts.inter, kernel_size=1) if opts.embeds_theta_phi else None
@@ -40,6 +43,29 @@ class NonLocalBlock(nn.Layer):
             zero_init_layer(last)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if self.options.affinity == "channels":
+            return x + self.W(self._relate_channels(x))
+        return x + self.W(self._relate_positions(x))
+
+    def _relate_channels(self, x: paddle.Tensor) -> paddle.Tensor:
+        """y = f(theta phi^T) g with a (B, C', C') affinity: every position kept, channels mixed."""
+        opts = self.options
+        batch = x.shape[0]
+        g_x = self.g(x).reshape([batch, opts.inter, -1])  # (B, Ci, N)
+        if opts.embeds_theta_phi:
+            theta_x = self.theta(x).reshape([batch, opts.inter, -1])
+            phi_x = self.phi(x).reshape([batch, opts.inter, -1])
+        else:
+            theta_x = phi_x = x.reshape([batch, opts.in_channels, -1])
+        f = paddle.matmul(theta_x, phi_x.transpose([0, 2, 1]))  # (B, Ci, Ci)
+        if opts.mode == "dot_product":
+            f = f / pairwise_divisor(opts, tuple(x.shape), phi_x.shape[2])
+        else:
+            f = nn.functional.softmax(f, axis=-1)
+        return paddle.matmul(f, g_x).reshape([batch, opts.inter, *x.shape[2:]])
+
+    def _relate_positions(self, x: paddle.Tensor) -> paddle.Tensor:
+        """y_i = sum_j f(theta_i, phi_j) g_j / C(x) with an (B, N, Nk) affinity (the paper)."""
         opts = self.options
         batch = x.shape[0]
         keys = self.pool if self.pool is not None else nn.Identity()
@@ -50,9 +76,20 @@ class NonLocalBlock(nn.Layer):
         else:
             theta_x = x.reshape([batch, opts.in_channels, -1])
             phi_x = keys(x).reshape([batch, opts.in_channels, -1])
-        affinity = self._affinity(theta_x, phi_x, tuple(x.shape))  # (B, N, Nk)
-        y = paddle.matmul(affinity, g_x).transpose([0, 2, 1]).reshape([batch, opts.inter, *x.shape[2:]])
-        return x + self.W(y)
+        if opts.fused:
+            y = self._attend_fused(theta_x, phi_x, g_x, tuple(x.shape))  # (B, N, Ci)
+        else:
+            y = paddle.matmul(self._affinity(theta_x, phi_x, tuple(x.shape)), g_x)  # (B, N, Nk) @ (B, Nk, Ci)
+        return y.transpose([0, 2, 1]).reshape([batch, opts.inter, *x.shape[2:]])
+
+    def _attend_fused(self, theta_x: paddle.Tensor, phi_x: paddle.Tensor, g_x: paddle.Tensor,
+                      shape: tuple[int, ...]) -> paddle.Tensor:
+        """The same y without the (B, N, Nk) affinity: memory linear in N."""
+        opts = self.options
+        if opts.mode == "dot_product":  # (theta^T phi) g = theta^T (phi g): a (B, Ci, Ci) middle factor
+            return paddle.matmul(theta_x.transpose([0, 2, 1]), paddle.matmul(phi_x, g_x)) / pairwise_divisor(
+                opts, shape, phi_x.shape[2])
+        return fused_attention(theta_x.transpose([0, 2, 1]), phi_x.transpose([0, 2, 1]), g_x, opts.scale)
 
     def _affinity(self, theta_x: paddle.Tensor, phi_x: paddle.Tensor, shape: tuple[int, ...]) -> paddle.Tensor:
         opts = self.options
@@ -66,5 +103,5 @@ class NonLocalBlock(nn.Layer):
         if opts.mode == "dot_product":
             return f / pairwise_divisor(opts, shape, phi_x.shape[2])
         if opts.use_scale:
-            f = f / float(opts.inter) ** 0.5
+            f = f * opts.scale
         return nn.functional.softmax(f, axis=-1)

@@ -22,11 +22,11 @@ class SEBlock(nn.Layer):
 
     def __init__(self, channels: int, reduction: int = 16, squeeze_channels: int | None = None,
                  rounding: Rounding = "floor", gate: Gate = "sigmoid", use_conv: bool = False,
-                 dimension: int = 2) -> None:
+                 dimension: int = 2, width_divisor: int = 1) -> None:
         super().__init__()
         self.options = opts = SEOptions(
             channels=channels, reduction=reduction, squeeze_channels=squeeze_channels, rounding=rounding,
-            gate=gate, use_conv=use_conv, dimension=dimension)
+            gate=gate, use_conv=use_conv, dimension=dimension, width_divisor=width_divisor)
         if opts.use_conv:
             conv = conv_nd(opts.dimension)
             self.fc1 = conv(opts.channels, opts.squeeze, kernel_size=1)

@@ -14,11 +14,11 @@ class SelectiveKernelConv(nn.Layer):
 
     def __init__(self, in_channels: int, out_channels: int | None = None, stride: int = 1, paths: int = 2,
                  groups: int = 32, reduction: int = 16, min_dim: int = 32,
-                 select_bias: bool = False) -> None:
+                 select_bias: bool = False, split_input: bool = False) -> None:
         super().__init__()
         self.options = opts = SelectiveKernelOptions(
             in_channels=in_channels, out_channels=out_channels, stride=stride, paths=paths, groups=groups,
-            reduction=reduction, min_dim=min_dim, select_bias=select_bias)
+            reduction=reduction, min_dim=min_dim, select_bias=select_bias, split_input=split_input)
         self.paths = nn.LayerList([_path(opts, i) for i in range(opts.paths)])
         self.compress = nn.Sequential(nn.Linear(opts.channels, opts.reduced_dim, bias_attr=False),
                                       batch_norm(1, opts.reduced_dim),
@@ -28,7 +28,10 @@ class SelectiveKernelConv(nn.Layer):
                                           for _ in range(opts.paths)])
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        features = paddle.stack([path(x) for path in self.paths], axis=1)  # (B, M, C, H, W)
+        opts = self.options
+        inputs = (paddle.split(x, opts.paths, axis=1) if opts.split_input  # path i sees its share
+                  else [x] * opts.paths)
+        features = paddle.stack([path(part) for path, part in zip(self.paths, inputs)], axis=1)  # (B, M, C, H, W)
         descriptor = features.sum(axis=1).mean(axis=[2, 3])  # (B, C): global average pool of the fused paths
         compressed = self.compress(descriptor)  # (B, d)
         scores = paddle.stack([projection(compressed) for projection in self.projections], axis=1)  # (B, M, C)
@@ -38,7 +41,7 @@ class SelectiveKernelConv(nn.Layer):
 
 def _path(opts: SelectiveKernelOptions, index: int) -> nn.Sequential:
     dilation = opts.dilation(index)
-    return nn.Sequential(nn.Conv2D(opts.in_channels, opts.channels, kernel_size=KERNEL_SIZE, stride=opts.stride,
+    return nn.Sequential(nn.Conv2D(opts.path_in_channels, opts.channels, kernel_size=KERNEL_SIZE, stride=opts.stride,
                                    padding=dilation, dilation=dilation, groups=opts.groups, bias_attr=False),
                          batch_norm(2, opts.channels),
                          nn.ReLU())

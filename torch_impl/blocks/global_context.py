@@ -13,11 +13,12 @@ class GlobalContextBlock(nn.Module):
     """z = x * sigmoid(t_mul(context)) + t_add(context); identity at initialisation with add fusion."""
 
     def __init__(self, in_channels: int, reduction: int = 16, pooling: Pooling = "attention",
-                 fusions: tuple[Fusion, ...] = ("add",), zero_init_last: bool = True) -> None:
+                 fusions: tuple[Fusion, ...] = ("add",), zero_init_last: bool = True,
+                 norm_epsilon: float = 1e-5) -> None:
         super().__init__()
         self.options = opts = GlobalContextOptions(
             in_channels=in_channels, reduction=reduction, pooling=pooling, fusions=fusions,
-            zero_init_last=zero_init_last)
+            zero_init_last=zero_init_last, norm_epsilon=norm_epsilon)
         self.key = nn.Conv2d(opts.in_channels, 1, kernel_size=1) if opts.pooling == "attention" else None
         self.transform_mul = self._make_transform() if opts.fuses_mul else None
         self.transform_add = self._make_transform() if opts.fuses_add else None
@@ -27,7 +28,7 @@ class GlobalContextBlock(nn.Module):
     def _make_transform(self) -> nn.Sequential:
         opts = self.options
         return nn.Sequential(nn.Conv2d(opts.in_channels, opts.bottleneck, kernel_size=1),
-                             layer_norm(opts.norm_shape),
+                             layer_norm(opts.norm_shape, opts.norm_epsilon),
                              nn.ReLU(),
                              nn.Conv2d(opts.bottleneck, opts.in_channels, kernel_size=1))
 
