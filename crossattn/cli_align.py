@@ -72,7 +72,7 @@ def align_command(spec: str | None, torch_model: str | None, paddle_model: str |
     Dropout is held off in both frameworks (its masks are each framework's
     own random draws).
     """
-    from crossattn.align import PLOT_HINT, AlignSettings, align, align_config, plot, table
+    from crossattn.align import PLOT_HINT, AlignSettings, align_config, plot, table
     from crossattn.atomic import atomic_write_text
     from crossattn.tolerances import Tolerance, tolerance_for
 
