@@ -226,10 +226,12 @@ def diff_command(spec: str | None, direction: str, mode: str, single_step: bool,
 
 def _register_subcommands() -> None:
     """Commands defined in their own modules; importing them stays framework-free."""
+    from crossattn.cli_align import align_command
     from crossattn.cli_convert import convert_command
     from crossattn.cli_map import map_command
     from crossattn.cli_train import ablation_command, train_command
 
+    cli.add_command(align_command)
     cli.add_command(convert_command)
     cli.add_command(map_command)
     cli.add_command(train_command)
