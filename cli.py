@@ -14,6 +14,7 @@ import click
 from crossattn import __version__
 from crossattn.errors import CrossattnError
 from crossattn.model_pair import pair_from_cli, pair_options, parse_shape
+from crossattn.cli_problems import problems_to_json
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,6 +94,7 @@ def validate_command(specs: tuple[str, ...]) -> None:
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Processes checking specs in parallel (0: one per core).")
 @pair_options
+@problems_to_json
 def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode: str, dtype: str,
                   atol: float | None, rtol: float | None, seed: int, json_path: str | None, full: bool,
                   layers: bool, single_step: bool, workers: int, torch_model: str | None,
@@ -195,6 +197,7 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@problems_to_json
 def diff_command(spec: str | None, direction: str, mode: str, single_step: bool, torch_model: str | None,
                  paddle_model: str | None, model_args: str | None, name_map: str | None, input_shape: str | None,
                  do_transfer: bool,
@@ -227,12 +230,16 @@ def diff_command(spec: str | None, direction: str, mode: str, single_step: bool,
 
 def _register_subcommands() -> None:
     """Commands defined in their own modules; importing them stays framework-free."""
+    from crossattn.cli_align import align_command
     from crossattn.cli_bench import bench_command
     from crossattn.cli_convert import convert_command
+    from crossattn.cli_map import map_command
     from crossattn.cli_train import ablation_command, train_command
 
+    cli.add_command(align_command)
     cli.add_command(bench_command)
     cli.add_command(convert_command)
+    cli.add_command(map_command)
     cli.add_command(train_command)
     cli.add_command(ablation_command)
 

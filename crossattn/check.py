@@ -27,7 +27,8 @@ from crossattn.init import initial_state
 from crossattn.model_pair import ModelPair, renamed_slots
 from crossattn.spec import Spec
 from crossattn.tolerances import ROUNDING_BUDGET_FACTOR, Tolerance, tolerance_for
-from weight_transfer import TransferReport, canonical_key
+from weight_transfer import TransferReport
+from weight_transfer.transfer import trainable_key
 from weight_transfer.slots import Slot
 
 DIRECTIONS = ("torch->paddle", "paddle->torch")
@@ -219,9 +220,9 @@ def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed
 
 def _trainable_flags(pair: TwinPair, tol: Tolerance) -> list[Comparison]:
     """A tensor trained on one side and frozen on the other is a difference, whichever side is the source."""
-    src = {canonical_key(s, pair.src_fw) for s in pair.src_slots.values() if s.trainable}
+    src = {trainable_key(s, pair.src_fw) for s in pair.src_slots.values() if s.trainable}
     dst_slots, _ = renamed_slots(pair.dst_slots, pair.models.layer_map(pair.dst_fw, pair.src_fw))
-    dst = {canonical_key(s, pair.dst_fw) for s in dst_slots.values() if s.trainable}
+    dst = {trainable_key(s, pair.dst_fw) for s in dst_slots.values() if s.trainable}
     return [Comparison(key, "trainable", math.inf, math.inf, math.nan, False,
                        f"trainable in {pair.src_fw if key in src else pair.dst_fw} only", tol.atol, tol.rtol)
             for key in sorted(src ^ dst)]

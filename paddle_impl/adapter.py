@@ -68,22 +68,34 @@ def layer_kind(layer: nn.Layer) -> str:
         return "conv"
     if isinstance(layer, nn.Embedding):
         return "embedding"
+    if isinstance(layer, nn.MultiHeadAttention):
+        return "mha"
     return "other"
+
+
+#: MultiHeadAttention sublayers whose tensors torch keeps in the attention module itself (in_proj_*)
+_MHA_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 
 
 def slots(model: nn.Layer) -> dict[str, Slot]:
     """Every state tensor of `model`, with the kind of the layer that owns it."""
     table: dict[str, Slot] = {}
-    for layer_name, layer in model.named_sublayers(include_self=True):
+    layers = dict(model.named_sublayers(include_self=True))
+    for layer_name, layer in layers.items():
         kind = layer_kind(layer)
         zero = bool(getattr(layer, ZERO_INIT_ATTR, False))
         skip = getattr(layer, "_non_persistable_buffer_names_set", set())
         tensors = list(layer.named_parameters(include_sublayers=False))
         tensors += [(n, b) for n, b in layer.named_buffers(include_sublayers=False) if n not in skip]
+        owner, prefix = layer_name, ""
+        parent, _, attr = layer_name.rpartition(".")
+        if attr in _MHA_PROJECTIONS and parent in layers and layer_kind(layers[parent]) == "mha":
+            # q/k/v projections belong to the attention layer, as torch's in_proj_* tensors do
+            owner, prefix, kind = parent, attr + ".", "mha"
         for name, tensor in tensors:
             key = join(layer_name, name)
             trainable = not tensor.stop_gradient
-            table[key] = Slot(key, layer_name, name, kind, tuple(tensor.shape),
+            table[key] = Slot(key, owner, prefix + name, kind, tuple(tensor.shape),
                               _dtype_name(tensor), trainable, zero)
     return table
 

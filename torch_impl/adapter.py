@@ -64,6 +64,8 @@ def layer_kind(module: nn.Module) -> str:
         return "conv"
     if isinstance(module, nn.Embedding):
         return "embedding"
+    if isinstance(module, nn.MultiheadAttention):
+        return "mha"
     return "other"
 
 

@@ -37,6 +37,7 @@ from weight_transfer.checkpoints import (
     read_checkpoint,
     write_checkpoint,
 )
+from weight_transfer import optimizer_state
 from weight_transfer.rules import counterpart_name
 from weight_transfer.slots import Slot, join
 from weight_transfer.transfer import TransferReport, map_layer_name
@@ -164,9 +165,13 @@ def convert(src: str | Path, dst: str | Path, twins: ModelPair, to: str | None =
     else:
         out, report.transfer = twins.transfer(located.weights, located.framework, target, context=context)
     report.tensors = len(out)
+    entries = _training_entries(raw, located, target, dst_format, twins, report.notes)
 
     def write_and_verify(tmp: Path) -> None:
-        write_checkpoint(tmp, dst_format, out, target, twins.type_name)
+        if entries:
+            optimizer_state.write_training_checkpoint(tmp, dst_format, out, entries)
+        else:
+            write_checkpoint(tmp, dst_format, out, target, twins.type_name)
         report.bytes_written = tmp.stat().st_size
         report.seconds = time.perf_counter() - started
         if verify:
@@ -188,6 +193,19 @@ def convert(src: str | Path, dst: str | Path, twins: ModelPair, to: str | None =
         raise
     report.written = True
     return report
+
+
+def _training_entries(raw: Any, located: Located, target: str, dst_format: str, twins: ModelPair,
+                      notes: list[str]) -> dict[str, Any]:
+    """A training checkpoint's optimizer state, epoch and step, carried into a framework format."""
+    if located.key != "model" or not isinstance(raw.content, Mapping) or "optimizer" not in raw.content:
+        return {}
+    if dst_format not in FRAMEWORKS or located.framework == target:
+        notes.append(f"the source's optimizer state is not written: {dst_format} holds the weights only"
+                     if dst_format not in FRAMEWORKS else "the source's optimizer state is not copied "
+                     "(same framework; convert to the other one to translate it)")
+        return {}
+    return optimizer_state.training_entries(raw.content, located.framework, target, twins, str(raw.path), notes)
 
 
 def _frameworks_needed(src_format: str, dst_format: str, source: str | None, to: str | None) -> list[str]:
