@@ -117,13 +117,12 @@ def step_twins(args: argparse.Namespace) -> dict:
     """Only the part of a conversion that builds both twins to read their slots."""
     from crossattn.model_pair import ModelPair
     from crossattn.spec import load_spec, resolve_spec
-    from weight_transfer.convert import lazy_slots
-
+    
     twins = ModelPair.from_spec(load_spec(resolve_spec(args.spec)))
     _import_frameworks()
     started = time.perf_counter()
-    lazy_slots(twins, "torch")
-    lazy_slots(twins, "paddle")
+    twins.slots("torch")
+    twins.slots("paddle")
     return {"seconds": time.perf_counter() - started}
 
 

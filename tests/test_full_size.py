@@ -9,7 +9,6 @@ import pytest
 from crossattn.spec import load_spec, resolve_spec, shipped_spec_paths
 from tests.helpers import assert_twins_equivalent
 from crossattn.model_pair import ModelPair
-from weight_transfer.convert import lazy_slots
 
 FULL_SIZE = ["se_resnet34", "se_resnet50", "se_resnet101", "se_resnet152", "gcnet_seg"]
 BLOCKS = [p.stem for p in shipped_spec_paths() if p.parent.name == "blocks"]
@@ -20,7 +19,7 @@ def _same_slots_lazy_and_built(name: str) -> None:
     from crossattn.frameworks import adapter
 
     for framework in ("torch", "paddle"):
-        lazy = lazy_slots(pair, framework)
+        lazy = pair.slots(framework)
         built = adapter(framework).slots(pair.build(framework))
         assert lazy == built, f"{name} {framework}"
 

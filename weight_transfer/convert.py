@@ -150,7 +150,7 @@ def convert(src: str | Path, dst: str | Path, twins: ModelPair, to: str | None =
         raise CrossattnError(f"{twins.origin}: no input shape, which verification needs; add `input_shape` to "
                              f"the spec or pass --input-shape (or --no-verify)")
     for framework in _frameworks_needed(src_format, dst_format, source, to):
-        lazy_slots(twins, framework)  # built without storage, before the checkpoint is in memory
+        twins.slots(framework)  # built without storage, before the checkpoint is in memory
     raw = read_checkpoint(src, trust_pickle)
     source_options = _source_frameworks(src_format, raw, source)
     located = locate_weights(raw, twins.slots, source_options, key, strip_prefix)
@@ -419,7 +419,7 @@ def _lazy_output(twins: ModelPair, framework: str, state: dict[str, np.ndarray],
     """The twin's eval-mode output with `state` as its storage; `state` is consumed (emptied)."""
     fw = adapter(framework)
     fw.setup("cpu")
-    model = build_lazy(twins, framework)
+    model = twins.build_lazy(framework)
     try:
         fw.load_lazy(model, state, consume=True)
     except CrossattnError:  # a tensor without a value after a lazy build (a non-persistent buffer): build it
@@ -431,31 +431,6 @@ def _lazy_output(twins: ModelPair, framework: str, state: dict[str, np.ndarray],
     del model
     release_freed_memory()
     return output
-
-
-def build_lazy(twins: ModelPair, framework: str) -> Any:
-    """The pair's model with shapes and dtypes but no values (torch's meta device, paddle's LazyGuard).
-
-    Building skips the framework's default initialisation, which a conversion
-    overwrites anyway: most of the time of building a large model. A factory
-    that needs values while building is built for real.
-    """
-    fw = adapter(framework)
-    try:
-        with fw.lazy():
-            return twins.build(framework)
-    except Exception:  # noqa: BLE001 - any failure under the lazy context: build it normally
-        return twins.build(framework)
-
-
-def lazy_slots(twins: ModelPair, framework: str) -> dict[str, Slot]:
-    """The pair's slots for `framework`, read from a model built without storage, and cached in the pair."""
-    cached = twins._slots  # noqa: SLF001 - ModelPair.slots fills the same cache with a real build
-    if framework not in cached:
-        model = build_lazy(twins, framework)
-        cached[framework] = adapter(framework).slots(model)
-        del model
-    return cached[framework]
 
 
 def _as_slot_dtype(value: np.ndarray, slot: Any) -> np.ndarray:
