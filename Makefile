@@ -20,7 +20,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# `crossattn bench` of a few models (table, docs/bench.json, docs/bench.png), then the CLI timings
+BENCH_SPECS ?= resnet18_baseline se_resnet50 gcnet_seg non_local_embedded_gaussian mnist_non_local
 bench: $(STAMP)
+	$(BIN)/crossattn bench $(BENCH_SPECS) --json docs/bench.json --plot docs/bench.png
 	$(BIN)/python benchmarks/cli_bench.py
 
 clean:

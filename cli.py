@@ -14,6 +14,7 @@ import click
 from crossattn import __version__
 from crossattn.errors import CrossattnError
 from crossattn.model_pair import pair_from_cli, pair_options, parse_shape
+from crossattn.cli_problems import problems_to_json
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,11 +94,15 @@ def validate_command(specs: tuple[str, ...]) -> None:
 @click.option("--probes/--no-probes", default=True, show_default=True,
               help="Also feed large all-positive and all-negative inputs (eval mode, first direction), which "
                    "reach clipped and saturated regions a standard-normal input never does.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Processes checking specs in parallel (0: one per core).")
 @pair_options
+@problems_to_json
 def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode: str, dtype: str,
                   atol: float | None, rtol: float | None, seed: int, json_path: str | None, full: bool,
-                  layers: bool, single_step: bool, probes: bool, torch_model: str | None, paddle_model: str | None,
-                  model_args: str | None, name_map: str | None, input_shape: str | None) -> None:
+                  layers: bool, single_step: bool, probes: bool, workers: int, torch_model: str | None,
+                  paddle_model: str | None, model_args: str | None, name_map: str | None,
+                  input_shape: str | None) -> None:
     """Prove the torch and paddle twins of SPECS (or your own pair) equivalent, forward and backward.
 
     Each spec is built in both frameworks; weights are initialised in one and
@@ -110,7 +115,8 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     Exit status 0 only if every tensor passes.
     """
     from crossattn.atomic import atomic_write_text
-    from crossattn.check import DIRECTIONS, EXTRA_PROBES, MODES, check_spec
+    from crossattn.check import DIRECTIONS, EXTRA_PROBES, MODES
+    from crossattn.check_runner import CheckJob, run_checks
     from crossattn.report import failure_details, summary_table, to_json
     from crossattn.model_pair import ModelPair
     from crossattn.spec import load_spec, resolve_spec, shipped_spec_paths
@@ -146,9 +152,10 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     directions = DIRECTIONS if direction == "both" else (direction,)
     modes = MODES if mode == "both" else (mode,)
     started = time.perf_counter()
-    cases = []
-    for pair in pairs:
-        cases += check_spec(pair, directions, modes, tol, seed, dtype, probes=EXTRA_PROBES if probes else ())
+    jobs = [CheckJob(pair, tuple(directions), tuple(modes), tol, seed, dtype, EXTRA_PROBES if probes else ())
+            for pair in pairs]
+    results = run_checks(jobs, workers, show_progress=sys.stderr.isatty() and json_path != "-")
+    cases = [case for result in results for case in result.cases]
     elapsed = time.perf_counter() - started
     click.echo(summary_table(cases, full))
     layer_reports = []
@@ -202,6 +209,7 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
 @click.option("--probe", type=click.Choice(["normal", "positive", "negative"]), default="normal", show_default=True,
               help="The input: standard normal, or the large all-positive / all-negative probes of `check`.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@problems_to_json
 def diff_command(spec: str | None, direction: str, mode: str, single_step: bool, torch_model: str | None,
                  paddle_model: str | None, model_args: str | None, name_map: str | None, input_shape: str | None,
                  do_transfer: bool,
@@ -238,10 +246,16 @@ def diff_command(spec: str | None, direction: str, mode: str, single_step: bool,
 
 def _register_subcommands() -> None:
     """Commands defined in their own modules; importing them stays framework-free."""
+    from crossattn.cli_align import align_command
+    from crossattn.cli_bench import bench_command
     from crossattn.cli_convert import convert_command
+    from crossattn.cli_map import map_command
     from crossattn.cli_train import ablation_command, train_command
 
+    cli.add_command(align_command)
+    cli.add_command(bench_command)
     cli.add_command(convert_command)
+    cli.add_command(map_command)
     cli.add_command(train_command)
     cli.add_command(ablation_command)
 

@@ -1,4 +1,4 @@
-"""Times `crossattn --help` (must stay well under a second) and `crossattn check --all`.
+"""Times `crossattn --help` and `crossattn specs` (must stay well under a second) and `crossattn check --all`.
 
 Run: .venv/bin/python benchmarks/cli_bench.py [--repeat 5]
 Prints one line per measurement; docs/benchmarks.md records the figures.
@@ -31,6 +31,9 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
     helps = [timed(["--help"])[0] for _ in range(args.repeat)]
     print(f"crossattn --help: best {min(helps):.3f}s, median {sorted(helps)[len(helps) // 2]:.3f}s "
+          f"over {args.repeat} runs")
+    listed = [timed(["specs"])[0] for _ in range(args.repeat)]
+    print(f"crossattn specs: best {min(listed):.3f}s, median {sorted(listed)[len(listed) // 2]:.3f}s "
           f"over {args.repeat} runs")
     if not args.skip_check:
         seconds, code = timed(["check", "--all"])

@@ -1,18 +1,21 @@
 """Time and peak memory of `crossattn convert` on a large model, in both directions.
 
-Run: .venv/bin/python benchmarks/convert_bench.py [--spec se_resnet152] [--workdir DIR] [--verify]
+Run: .venv/bin/python benchmarks/convert_bench.py [--spec se_resnet152] [--workdir DIR] [--verify] [--full-verify]
 
 Each step runs in its own process, started by a small measuring process that
 has no other child, so resource.getrusage(RUSAGE_CHILDREN).ru_maxrss is that
 step's peak resident memory alone. Steps:
 
-    baseline        import numpy, torch, paddle and the conversion code; nothing else
+    baseline        import numpy, torch, paddle and the conversion code; nothing else (timed: every
+                    conversion pays it once; the timed steps below import first, then start the clock)
     prepare         build the torch twin, give it seeded weights, torch.save a checkpoint
     twins           only build both twins and read their slots, as every conversion does first
     torch->paddle   the `convert` command (same click command as the CLI), .pt -> .pdparams
     paddle->torch   the same command, .pdparams -> .pt
     round trip      the torch checkpoint that came back equals the one written (exactly)
-    verify          with --verify: torch->paddle again, with the float64 forward verification
+    verify          with --verify: torch->paddle again, with the default verification (file read back
+                    and compared tensor by tensor, float32 eval forward of both twins)
+    verify full     with --full-verify: the same plus the float64 forward of both twins
 
 The conversion's own memory is its peak minus the baseline; the aim is to stay
 under about twice the checkpoint's size. docs/convert.md records the figures.
@@ -40,6 +43,13 @@ RESULT_TAG = "RESULT "
 
 
 def step_baseline(args: argparse.Namespace) -> dict:
+    started = time.perf_counter()
+    _import_frameworks()
+    return {"seconds": time.perf_counter() - started}
+
+
+def _import_frameworks() -> None:
+    """What every conversion imports first (a fixed cost of the process, about 3-5 s here)."""
     import numpy  # noqa: F401
     import paddle  # noqa: F401
     import torch  # noqa: F401
@@ -48,8 +58,6 @@ def step_baseline(args: argparse.Namespace) -> dict:
     from crossattn.cli_convert import convert_command  # noqa: F401
     from paddle_impl import adapter as paddle_adapter  # noqa: F401
     from torch_impl import adapter as torch_adapter  # noqa: F401
-
-    return {}
 
 
 def step_prepare(args: argparse.Namespace) -> dict:
@@ -69,17 +77,20 @@ def step_prepare(args: argparse.Namespace) -> dict:
     return {"tensors": len(state), "values": params, "bytes": (args.workdir / "model.pt").stat().st_size}
 
 
-def _run_command(src: Path, dst: Path, spec: str, verify: bool) -> dict:
-    """The CLI's convert command, in this process, timed from just before it starts."""
+def _run_command(src: Path, dst: Path, spec: str, verify: bool, extra: list[str] | None = None) -> dict:
+    """The CLI's convert command, in this process, timed from just before it starts (frameworks imported)."""
     import contextlib
     import io
 
     from crossattn.cli_convert import convert_command
 
+    _import_frameworks()
+
     out = io.StringIO()
     started = time.perf_counter()
     with contextlib.redirect_stdout(out):
-        convert_command.main([str(src), str(dst), "--spec", spec, "--verify" if verify else "--no-verify"],
+        convert_command.main([str(src), str(dst), "--spec", spec, "--verify" if verify else "--no-verify",
+                              *(extra or [])],
                              standalone_mode=False)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "bytes": dst.stat().st_size, "report": out.getvalue().strip().splitlines()}
@@ -97,12 +108,18 @@ def step_verify(args: argparse.Namespace) -> dict:
     return _run_command(args.workdir / "model.pt", args.workdir / "verified.pdparams", args.spec, verify=True)
 
 
+def step_verify_full(args: argparse.Namespace) -> dict:
+    return _run_command(args.workdir / "model.pt", args.workdir / "verified64.pdparams", args.spec, verify=True,
+                        extra=["--full-verify"])
+
+
 def step_twins(args: argparse.Namespace) -> dict:
     """Only the part of a conversion that builds both twins to read their slots."""
-    from crossattn.spec import load_spec, resolve_spec
     from crossattn.model_pair import ModelPair
-
+    from crossattn.spec import load_spec, resolve_spec
+    
     twins = ModelPair.from_spec(load_spec(resolve_spec(args.spec)))
+    _import_frameworks()
     started = time.perf_counter()
     twins.slots("torch")
     twins.slots("paddle")
@@ -121,7 +138,8 @@ def step_round_trip(args: argparse.Namespace) -> dict:
 
 STEPS = {"baseline": step_baseline, "prepare": step_prepare, "twins": step_twins,
          "torch->paddle": step_torch_to_paddle,
-         "paddle->torch": step_paddle_to_torch, "round trip": step_round_trip, "verify": step_verify}
+         "paddle->torch": step_paddle_to_torch, "round trip": step_round_trip, "verify": step_verify,
+         "verify full": step_verify_full}
 
 
 # --------------------------------------------------------------------------- measuring
@@ -176,8 +194,10 @@ def report(args: argparse.Namespace) -> None:
     print(f"model: spec {args.spec}, {results['prepare']['tensors']} tensors, "
           f"{results['prepare']['values'] / 1e6:.1f}M values; torch checkpoint {_mib(size)}")
     base = results["baseline"]["peak_rss_mib"]
-    print(f"baseline (import numpy, torch, paddle, crossattn): peak RSS {base:.0f} MiB")
-    steps = ["twins", "torch->paddle", "paddle->torch", "round trip"] + (["verify"] if args.verify else [])
+    print(f"baseline (import numpy, torch, paddle, crossattn): {results['baseline']['seconds']:.2f} s, "
+          f"peak RSS {base:.0f} MiB")
+    steps = (["twins", "torch->paddle", "paddle->torch", "round trip"] + (["verify"] if args.verify else [])
+             + (["verify full"] if args.full_verify else []))
     for step in steps:
         results[step] = measure(step, args)
         r = results[step]
@@ -189,7 +209,7 @@ def report(args: argparse.Namespace) -> None:
                   f"peak RSS baseline + {r['peak_rss_mib'] - base:.0f} MiB")
             continue
         own = r["peak_rss_mib"] - base
-        print(f"{step:<14} {r['seconds']:.2f} s in the command ({r['process_seconds']:.1f} s with process start), "
+        print(f"{step:<14} {r['seconds']:.2f} s in the command after imports ({r['process_seconds']:.1f} s with process start), "
               f"wrote {_mib(r['bytes'])}; peak RSS {r['peak_rss_mib']:.0f} MiB = baseline + {own:.0f} MiB "
               f"= {own * 2**20 / size:.2f} x checkpoint")
     if args.json:
@@ -201,6 +221,7 @@ def main() -> None:
     parser.add_argument("--spec", default="se_resnet152", help="shipped spec name or spec file of the model")
     parser.add_argument("--workdir", type=Path, default=None, help="where the checkpoints go (default: a temp dir)")
     parser.add_argument("--verify", action="store_true", help="also time a conversion with verification")
+    parser.add_argument("--full-verify", action="store_true", help="also time one with --full-verify")
     parser.add_argument("--json", default=None, help="write every figure to this JSON file")
     parser.add_argument("--step", choices=list(STEPS), help=argparse.SUPPRESS)
     parser.add_argument("--measure", choices=list(STEPS), help=argparse.SUPPRESS)

@@ -38,7 +38,8 @@ from crossattn.init import initial_state
 from crossattn.model_pair import ModelPair, renamed_slots
 from crossattn.spec import Spec
 from crossattn.tolerances import Tolerance, tolerance_for
-from weight_transfer import TransferReport, canonical_key
+from weight_transfer import TransferReport
+from weight_transfer.transfer import trainable_key
 from weight_transfer.slots import Slot
 
 DIRECTIONS = ("torch->paddle", "paddle->torch")
@@ -157,18 +158,39 @@ class TwinPair:
         self.dst.load_state(self.dst_model, self.dst_init)
 
 
+class BuiltTwins:
+    """Each model of a pair built once, with its state as built, shared by both directions of a check.
+
+    Building (with the framework's default initialisation, overwritten at
+    once) is a large part of checking a big model; every case reloads its
+    initial state, so one model per framework serves them all.
+    """
+
+    def __init__(self, models: ModelPair, dtype: str) -> None:
+        self.models, self.dtype = models, dtype
+        self._built: dict[str, tuple[Any, dict[str, Slot], dict[str, np.ndarray]]] = {}
+
+    def get(self, framework: str) -> tuple[Any, dict[str, Slot], dict[str, np.ndarray]]:
+        """(model, slots, state as built): the state feeds the custom parameters' initial values."""
+        if framework not in self._built:
+            fw = adapter(framework)
+            fw.setup("cpu")
+            model = fw.to_dtype(self.models.build(framework), self.dtype)
+            self._built[framework] = (model, fw.slots(model), fw.state(model))
+        return self._built[framework]
+
+
 def prepare_pair(models: ModelPair | Spec, direction: str, dtype: str = "float64", seed: int = 0,
-                 after_transfer: Callable[[dict[str, np.ndarray]], None] | None = None) -> TwinPair:
-    """Build both models, draw random weights in the source, transfer them to the target."""
+                 after_transfer: Callable[[dict[str, np.ndarray]], None] | None = None,
+                 built: BuiltTwins | None = None) -> TwinPair:
+    """Build both models (or take them from `built`), draw random weights in the source, transfer them."""
     models = as_pair(models)
     src_fw, dst_fw = direction.split("->")
     src, dst = adapter(src_fw), adapter(dst_fw)
-    src.setup("cpu")
-    dst.setup("cpu")
-    src_model = src.to_dtype(models.build(src_fw), dtype)
-    dst_model = dst.to_dtype(models.build(dst_fw), dtype)
-    src_slots, dst_slots = src.slots(src_model), dst.slots(dst_model)
-    src_init = initial_state(src_slots, src.state(src_model), src_fw, seed, mode="check")
+    built = built or BuiltTwins(models, dtype)
+    src_model, src_slots, src_native = built.get(src_fw)
+    dst_model, dst_slots, _ = built.get(dst_fw)
+    src_init = initial_state(src_slots, src_native, src_fw, seed, mode="check")
     dst_init, report = models.transfer(src_init, src_fw, dst_fw, dst_slots)
     if after_transfer is not None:
         after_transfer(dst_init)
@@ -206,8 +228,7 @@ class Float64Truth:
     """
 
     def __init__(self, source: Any) -> None:
-        self.source = source
-        self.models: dict[str, Any] = {}
+        self.built = BuiltTwins(as_pair(source), "float64")
         self.cache: dict[tuple, Any] = {}
         self.hits: dict[tuple, int] = {}
 
@@ -218,9 +239,7 @@ class Float64Truth:
             self.hits[key] += 1
             return self.cache.pop(key) if self.hits[key] >= 2 else self.cache[key]
         module = adapter(framework)
-        if framework not in self.models:
-            self.models[framework] = module.to_dtype(_build(self.source, framework), "float64")
-        model = self.models[framework]
+        model = self.built.get(framework)[0]
         module.load_state(model, _as64(state))
         result = module.step(model, x.astype(np.float64), lambda shape: cotangent(shape).astype(np.float64), train)
         if keep:
@@ -241,11 +260,12 @@ def check_spec(spec: ModelPair | Spec, directions: Sequence[str] = DIRECTIONS, m
     """
     tol = tol or tolerance_for(dtype)
     spec = as_pair(spec)
+    built = BuiltTwins(spec, dtype)
     truth = Float64Truth(spec) if dtype != "float64" else None
     probe_mode = "eval" if "eval" in modes else modes[0]
     cases = []
     for index, direction in enumerate(directions):
-        pair = prepare_pair(spec, direction, dtype, seed, after_transfer)
+        pair = prepare_pair(spec, direction, dtype, seed, after_transfer, built)
         for mode in modes:
             cases.append(_check_case(spec, pair, mode, tol, seed, dtype, "normal", truth))
         if index == 0:
@@ -325,9 +345,9 @@ def widened(slots: dict[str, Slot]) -> dict[str, Slot]:
 
 def _trainable_flags(pair: TwinPair, tol: Tolerance) -> list[Comparison]:
     """A tensor trained on one side and frozen on the other is a difference, whichever side is the source."""
-    src = {canonical_key(s, pair.src_fw) for s in pair.src_slots.values() if s.trainable}
+    src = {trainable_key(s, pair.src_fw) for s in pair.src_slots.values() if s.trainable}
     dst_slots, _ = renamed_slots(pair.dst_slots, pair.models.layer_map(pair.dst_fw, pair.src_fw))
-    dst = {canonical_key(s, pair.dst_fw) for s in dst_slots.values() if s.trainable}
+    dst = {trainable_key(s, pair.dst_fw) for s in dst_slots.values() if s.trainable}
     return [Comparison(key, "trainable", math.inf, math.inf, math.nan, False,
                        f"trainable in {pair.src_fw if key in src else pair.dst_fw} only", tol.atol, tol.rtol,
                        math.inf)

@@ -30,11 +30,15 @@ FRAMEWORK_CHOICE = click.Choice(["torch", "paddle"])
 @click.option("--trust-pickle", is_flag=True,
               help="Load pickles that need more than plain arrays (this runs code stored in the file).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Forward both twins in float64, one with SRC and one with DST as written, and compare.")
+              help="Read DST back and compare it with SRC tensor by tensor, then forward both twins (one with "
+                   "SRC, one with DST as written) on the spec's input and compare the outputs.")
+@click.option("--full-verify", is_flag=True,
+              help="Verification also forwards both twins in float64 (slower, about twice the memory).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the verification input.")
 def convert_command(src: str, dst: str, spec_arg: str | None, torch_model: str | None, paddle_model: str | None,
                     model_args: str | None, name_map: str | None, input_shape: str | None,
-                    to_framework: str | None, from_framework: str | None, key: str | None, strip_prefix: str | None, trust_pickle: bool, verify: bool, seed: int) -> None:
+                    to_framework: str | None, from_framework: str | None, key: str | None, strip_prefix: str | None,
+                    trust_pickle: bool, verify: bool, full_verify: bool, seed: int) -> None:
     """Convert checkpoint SRC into DST for the model of --spec, or for your own pair.
 
     Your own pair: --torch-model MODULE:FACTORY --paddle-model MODULE:FACTORY,
@@ -54,7 +58,8 @@ def convert_command(src: str, dst: str, spec_arg: str | None, torch_model: str |
     for note in pair.notes:
         click.echo(f"note: {note}")
     report = convert(src, dst, pair, to=to_framework, source=from_framework, key=key,
-                     strip_prefix=strip_prefix, trust_pickle=trust_pickle, verify=verify, seed=seed)
+                     strip_prefix=strip_prefix, trust_pickle=trust_pickle, verify=verify, seed=seed,
+                     full_verify=full_verify)
     for line in report.lines():
         click.echo(line)
     if not report.passed:

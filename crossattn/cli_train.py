@@ -18,7 +18,9 @@ DEVICES = click.Choice(["cpu", "gpu", "auto"])
 @click.option("--spec", "spec_arg", metavar="MODEL_SPEC", help="Model spec: a path or a shipped spec name.")
 @click.option("--config", "config_arg", metavar="TRAIN_YAML",
               help="Training config: a path or a shipped name (seed004, fast_cpu).")
-@click.option("--framework", type=click.Choice(["torch", "paddle"]), help="Framework to train in.")
+@click.option("--framework", type=click.Choice(["torch", "paddle"]),
+              help="Framework to train in; with --resume, the other one continues the run (weights, BatchNorm "
+                   "statistics and optimizer state translated).")
 @click.option("--device", type=DEVICES, default="auto", show_default=True,
               help="gpu: CUDA or an error; auto: CUDA when the framework sees it.")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),

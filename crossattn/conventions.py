@@ -56,3 +56,27 @@ def replay_running_stats(mean: np.ndarray, var: np.ndarray, calls: list[tuple[np
             mean = keep * mean + (1.0 - keep) * batch_mean
             var = keep * var + (1.0 - keep) * batch_var
     return mean, var
+
+
+#: how BatchNorm folds a training batch into its running statistics, shared by both twins:
+#: torch: unbiased batch variance, the layer's momentum as given (torch's own rule);
+#: paddle: biased batch variance, the retained fraction held in float32 (paddle's own rule);
+#: native: each framework keeps its own rule (the two then differ in eval mode)
+BN_STATS_RULES = ("torch", "paddle", "native")
+BN_STATS_DEFAULT = "torch"
+
+
+def bn_stats_update(rule: str, new_weight: float) -> tuple[float, float, bool]:
+    """(keep, new, unbiased) of `running = keep * running + new * batch` under `rule`.
+
+    `new_weight` is the layer's momentum as torch states it (the weight of the
+    batch statistic: torch's `momentum`, paddle's `1 - momentum`). Only the
+    non-native side of a rule calls this; the native side runs its own kernel,
+    whose arithmetic these coefficients reproduce.
+    """
+    if rule == "torch":
+        return 1.0 - new_weight, new_weight, True
+    if rule == "paddle":
+        keep = float(np.float32(1.0 - new_weight))
+        return keep, 1.0 - keep, False
+    raise ValueError(f"bn_stats rule {rule!r} has no shared update; expected one of {BN_STATS_RULES[:2]}")

@@ -42,9 +42,14 @@ class FrameworkMissing(CrossattnError):
 
 
 class TransferError(CrossattnError):
-    """A weight transfer that cannot account for every tensor; lists every bad key."""
+    """A weight transfer that cannot account for every tensor: a summary with the likely cause and fix.
+
+    `problems` keeps every bad key, one line each, for JSON reports.
+    """
 
     def __init__(self, problems: list[str], context: str = "weight transfer") -> None:
-        lines = "; ".join(problems)
-        super().__init__(f"{context} failed, nothing was written ({len(problems)} problem(s)): {lines}")
+        from weight_transfer.problems import summarise
+
+        super().__init__(summarise(problems, context))
         self.problems = problems
+        self.context = context

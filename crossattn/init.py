@@ -49,7 +49,7 @@ def _fan_in(slot: Slot, weight_shape: tuple[int, ...]) -> int:
 def _draw(slot: Slot, torch_name: str, shape: tuple[int, ...], weight_shapes: Mapping[str, tuple[int, ...]],
           native: np.ndarray, mode: InitMode, rng: np.random.Generator) -> np.ndarray:
     kind, name = slot.kind, torch_name
-    if kind in ("conv", "linear", "embedding"):
+    if kind in ("conv", "linear", "embedding", "mha"):  # mha: attention projections, drawn as Linear
         if slot.zero_init and mode == "default":
             return np.zeros(shape)
         if kind == "embedding":

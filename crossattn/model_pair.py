@@ -97,12 +97,30 @@ class ModelPair:
         _require_model(model, framework, self.origin)
         return model
 
+    def build_lazy(self, framework: str) -> Any:
+        """The framework's model with shapes and dtypes but no values (torch's meta device, paddle's LazyGuard).
+
+        Building skips the framework's default initialisation, most of the time
+        of building a large model; a factory that needs values while building
+        is built for real.
+        """
+        from crossattn.frameworks import adapter
+
+        try:
+            with adapter(framework).lazy():
+                return self.build(framework)
+        except CrossattnError:
+            raise
+        except Exception:  # noqa: BLE001 - any failure under the lazy context: build it normally
+            return self.build(framework)
+
     def slots(self, framework: str) -> dict:
-        """The framework model's slots (every state tensor with its layer kind), cached; the model is dropped."""
+        """The framework model's slots (every state tensor with its layer kind), cached; read from a model built
+        without storage, which is then dropped."""
         if framework not in self._slots:
             from crossattn.frameworks import adapter
 
-            model = self.build(framework)
+            model = self.build_lazy(framework)
             self._slots[framework] = adapter(framework).slots(model)
             del model
             release_freed_memory()

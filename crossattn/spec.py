@@ -197,8 +197,20 @@ def resolve_named(arg: str, folder: Path, what: str) -> Path:
     shipped = folder / f"{arg}.yaml"
     if shipped.is_file():
         return shipped
-    known = ", ".join(p.stem for p in sorted(folder.glob("*.yaml")))
-    raise SpecError(arg, None, None, f"no such file and no shipped {what} of that name; shipped: {known}")
+    raise SpecError(arg, None, None, f"no such file and no shipped {what} of that name; "
+                                     f"{_closest(arg, [p.stem for p in sorted(folder.glob('*.yaml'))])}")
+
+
+def _closest(arg: str, names: list[str]) -> str:
+    """`did you mean` the nearest shipped names (difflib), not the whole list."""
+    import difflib
+
+    near = difflib.get_close_matches(arg, names, n=3, cutoff=0.5)
+    if not near:  # a partial name: the shipped names that contain it
+        near = [n for n in names if arg.lower() in n.lower()][:3]
+    if near:
+        return "did you mean " + " or ".join(f"`{n}`" for n in near) + "? (`crossattn specs` lists all)"
+    return f"{len(names)} are shipped: `crossattn specs` lists them"
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -224,5 +236,9 @@ def resolve_spec(arg: str) -> Path:
     for candidate in shipped_spec_paths():
         if candidate.stem == arg:
             return candidate
-    known = ", ".join(p.stem for p in shipped_spec_paths())
-    raise SpecError(arg, None, None, f"no such file and no shipped spec of that name; shipped specs: {known}")
+    if ":" in arg:
+        raise SpecError(arg, None, None, "no such file and no shipped spec of that name; it reads as "
+                                         "MODULE:FACTORY: pass your own models as --torch-model MODULE:FACTORY "
+                                         "--paddle-model MODULE:FACTORY")
+    raise SpecError(arg, None, None, f"no such file and no shipped spec of that name; "
+                                     f"{_closest(arg, [p.stem for p in shipped_spec_paths()])}")

@@ -52,5 +52,15 @@ ACCURACY_FACTOR = 256.0
 FLOAT32_CONSTANT_OFFSET = 2.0 ** -23
 
 
+#: a direct comparison of two float32 results with no float64 runs at hand (convert's fast
+#: verification of a written file). Not a sound verdict (an error of 1e-5 passes on the
+#: absolute branch whatever the tensor's scale): no `check` or `diff` verdict uses it
+FLOAT32_DIRECT = Tolerance(atol=1e-5, rtol=1e-5)
+
+#: the earlier one-sided float32 budget (`compare.within_rounding_budget`), kept for
+#: `align` until it judges with `compare.judge`
+ROUNDING_BUDGET_FACTOR = 4.0
+
+
 def tolerance_for(dtype: str) -> Tolerance:
     return DEFAULTS[dtype]

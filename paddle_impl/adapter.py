@@ -5,8 +5,9 @@ Mirrors torch_impl/adapter.py function for function.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 
 import numpy as np
 import paddle
@@ -26,7 +27,9 @@ class StepResult:
     output: np.ndarray
     input_grad: np.ndarray
     param_grads: dict[str, np.ndarray]
-    state: dict[str, np.ndarray]  # state after the step (running statistics moved in train mode)
+    #: state after the step other than trainable parameters, which a step does not move (running
+    #: statistics moved in train mode, counters, frozen tensors)
+    state: dict[str, np.ndarray]
     #: per BatchNorm, per call: (batch mean, biased batch variance, values per channel)
     bn_batches: dict[str, list[tuple[np.ndarray, np.ndarray, int]]]
 
@@ -65,28 +68,58 @@ def layer_kind(layer: nn.Layer) -> str:
         return "conv"
     if isinstance(layer, nn.Embedding):
         return "embedding"
+    if isinstance(layer, nn.MultiHeadAttention):
+        return "mha"
     return "other"
+
+
+#: MultiHeadAttention sublayers whose tensors torch keeps in the attention module itself (in_proj_*)
+_MHA_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 
 
 def slots(model: nn.Layer) -> dict[str, Slot]:
     """Every state tensor of `model`, with the kind of the layer that owns it."""
     table: dict[str, Slot] = {}
-    for layer_name, layer in model.named_sublayers(include_self=True):
+    layers = dict(model.named_sublayers(include_self=True))
+    for layer_name, layer in layers.items():
         kind = layer_kind(layer)
         zero = bool(getattr(layer, ZERO_INIT_ATTR, False))
         skip = getattr(layer, "_non_persistable_buffer_names_set", set())
         tensors = list(layer.named_parameters(include_sublayers=False))
         tensors += [(n, b) for n, b in layer.named_buffers(include_sublayers=False) if n not in skip]
+        owner, prefix = layer_name, ""
+        parent, _, attr = layer_name.rpartition(".")
+        if attr in _MHA_PROJECTIONS and parent in layers and layer_kind(layers[parent]) == "mha":
+            # q/k/v projections belong to the attention layer, as torch's in_proj_* tensors do
+            owner, prefix, kind = parent, attr + ".", "mha"
         for name, tensor in tensors:
             key = join(layer_name, name)
             trainable = not tensor.stop_gradient
-            table[key] = Slot(key, layer_name, name, kind, tuple(tensor.shape),
-                              str(tensor.numpy().dtype), trainable, zero)
+            table[key] = Slot(key, owner, prefix + name, kind, tuple(tensor.shape),
+                              _dtype_name(tensor), trainable, zero)
     return table
 
 
+def _dtype_name(tensor: paddle.Tensor) -> str:
+    """numpy's name of the tensor's dtype, read without copying data (and valid before a lazy init)."""
+    return str(tensor.dtype).removeprefix("paddle.")
+
+
 def state(model: nn.Layer) -> dict[str, np.ndarray]:
-    return {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    return {k: v.numpy() for k, v in model.state_dict().items()}  # numpy() copies in paddle
+
+
+def _untrained_state(model: nn.Layer) -> dict[str, np.ndarray]:
+    """The state a step may change: all but the trainable parameters (copying those is most of a copy)."""
+    trained = {id(p) for p in model.parameters() if not p.stop_gradient}
+    return {k: v.numpy() for k, v in model.state_dict().items() if id(v) not in trained}
+
+
+def _c_order(value: np.ndarray) -> np.ndarray:
+    """C order, keeping 0-d arrays 0-d (np.ascontiguousarray makes them 1-d, which paddle then skips
+    loading with only a warning)."""
+    value = np.asarray(value)
+    return value if value.flags.c_contiguous else value.copy(order="C")
 
 
 def load_state(model: nn.Layer, values: Mapping[str, np.ndarray]) -> None:
@@ -98,7 +131,7 @@ def load_state(model: nn.Layer, values: Mapping[str, np.ndarray]) -> None:
                  for k, v in values.items() if k in own and tuple(np.shape(v)) != own[k].shape]
     if problems:
         raise TransferError(problems, "loading paddle state")
-    model.set_state_dict({k: np.ascontiguousarray(v) for k, v in values.items()})
+    model.set_state_dict({k: _c_order(v) for k, v in values.items()})
 
 
 def _bn_batch_hooks(model, batches: dict[str, list]) -> list:
@@ -139,10 +172,10 @@ def step(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], 
     finally:
         for handle in handles:
             handle.remove()
-    grads = {name: (p.grad.numpy().copy() if p.grad is not None else np.zeros(tuple(p.shape), x.dtype))
+    grads = {name: (p.grad.numpy() if p.grad is not None else np.zeros(tuple(p.shape), x.dtype))
              for name, p in model.named_parameters() if not p.stop_gradient}
-    input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
-    return StepResult(output.numpy().copy(), input_grad, grads, state(model), batches)
+    input_grad = inputs.grad.numpy() if inputs.grad is not None else np.zeros_like(x)
+    return StepResult(output.numpy(), input_grad, grads, _untrained_state(model), batches)
 
 
 def trace(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray], train: bool,
@@ -243,3 +276,65 @@ def _first_tensor(output):
     if isinstance(output, (tuple, list)):
         return next((o for o in output if _is_float(o)), None)
     return None
+
+
+# --------------------------------------------------------------------------- lazy models (conversion)
+
+
+@contextlib.contextmanager
+def lazy() -> Iterator[None]:
+    """Layers built inside defer their parameters' initialisation (LazyGuard): slots cost nothing."""
+    with paddle.LazyGuard():
+        yield
+
+
+def load_lazy(model: nn.Layer, values: MutableMapping[str, np.ndarray], consume: bool = False) -> nn.Layer:
+    """Initialise a lazily built model from `values`, tensor by tensor.
+
+    Paddle copies each array into its own storage; with `consume` each array
+    is dropped from `values` once copied, so the state and the model never
+    both hold the whole checkpoint. Raises CrossattnError if a parameter the
+    state does not cover is left uninitialised.
+    """
+    own = slots(model)
+    problems = [f"missing `{k}`" for k in own if k not in values]
+    problems += [f"unexpected `{k}`" for k in values if k not in own]
+    problems += [f"mis-shaped `{k}`: got {list(np.shape(v))}, model has {list(own[k].shape)}"
+                 for k, v in values.items() if k in own and tuple(np.shape(v)) != own[k].shape]
+    if problems:
+        raise TransferError(problems, "loading paddle state")
+    state = model.state_dict()
+    uncovered = [name for name, _ in model.named_parameters() if name not in state]
+    if uncovered:  # checked before anything is consumed, so the caller can still build the model for real
+        raise CrossattnError(f"parameters {', '.join(uncovered[:5])} are not in the model's state dict")
+    for key, tensor in state.items():
+        tensor.set_value(_c_order(values[key]))
+        if consume:
+            del values[key]
+    left = [name for name, p in model.named_parameters() if not p._is_initialized()]
+    if left:
+        raise CrossattnError(f"parameters {', '.join(left[:5])} have no value in the state")
+    return model
+
+
+def forward(model: nn.Layer, x: np.ndarray, train: bool) -> np.ndarray:
+    """The output alone (no graph kept): what a conversion's verification compares."""
+    model.train() if train else model.eval()
+    with paddle.no_grad():
+        output = model(paddle.to_tensor(np.ascontiguousarray(x)))
+    if not isinstance(output, paddle.Tensor):
+        raise CrossattnError(f"the model returns {type(output).__name__}, not one tensor")
+    return output.numpy().copy()
+
+
+@contextlib.contextmanager
+def threads(count: int) -> Iterator[None]:
+    """Math-library threads for a while (as torch's adapter); paddle has no getter, and its own default is
+    OMP_NUM_THREADS, which paddle sets to 1 at import when unset: that is what is restored."""
+    import os
+
+    paddle.base.core.set_num_threads(count)
+    try:
+        yield
+    finally:
+        paddle.base.core.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))

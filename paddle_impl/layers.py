@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import paddle
+import paddle.nn.functional as F
 from paddle import nn
 
-from crossattn.conventions import BN_EPSILON, BN_MOMENTUM_PADDLE, LN_EPSILON
+from crossattn.conventions import BN_EPSILON, BN_MOMENTUM_PADDLE, BN_STATS_RULES, LN_EPSILON, bn_stats_update
 from crossattn.conventions import as_paddle_holds
 from crossattn.resample import adaptive_pool_matrix, bilinear_matrix
 
@@ -25,6 +26,61 @@ def max_pool_nd(dimension: int, kernel: tuple[int, ...]) -> nn.Layer:
 def batch_norm(dimension: int, channels: int) -> nn.Layer:
     cls = {1: nn.BatchNorm1D, 2: nn.BatchNorm2D, 3: nn.BatchNorm3D}[dimension]
     return cls(channels, epsilon=BN_EPSILON, momentum=BN_MOMENTUM_PADDLE)
+
+
+class _SharedStatsBatchNorm:
+    """BatchNorm whose running statistics follow a shared rule (conventions.bn_stats_update).
+
+    The output, its gradient and the batch statistics come from paddle's own
+    kernel; only the fold into the running estimates is replaced.
+    """
+
+    crossattn_bn_stats = "torch"
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if not self.training or self._use_global_stats:
+            return super().forward(x)
+        self._check_data_format(self._data_format)
+        self._check_input_dim(x)
+        # momentum 0 makes the kernel hand back this batch's statistics (mean, biased variance): no extra pass
+        mean, var = paddle.zeros_like(self._mean), paddle.zeros_like(self._variance)
+        out = F.batch_norm(x, mean, var, weight=self.weight, bias=self.bias, training=True, momentum=0.0,
+                           epsilon=self._epsilon, data_format=self._data_format, use_global_stats=False)
+        with paddle.no_grad():
+            channel_axis = 1 if self._data_format.startswith("NC") else x.ndim - 1
+            count = int(np.prod(x.shape)) // int(x.shape[channel_axis])
+            keep, new, unbiased = bn_stats_update(self.crossattn_bn_stats, 1.0 - self._momentum)
+            if unbiased:
+                var = var * (count / max(count - 1, 1))
+            paddle.assign(keep * self._mean + new * mean, output=self._mean)
+            paddle.assign(keep * self._variance + new * var, output=self._variance)
+        return out
+
+
+_SHARED_CLASSES: dict[type, type] = {}
+
+
+def apply_bn_stats(model: nn.Layer, rule: str) -> nn.Layer:
+    """Make every BatchNorm of `model` fold its running statistics by `rule` (torch, paddle or native).
+
+    paddle's layers already follow `paddle` and `native`; under `torch` each
+    BatchNorm (a spec's twin or a user's own) is given the shared update, its
+    parameters and buffers untouched.
+    """
+    if rule not in BN_STATS_RULES:
+        raise ValueError(f"bn_stats {rule!r}: expected one of {', '.join(BN_STATS_RULES)}")
+    for _, layer in model.named_sublayers(include_self=True):
+        if isinstance(layer, nn.layer.norm._BatchNormBase):
+            base = type(layer)
+            if isinstance(layer, _SharedStatsBatchNorm):
+                base = base.__mro__[2]
+            if rule in ("paddle", "native"):
+                layer.__class__ = base
+                continue
+            if base not in _SHARED_CLASSES:
+                _SHARED_CLASSES[base] = type(base.__name__, (_SharedStatsBatchNorm, base), {})
+            layer.__class__ = _SHARED_CLASSES[base]
+    return model
 
 
 def layer_norm(shape: list[int], epsilon: float = LN_EPSILON) -> nn.Layer:

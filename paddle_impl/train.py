@@ -22,8 +22,9 @@ from crossattn.init import initial_state
 from crossattn.spec import Spec
 from crossattn.training.augment import CropFlip
 from crossattn.training.config import TrainConfig
+from weight_transfer import optimizer_state
 from paddle_impl import adapter
-from paddle_impl.layers import bilinear_resize
+from paddle_impl.layers import apply_bn_stats, bilinear_resize
 
 FRAMEWORK = "paddle"
 CHANNELS_LAST_NOTE = "paddle: channels_last is ignored (the twins are built NCHW; paddle sets layout per layer)"
@@ -88,6 +89,15 @@ def make_optimizer(model: paddle.nn.Layer, config: TrainConfig) -> paddle.optimi
                                  epsilon=config.adam_epsilon, parameters=params, weight_decay=decay)
 
 
+def native_optimizer_state(build: Callable[[str], paddle.nn.Layer],
+                           opt: optimizer_state.OptimizerState) -> tuple[dict, dict[str, str]]:
+    """`opt` keyed as the optimizer of a model built first in a fresh process (or name scope) names it."""
+    with paddle.utils.unique_name.guard():
+        model = build(FRAMEWORK)
+        names = {name: p.name for name, p in model.named_parameters() if not p.stop_gradient}
+    return optimizer_state.paddle_state_dict(opt, names), names
+
+
 def set_lr(optimizer: paddle.optimizer.Optimizer, lr: float) -> None:
     optimizer.set_lr(lr)
 
@@ -101,6 +111,26 @@ def smoothed_cross_entropy(logits: paddle.Tensor, labels: paddle.Tensor, smoothi
     if smoothing:
         loss = (1.0 - smoothing) * loss - smoothing * log_probs.mean(axis=1)
     return loss.mean()
+
+
+def train_step(model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer, x: paddle.Tensor,
+               labels: paddle.Tensor, lr: float, smoothing: float = 0.0,
+               autocast: contextlib.AbstractContextManager | None = None,
+               scaler: paddle.amp.GradScaler | None = None) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """One optimizer step on a batch: forward, loss, backward, step; the loop's and `crossattn align`'s."""
+    set_lr(optimizer, lr)
+    with autocast or contextlib.nullcontext():
+        logits = model(x)
+    loss = smoothed_cross_entropy(logits, labels, smoothing)
+    optimizer.clear_grad(set_to_zero=False)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss, logits
 
 
 def count_parameters(model: paddle.nn.Layer) -> int:
@@ -142,6 +172,7 @@ class Trainer:
         self.dtype = config.dtype
         self.model = build_model(spec, config.seed)
         self.model.to(dtype=self.dtype)
+        apply_bn_stats(self.model, config.bn_stats)
         self.optimizer = make_optimizer(self.model, config)
         self.scaler = paddle.amp.GradScaler(init_loss_scaling=2.0**16) if config.amp == "fp16" else None
         self.autocast_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(config.amp)
@@ -187,20 +218,10 @@ class Trainer:
         correct = paddle.zeros([], dtype="int64")
         seen = done = 0
         for indices, aug, lr in steps:
-            set_lr(self.optimizer, lr)
             x = self.batch(self.train_images, indices, aug)
             labels = paddle.gather(self.train_labels, paddle.to_tensor(indices), axis=0)
-            with self._autocast():
-                logits = self.model(x)
-            loss = smoothed_cross_entropy(logits, labels, self.config.label_smoothing)
-            self.optimizer.clear_grad(set_to_zero=False)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self.optimizer.step()
+            loss, logits = train_step(self.model, self.optimizer, x, labels, lr, self.config.label_smoothing,
+                                      self._autocast(), self.scaler)
             loss_sum += loss.detach().astype("float64") * len(indices)
             correct += (logits.detach().argmax(axis=1) == labels).astype("int64").sum()
             seen += len(indices)
@@ -213,7 +234,7 @@ class Trainer:
         return result
 
     def predict(self, split: str, batches: Iterable[np.ndarray]) -> np.ndarray:
-        """float32 logits of the split's images, in the order of `batches`."""
+        """Logits (float64 in float64 runs, else float32) of the split's images, in the order of `batches`."""
         images = self.test_images if split == "test" else self.train_images
         self.model.eval()
         outputs = []
@@ -221,7 +242,7 @@ class Trainer:
             for indices in batches:
                 with self._autocast():
                     logits = self.model(self.batch(images, indices, None))
-                outputs.append(logits.astype("float32").numpy())
+                outputs.append(logits.astype("float64" if logits.dtype == paddle.float64 else "float32").numpy())
         return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
 
     def parameters_and_macs(self) -> tuple[int, int]:
@@ -233,7 +254,8 @@ class Trainer:
 
     def save(self, path: str, epoch: int, step: int) -> None:
         payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch,
-                   "step": step, "framework": FRAMEWORK}
+                   "step": step, "framework": FRAMEWORK, optimizer_state.NAMES_KEY: self.parameter_names(),
+                   optimizer_state.HYPER_KEY: optimizer_state.hyperparameters(self.config)}
         if self.scaler is not None:
             payload["scaler"] = self.scaler.state_dict()
         paddle.save(payload, path)
@@ -245,3 +267,46 @@ class Trainer:
         if self.scaler is not None and "scaler" in payload:
             self.scaler.load_state_dict(payload["scaler"])
         return int(payload["epoch"]), int(payload["step"])
+
+    def parameter_names(self) -> dict[str, str]:
+        """Structured name -> variable name of each trainable parameter (how its optimizer state is keyed)."""
+        return {name: p.name for name, p in self.model.named_parameters() if not p.stop_gradient}
+
+    def load_translated(self, model_state: dict[str, np.ndarray], opt: optimizer_state.OptimizerState) -> None:
+        """Weights and optimizer state carried over from the other framework (already in paddle's form)."""
+        adapter.load_state(self.model, model_state)
+        self.optimizer.set_state_dict(optimizer_state.paddle_state_dict(opt, self.parameter_names()))
+
+    def dropout_layers(self) -> list[str]:
+        return [name for name, m in self.model.named_sublayers()
+                if isinstance(m, (paddle.nn.Dropout, paddle.nn.Dropout2D, paddle.nn.Dropout3D)) and m.p > 0]
+
+
+# --------------------------------------------------------------------------- for crossattn align
+
+
+def step_arrays(model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer, x: np.ndarray, labels: np.ndarray,
+                lr: float) -> float:
+    """train_step on numpy inputs; the loss as a float."""
+    loss, _ = train_step(model, optimizer, paddle.to_tensor(x), paddle.to_tensor(labels), lr)
+    return float(loss.detach().astype("float64").item())
+
+
+def optimizer_record(model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer, config: TrainConfig,
+                     step: int) -> optimizer_state.OptimizerState:
+    """The live optimizer's state as crossattn reads a checkpoint's."""
+    names = {name: p.name for name, p in model.named_parameters() if not p.stop_gradient}
+    content = {"optimizer": optimizer.state_dict(), "step": step, optimizer_state.NAMES_KEY: names,
+               optimizer_state.HYPER_KEY: optimizer_state.hyperparameters(config)}
+    return optimizer_state.read(optimizer_state.numpy_tree(content), FRAMEWORK)
+
+
+def set_train_mode(model: paddle.nn.Layer, train: bool) -> list[str]:
+    """Train or eval mode, dropout always off (identity); returns the dropout layers so held."""
+    model.train() if train else model.eval()
+    held = []
+    for name, layer in model.named_sublayers():
+        if isinstance(layer, (paddle.nn.Dropout, paddle.nn.Dropout2D, paddle.nn.Dropout3D, paddle.nn.AlphaDropout)):
+            layer.eval()
+            held.append(name)
+    return held

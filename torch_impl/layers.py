@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from crossattn.conventions import BN_EPSILON, BN_MOMENTUM_TORCH, LN_EPSILON
+from crossattn.conventions import BN_EPSILON, BN_MOMENTUM_TORCH, BN_STATS_RULES, LN_EPSILON, bn_stats_update
 from crossattn.conventions import as_paddle_holds
 from crossattn.resample import adaptive_pool_matrix, bilinear_matrix
 
@@ -25,6 +26,59 @@ def max_pool_nd(dimension: int, kernel: tuple[int, ...]) -> nn.Module:
 def batch_norm(dimension: int, channels: int) -> nn.Module:
     cls = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dimension]
     return cls(channels, eps=BN_EPSILON, momentum=BN_MOMENTUM_TORCH)
+
+
+class _SharedStatsBatchNorm:
+    """BatchNorm whose running statistics follow a shared rule (conventions.bn_stats_update).
+
+    The output, its gradient and the batch statistics come from torch's own
+    kernel; only the fold into the running estimates is replaced.
+    """
+
+    crossattn_bn_stats = "paddle"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.track_running_stats):
+            return super().forward(x)
+        self._check_input_dim(x)
+        # momentum 1 makes the kernel hand back this batch's statistics (mean, unbiased variance): no extra pass
+        mean, var = torch.zeros_like(self.running_mean), torch.zeros_like(self.running_var)
+        out = F.batch_norm(x, mean, var, self.weight, self.bias, True, 1.0, self.eps)
+        with torch.no_grad():
+            count = x.numel() // x.shape[1]
+            keep, new, unbiased = bn_stats_update(self.crossattn_bn_stats, self.momentum)
+            if not unbiased:
+                var = var * ((count - 1) / count)
+            self.running_mean.copy_(keep * self.running_mean + new * mean)
+            self.running_var.copy_(keep * self.running_var + new * var)
+            self.num_batches_tracked.add_(1)
+        return out
+
+
+_SHARED_CLASSES: dict[type, type] = {}
+
+
+def apply_bn_stats(model: nn.Module, rule: str) -> nn.Module:
+    """Make every BatchNorm of `model` fold its running statistics by `rule` (torch, paddle or native).
+
+    torch's layers already follow `torch` and `native`; under `paddle` each
+    BatchNorm (a spec's twin or a user's own) is given the shared update, its
+    parameters and buffers untouched.
+    """
+    if rule not in BN_STATS_RULES:
+        raise ValueError(f"bn_stats {rule!r}: expected one of {', '.join(BN_STATS_RULES)}")
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.momentum is not None:
+            base = type(module)
+            if isinstance(module, _SharedStatsBatchNorm):
+                base = base.__mro__[2]
+            if rule in ("torch", "native"):
+                module.__class__ = base
+                continue
+            if base not in _SHARED_CLASSES:
+                _SHARED_CLASSES[base] = type(base.__name__, (_SharedStatsBatchNorm, base), {})
+            module.__class__ = _SHARED_CLASSES[base]
+    return model
 
 
 def layer_norm(shape: list[int], epsilon: float = LN_EPSILON) -> nn.Module:

@@ -23,8 +23,9 @@ from crossattn.init import initial_state
 from crossattn.spec import Spec
 from crossattn.training.augment import CropFlip
 from crossattn.training.config import TrainConfig
+from weight_transfer import optimizer_state
 from torch_impl import adapter
-from torch_impl.layers import bilinear_resize
+from torch_impl.layers import apply_bn_stats, bilinear_resize
 
 FRAMEWORK = "torch"
 CHANNELS_LAST_NOTE = "torch: model and inputs in channels_last (NHWC) memory format"
@@ -79,6 +80,15 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
                 weight_decay=config.weight_decay)
 
 
+def native_optimizer_state(build: Callable[[str], torch.nn.Module],
+                           opt: optimizer_state.OptimizerState) -> tuple[dict, list[str]]:
+    """`opt` as the state_dict of the optimizer make_optimizer builds for the model."""
+    model = build(FRAMEWORK)
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    groups = make_optimizer(model, TrainConfig(**opt.hyper)).state_dict()["param_groups"]
+    return optimizer_state.torch_state_dict(opt, names, groups), names
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -93,6 +103,25 @@ def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing
     if smoothing:
         loss = (1.0 - smoothing) * loss - smoothing * log_probs.mean(dim=1)
     return loss.mean()
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor,
+               lr: float, smoothing: float = 0.0, autocast: contextlib.AbstractContextManager | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch: forward, loss, backward, step; the loop's and `crossattn align`'s."""
+    set_lr(optimizer, lr)
+    with autocast or contextlib.nullcontext():
+        logits = model(x)
+    loss = smoothed_cross_entropy(logits, labels, smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss, logits
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -133,6 +162,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # nothing here draws from it; a dropout layer would
         self.dtype = getattr(torch, config.dtype)
         self.model = build_model(spec, config.seed).to(device=self.device, dtype=self.dtype)
+        apply_bn_stats(self.model, config.bn_stats)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.optimizer = make_optimizer(self.model, config)
@@ -179,20 +209,10 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = done = 0
         for indices, aug, lr in steps:
-            set_lr(self.optimizer, lr)
             x = self.batch(self.train_images, indices, aug)
             labels = self.train_labels.index_select(0, torch.from_numpy(indices).to(self.device))
-            with self._autocast():
-                logits = self.model(x)
-            loss = smoothed_cross_entropy(logits, labels, self.config.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self.optimizer.step()
+            loss, logits = train_step(self.model, self.optimizer, x, labels, lr, self.config.label_smoothing,
+                                      self._autocast(), self.scaler)
             loss_sum += loss.detach().double() * len(indices)
             correct += (logits.detach().argmax(dim=1) == labels).sum()
             seen += len(indices)
@@ -205,7 +225,7 @@ class Trainer:
         return result
 
     def predict(self, split: str, batches: Iterable[np.ndarray]) -> np.ndarray:
-        """float32 logits of the split's images, in the order of `batches`."""
+        """Logits (float64 in float64 runs, else float32) of the split's images, in the order of `batches`."""
         images = self.test_images if split == "test" else self.train_images
         self.model.eval()
         outputs = []
@@ -213,7 +233,8 @@ class Trainer:
             for indices in batches:
                 with self._autocast():
                     logits = self.model(self.batch(images, indices, None))
-                outputs.append(logits.float().cpu().numpy())
+                outputs.append(logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+                               .cpu().numpy())
         return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
 
     def parameters_and_macs(self) -> tuple[int, int]:
@@ -225,7 +246,8 @@ class Trainer:
 
     def save(self, path: str, epoch: int, step: int) -> None:
         payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch,
-                   "step": step, "framework": FRAMEWORK}
+                   "step": step, "framework": FRAMEWORK, optimizer_state.NAMES_KEY: self.parameter_names(),
+                   optimizer_state.HYPER_KEY: optimizer_state.hyperparameters(self.config)}
         if self.scaler is not None:
             payload["scaler"] = self.scaler.state_dict()
         torch.save(payload, path)
@@ -237,3 +259,51 @@ class Trainer:
         if self.scaler is not None and "scaler" in payload:
             self.scaler.load_state_dict(payload["scaler"])
         return int(payload["epoch"]), int(payload["step"])
+
+    def parameter_names(self) -> list[str]:
+        """The trainable parameters in the optimizer's order (how its state is indexed)."""
+        return [name for name, p in self.model.named_parameters() if p.requires_grad]
+
+    def load_translated(self, model_state: dict[str, np.ndarray], opt: optimizer_state.OptimizerState) -> None:
+        """Weights and optimizer state carried over from the other framework (already in torch's form)."""
+        adapter.load_state(self.model, model_state)
+        template = self.optimizer.state_dict()["param_groups"]
+        native = optimizer_state.torch_state_dict(opt, self.parameter_names(), template)
+        native["state"] = {i: {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in entry.items()}
+                           for i, entry in native["state"].items()}
+        self.optimizer.load_state_dict(native)
+
+    def dropout_layers(self) -> list[str]:
+        return [name for name, m in self.model.named_modules()
+                if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
+
+
+# --------------------------------------------------------------------------- for crossattn align
+
+
+def step_arrays(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: np.ndarray, labels: np.ndarray,
+                lr: float) -> float:
+    """train_step on numpy inputs; the loss as a float."""
+    device = next(model.parameters()).device
+    loss, _ = train_step(model, optimizer, torch.from_numpy(x).to(device), torch.from_numpy(labels).to(device), lr)
+    return float(loss.detach().double())
+
+
+def optimizer_record(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                     step: int) -> optimizer_state.OptimizerState:
+    """The live optimizer's state as crossattn reads a checkpoint's."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    content = {"optimizer": optimizer.state_dict(), "step": step, optimizer_state.NAMES_KEY: names,
+               optimizer_state.HYPER_KEY: optimizer_state.hyperparameters(config)}
+    return optimizer_state.read(optimizer_state.numpy_tree(content), FRAMEWORK)
+
+
+def set_train_mode(model: torch.nn.Module, train: bool) -> list[str]:
+    """Train or eval mode, dropout always off (identity); returns the dropout layers so held."""
+    model.train(train)
+    held = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.eval()
+            held.append(name)
+    return held

@@ -1,7 +1,10 @@
 """The naming and layout rules between torch and paddle state dicts, keyed by layer kind.
 
-A tensor not covered by a rule keeps its name and layout (conv weights, biases,
-norm affine parameters are laid out the same in both frameworks).
+A tensor not covered by a rule keeps its name and layout. Measured equal in both
+frameworks (tests/test_layer_kinds.py): conv weights of every rank, grouped and
+depthwise included, [out, in/groups, *k]; transposed conv weights [in, out/groups, *k]
+(paddle's Conv*DTranspose and torch's ConvTranspose*d agree, groups > 1 too);
+Embedding [num, dim]; GroupNorm weight/bias [C]; biases.
 """
 
 from __future__ import annotations
@@ -37,7 +40,43 @@ RULES: tuple[Rule, ...] = (
     Rule("instancenorm", "num_batches_tracked", None, "same", "paddle's InstanceNorm keeps no running statistics"),
     Rule("prelu", "weight", "_weight", "same", "paddle names PReLU's slope `_weight`"),
     Rule("layernorm", "bias", "bias", "reshape", "paddle stores LayerNorm affine parameters flattened"),
+    # MultiheadAttention with kdim/vdim unlike embed_dim: torch keeps separate [out, in] projections
+    Rule("mha", "q_proj_weight", "q_proj.weight", "transpose", "paddle's q_proj is a Linear ([in, out])"),
+    Rule("mha", "k_proj_weight", "k_proj.weight", "transpose", "paddle's k_proj is a Linear ([in, out])"),
+    Rule("mha", "v_proj_weight", "v_proj.weight", "transpose", "paddle's v_proj is a Linear ([in, out])"),
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitRule:
+    """One torch tensor that paddle keeps as several, stacked along torch's axis 0 in `paddle_names` order."""
+
+    kind: str
+    torch_name: str
+    paddle_names: tuple[str, ...]
+    layout: Layout  # of each part, as for a Rule
+    why: str
+
+
+SPLIT_RULES: tuple[SplitRule, ...] = (
+    SplitRule("mha", "in_proj_weight", ("q_proj.weight", "k_proj.weight", "v_proj.weight"), "transpose",
+              "torch fuses MultiheadAttention's q/k/v projections into one [3E, E] weight; paddle has three "
+              "Linear layers ([in, out])"),
+    SplitRule("mha", "in_proj_bias", ("q_proj.bias", "k_proj.bias", "v_proj.bias"), "same",
+              "torch fuses MultiheadAttention's q/k/v biases into one [3E] bias"),
+)
+
+
+def split_rule_for(kind: str, name: str, framework: str) -> tuple[SplitRule, int] | None:
+    """The split rule tensor `name` of a `kind` layer takes part in, and its part index (-1: the fused torch one)."""
+    for rule in SPLIT_RULES:
+        if rule.kind != kind:
+            continue
+        if framework == "torch" and rule.torch_name == name:
+            return rule, -1
+        if framework == "paddle" and name in rule.paddle_names:
+            return rule, rule.paddle_names.index(name)
+    return None
 
 
 def rule_for(kind: str, name: str, framework: str) -> Rule | None:

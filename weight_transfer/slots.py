@@ -6,7 +6,7 @@ import dataclasses
 
 #: layer kinds the adapters recognise; rules are keyed by these, never by order
 LAYER_KINDS = ("conv", "linear", "batchnorm", "layernorm", "groupnorm", "instancenorm", "prelu", "embedding",
-               "other")
+               "mha", "other")
 
 
 @dataclasses.dataclass(frozen=True)

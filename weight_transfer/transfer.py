@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from crossattn.errors import TransferError
-from weight_transfer.rules import counterpart_name, rule_for
+from weight_transfer.rules import counterpart_name, rule_for, split_rule_for
 from weight_transfer.slots import Slot, join
 
 
@@ -82,6 +82,19 @@ def transfer(source: Mapping[str, np.ndarray], source_framework: str, target_slo
     used: set[str] = set()
     layer_kinds = {slot.layer: slot.kind for slot in target_slots.values()}
     for key, slot in target_slots.items():
+        split = _split_source(source, slot, target_framework)
+        if split is not None:
+            source_keys, value = split
+            if tuple(value.shape) != tuple(slot.shape):
+                problems.append(f"mis-shaped `{'`+`'.join(source_keys)}`: {source_framework} shapes "
+                                f"{[list(np.shape(source[k])) for k in source_keys]}, {target_framework} `{key}` "
+                                f"expects {list(slot.shape)}")
+                continue
+            used.update(source_keys)
+            report.renamed.append((" + ".join(source_keys), key))
+            out[key] = value.astype(slot.dtype, copy=False)
+            report.copied += 1
+            continue
         source_name, rule = counterpart_name(slot.kind, slot.name, target_framework)
         if source_name is None:
             if complete:
@@ -91,6 +104,11 @@ def transfer(source: Mapping[str, np.ndarray], source_framework: str, target_slo
         source_key = join(slot.layer, source_name)
         if source_key not in source:
             if complete:
+                split = split_rule_for(slot.kind, slot.name, target_framework)
+                if split is not None:  # name the fused tensor (or its parts) the source lacks
+                    rule_split, _ = split
+                    names = (rule_split.torch_name,) if target_framework == "paddle" else rule_split.paddle_names
+                    source_key = "`/`".join(join(slot.layer, n) for n in names if join(slot.layer, n) not in source)
                 problems.append(f"missing `{source_key}` (for {target_framework} `{key}`, shape {list(slot.shape)})")
             continue
         used.add(source_key)
@@ -129,12 +147,58 @@ def transfer(source: Mapping[str, np.ndarray], source_framework: str, target_slo
     return out, report
 
 
+def _split_source(source: Mapping[str, np.ndarray], slot: Slot,
+                  target_framework: str) -> tuple[list[str], np.ndarray] | None:
+    """A target tensor made from part of a fused source tensor, or from several source tensors fused.
+
+    None when no split rule applies or the source holds the other form (torch's
+    separate q/k/v weights, which the one-to-one rules take).
+    """
+    found = split_rule_for(slot.kind, slot.name, target_framework)
+    if found is None:
+        return None
+    rule, index = found
+    if target_framework == "paddle":
+        fused_key = join(slot.layer, rule.torch_name)
+        if fused_key not in source:
+            return None
+        value = np.asarray(source[fused_key])
+        if value.ndim == 0 or value.shape[0] % len(rule.paddle_names):
+            return [fused_key], value
+        part = np.split(value, len(rule.paddle_names), axis=0)[index]
+        return [fused_key], _convert(part, rule.layout, slot.shape, "paddle")
+    part_keys = [join(slot.layer, name) for name in rule.paddle_names]
+    if not all(k in source for k in part_keys):
+        return None
+    parts = [np.asarray(source[k]) for k in part_keys]
+    if rule.layout == "transpose":
+        parts = [p.T if p.ndim == 2 else p for p in parts]
+    try:
+        return part_keys, np.ascontiguousarray(np.concatenate(parts, axis=0))
+    except ValueError:  # parts that do not stack: reported as mis-shaped
+        return part_keys, np.empty((0,))
+
+
 def canonical_key(slot: Slot, framework: str) -> str:
     """The torch-side name of a slot, so both twins agree on per-tensor identities."""
     if framework == "torch":
         return slot.key
     name, _ = counterpart_name(slot.kind, slot.name, "paddle")
     return join(slot.layer, name or slot.name)
+
+
+def trainable_key(slot: Slot, framework: str) -> str:
+    """`canonical_key`, with the parts of a split tensor counted as the fused torch tensor.
+
+    Which tensors train is compared per torch tensor: paddle's q/k/v_proj
+    weights (and torch's separate q/k/v_proj_weight) are all `in_proj_weight`.
+    Initialisation keeps `canonical_key`, so the parts still draw apart.
+    """
+    name = slot.name if framework == "paddle" else counterpart_name(slot.kind, slot.name, "torch")[0]
+    split = split_rule_for(slot.kind, name, "paddle") if name else None
+    if split is not None:
+        return join(slot.layer, split[0].torch_name)
+    return canonical_key(slot, framework)
 
 
 def map_layer_name(layer: str, layer_map: Mapping[str, str]) -> str:

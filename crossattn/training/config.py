@@ -58,6 +58,10 @@ class TrainConfig(Options):
     crop_padding: int = 4
     hflip: bool = True
     label_smoothing: float = 0.0
+    #: how BatchNorm folds batches into its running statistics, the same in both frameworks:
+    #: torch (unbiased variance, momentum 0.1), paddle (biased, 0.9 held in float32), or native
+    #: (each framework its own: eval-mode results then differ between them)
+    bn_stats: Literal["torch", "paddle", "native"] = "torch"
     amp: Literal["none", "bf16", "fp16"] = "none"
     #: float64 makes both frameworks train in double precision: slow, but their runs then agree
     #: step by step to rounding, which proves two training set-ups the same before a long run

@@ -48,6 +48,11 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def framework_of_checkpoint(path: Path) -> str:
+    """Which framework wrote a run's checkpoint (its extension says; a run may switch frameworks)."""
+    return next(fw for fw, suffix in CHECKPOINT_SUFFIX.items() if path.name.endswith(suffix))
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[int, Path] | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None

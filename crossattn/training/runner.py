@@ -24,6 +24,7 @@ from crossattn.errors import CrossattnError, OptionError
 from crossattn.frameworks import require
 from crossattn.spec import Spec, load_spec
 from crossattn.training import run_dir as runs
+from crossattn.training import switch
 from crossattn.training.augment import CropFlip, crop_flip
 from crossattn.training.config import TrainConfig, load_train_config
 from crossattn.training.metrics import read_jsonl, topk_correct, write_metrics
@@ -108,13 +109,26 @@ class Progress:
         return time.perf_counter() - self.epoch_started
 
 
-def _load_newest_readable(trainer: Any, run: Path, log: Log) -> int:
-    """Load the newest checkpoint that reads back; an unreadable one (cut short by a crash) is skipped."""
+def _load_newest_readable(trainer: Any, run: Path, log: Log, framework: str, config: TrainConfig) -> int:
+    """Load the newest checkpoint that reads back; an unreadable one (cut short by a crash) is skipped.
+
+    A checkpoint of the other framework (the run continues after a switch) is translated.
+    """
     found = runs.list_checkpoints(run)
     for epoch, path in reversed(found):
+        source = runs.framework_of_checkpoint(path)
         try:
+            if source != framework:
+                loaded, _ = switch.load_foreign(trainer, path, source, framework, config)
+                log(f"continuing in {framework} from {source}'s {path.name}: weights, BatchNorm statistics and "
+                    f"optimizer state translated")
+                return loaded
             loaded, _ = trainer.load(str(path))
             return loaded
+        except CrossattnError as exc:
+            if source != framework and path.is_file() and "not a readable" not in str(exc):
+                raise
+            log(f"warning: cannot read checkpoint {path} ({exc}); trying an older one")
         except Exception as exc:  # noqa: BLE001 - each framework raises its own types for a damaged file
             log(f"warning: cannot read checkpoint {path} ({type(exc).__name__}: {exc}); trying an older one")
     if found:
@@ -173,9 +187,10 @@ def resume_run(run_dir: str | os.PathLike, device: str = "auto", epochs: int | N
     """Continue `run_dir` from its newest checkpoint (the next epoch); `epochs` may raise the total."""
     run = runs.require_resumable(run_dir)
     info = runs.read_info(run)
-    if framework is not None and framework != info.get("framework"):
-        raise CrossattnError(f"{run} was trained with {info.get('framework')}; resume it with that framework")
     config = load_train_config(run / "config.yaml")
+    trained_with = info.get("framework")
+    if framework is not None and framework != trained_with:
+        switch.refuse_inexact(run, config, trained_with, framework)
     persist = False
     if epochs is not None and epochs != config.epochs:
         latest = runs.latest_checkpoint(run)
@@ -198,7 +213,7 @@ def resume_run(run_dir: str | os.PathLike, device: str = "auto", epochs: int | N
     if latest is not None and latest[0] >= config.epochs:
         log(f"{run} has finished its {config.epochs} epochs; pass --epochs N (more than {config.epochs}) "
             f"to train further")
-    return _run(run, spec, config, info["framework"], device, log, stop_after, datasets, resume=True,
+    return _run(run, spec, config, framework or trained_with, device, log, stop_after, datasets, resume=True,
                 persist_config=persist)
 
 
@@ -210,6 +225,12 @@ def _run(run: Path, spec: Spec, config: TrainConfig, framework: str, device: str
     with module.session():
         trainer = module.Trainer(spec, config, device, train_set, test_set)
         info = runs.read_info(run)
+        if resume and info.get("framework") != framework:
+            switch.refuse_dropout(run, trainer, info.get("framework"), framework)
+            latest = runs.latest_checkpoint(run)
+            info.setdefault("switches", []).append({"after_epoch": latest[0] if latest else 0,
+                                                    "from": info.get("framework"), "to": framework})
+            info["framework"] = framework
         params, macs = trainer.parameters_and_macs()
         info.update({"device": trainer.device_name, "parameters": params, "macs_per_image": macs,
                      "steps_per_epoch": per_epoch, "train_images": len(train_set), "test_images": len(test_set)})
@@ -218,7 +239,7 @@ def _run(run: Path, spec: Spec, config: TrainConfig, framework: str, device: str
         runs.write_info(run, info)
         first_epoch, rows = 0, []
         if resume:
-            first_epoch = _load_newest_readable(trainer, run, log)
+            first_epoch = _load_newest_readable(trainer, run, log, framework, config)
             if persist_config:
                 atomic_write_text(run / "config.yaml", config.to_yaml())
             rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["epoch"] <= first_epoch]

@@ -1,0 +1,358 @@
+"""N training steps side by side: the "training alignment" step of a model port.
+
+From the same initial weights (drawn in the source framework, transferred to the
+other) and the same batches, both frameworks take N optimizer steps with the
+training loops' own step (`train_step`: forward, cross-entropy, backward,
+optimizer) and optimizer (`make_optimizer`, with its translations). After each
+step the loss of each framework, their difference, and every trainable tensor
+(the candidate's transferred into the source's naming) are judged; at the end
+every parameter, buffer and optimizer moment. The first step where anything
+leaves tolerance is marked, with the tensor that drifted most.
+
+Inputs are standard-normal arrays of the pair's input shape (batch size
+replaced); labels are class indices for a cross-entropy over axis 1 of the
+output (per position for dense outputs). Dropout is held off in both
+frameworks: its masks come from each framework's own generator and cannot be
+made equal without replacing the framework's op, so a step with dropout would
+compare two random draws. BatchNorm runs in train mode by default (batch
+statistics, running statistics moved by the shared `bn_stats` rule) or in
+eval mode (`bn_train=False`).
+
+float32 runs also step the source framework in float64 and judge each tensor
+by crossattn.compare.within_rounding_budget against it, as `check` does: a
+tensor outside the plain bounds still passes when the candidate is as close to
+the float64 trajectory as the source's own float32 run is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from crossattn.compare import Comparison, compare_either, within_rounding_budget
+from crossattn.errors import CrossattnError
+from crossattn.init import initial_state
+from crossattn.tolerances import FLOAT32_DIRECT, ROUNDING_BUDGET_FACTOR, Tolerance, tolerance_for
+from crossattn.training.config import TrainConfig
+from crossattn.training.schedule import lr_at
+
+FRAMEWORKS = ("torch", "paddle")
+#: the TrainConfig fields align takes (optimizer, schedule); a schedule's "epoch" is one step here
+CONFIG_KEYS = ("optimizer", "lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "momentum",
+               "nesterov", "schedule", "warmup_epochs", "step_epochs", "step_gamma", "min_lr", "bn_stats")
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignSettings:
+    steps: int = 20
+    batch_size: int = 4
+    dtype: str = "float64"
+    source: str = "torch"  # the framework whose weights are drawn and which is the reference
+    bn_train: bool = True
+    seed: int = 0
+    tol: Tolerance | None = None  # None: crossattn.tolerances for the dtype
+
+    @property
+    def target(self) -> str:
+        return "paddle" if self.source == "torch" else "torch"
+
+    @property
+    def tolerance(self) -> Tolerance:
+        # align still judges float32 by the one-sided budget, with the direct float32 bounds it was built on
+        return self.tol or (tolerance_for(self.dtype) if self.dtype == "float64" else FLOAT32_DIRECT)
+
+
+@dataclasses.dataclass
+class StepRow:
+    step: int  # 1-based
+    lr: float
+    loss: dict[str, float]
+    loss_diff: float
+    param_norm_rel: float  # ||candidate - reference|| / ||reference|| over all trainable tensors together
+    worst: Comparison  # the trainable tensor (or the loss) furthest outside / closest to its bound
+    passed: bool
+
+    def to_json(self) -> dict:
+        return {"step": self.step, "lr": self.lr, "loss": self.loss, "loss_diff": self.loss_diff,
+                "param_norm_rel": self.param_norm_rel, "worst": self.worst.to_json(), "passed": self.passed}
+
+
+@dataclasses.dataclass
+class AlignReport:
+    pair: str
+    settings: AlignSettings
+    config: TrainConfig
+    rows: list[StepRow]
+    final: list[Comparison]  # every parameter, buffer and optimizer moment after the last step
+    notes: list[str]
+
+    @property
+    def first_drift(self) -> StepRow | None:
+        return next((row for row in self.rows if not row.passed), None)
+
+    @property
+    def passed(self) -> bool:
+        return self.first_drift is None and all(c.passed for c in self.final)
+
+    @property
+    def worst_final(self) -> Comparison | None:
+        return _worst(self.final) if self.final else None
+
+    def to_json(self) -> dict:
+        drift = self.first_drift
+        tol = self.settings.tolerance
+        return {"pair": self.pair, "passed": self.passed,
+                "settings": {**dataclasses.asdict(self.settings), "tol": {"atol": tol.atol, "rtol": tol.rtol},
+                             "target": self.settings.target},
+                "optimizer": {k: getattr(self.config, k) for k in CONFIG_KEYS},
+                "first_drift": None if drift is None else {"step": drift.step, "tensor": drift.worst.tensor},
+                "steps": [row.to_json() for row in self.rows],
+                "final": [c.to_json() for c in self.final], "notes": self.notes}
+
+
+def _worst(results: list[Comparison]) -> Comparison:
+    """The failing comparison furthest outside its bounds; if none fails, the one closest to them."""
+    return max(results, key=lambda c: (not c.passed, c.severity))
+
+
+def judge(name: str, category: str, candidate: np.ndarray, reference: np.ndarray, tol: Tolerance,
+          exact: np.ndarray | None = None) -> Comparison:
+    """The one place a pair of tensors is judged (float32: with the rounding budget against float64)."""
+    result = compare_either(name, category, candidate, reference, tol)
+    if exact is not None:
+        result = within_rounding_budget(result, candidate, reference, exact, ROUNDING_BUDGET_FACTOR)
+    return result
+
+
+class _Side:
+    """One framework's model, optimizer and step, driven through its training loop's functions."""
+
+    def __init__(self, pair: Any, framework: str, dtype: str, config: TrainConfig, state: dict[str, np.ndarray],
+                 bn_train: bool) -> None:
+        from crossattn.frameworks import adapter, require
+
+        require(framework)
+        self.framework = framework
+        self.fw = adapter(framework)
+        self.loop = __import__(f"{framework}_impl.train", fromlist=["train_step"])
+        self.layers = __import__(f"{framework}_impl.layers", fromlist=["apply_bn_stats"])
+        self.fw.setup("cpu")
+        self.config = config
+        self.model = self.fw.to_dtype(pair.build(framework), dtype)
+        slots = self.fw.slots(self.model)
+        self.fw.load_state(self.model, {k: np.asarray(v, dtype=slots[k].dtype) if k in slots else v
+                                        for k, v in state.items()})
+        self.layers.apply_bn_stats(self.model, config.bn_stats)
+        self.optimizer = self.loop.make_optimizer(self.model, config)
+        self.held_dropout = self.loop.set_train_mode(self.model, bn_train)
+        self.steps = 0
+
+    def step(self, x: np.ndarray, labels: np.ndarray, lr: float) -> float:
+        loss = self.loop.step_arrays(self.model, self.optimizer, x, labels, lr)
+        self.steps += 1
+        return loss
+
+    def state(self) -> dict[str, np.ndarray]:
+        return self.fw.state(self.model)
+
+    def moments(self) -> Any:
+        return self.loop.optimizer_record(self.model, self.optimizer, self.config, self.steps)
+
+
+def align(pair: Any, config: TrainConfig, settings: AlignSettings,
+          progress: Callable[[int, int], None] | None = None) -> AlignReport:
+    """Run `settings.steps` optimizer steps of `pair` in both frameworks and judge every step."""
+    from crossattn.frameworks import adapter
+    from weight_transfer import optimizer_state
+
+    if pair.input_shape is None:
+        raise CrossattnError(f"{pair.origin}: no input shape; add `input_shape` to the spec or pass --input-shape")
+    if settings.steps < 1 or settings.batch_size < 1:
+        raise CrossattnError("--steps and --batch-size must be at least 1")
+    src, dst, tol = settings.source, settings.target, settings.tolerance
+    source_model = pair.build(src)
+    fw = adapter(src)
+    drawn = initial_state(fw.slots(source_model), fw.state(source_model), src, settings.seed, "default")
+    del source_model
+    moved, _ = pair.transfer(drawn, src, dst, context=f"{pair.origin}: initial weights {src} -> {dst}")
+    sides = {src: _Side(pair, src, settings.dtype, config, drawn, settings.bn_train),
+             dst: _Side(pair, dst, settings.dtype, config, moved, settings.bn_train)}
+    exact = _Side(pair, src, "float64", config, drawn, settings.bn_train) if settings.dtype != "float64" else None
+    notes = list(getattr(pair, "notes", []))
+    held = sorted(set(sides[src].held_dropout) | set(sides[dst].held_dropout))
+    if held:
+        notes.append(f"dropout held off (identity) in both frameworks: {', '.join(held[:5])}"
+                     + (f" and {len(held) - 5} more" if len(held) > 5 else "") +
+                     "; its masks come from each framework's own generator")
+    shape = (settings.batch_size, *pair.input_shape[1:])
+    classes, label_shape = _output_layout(sides[src], shape, settings.dtype)
+    src_slots = sides[src].fw.slots(sides[src].model)
+    trainable = [k for k, s in src_slots.items() if s.trainable]
+    rows: list[StepRow] = []
+    for step in range(settings.steps):
+        rng = np.random.default_rng([settings.seed, 7, step])
+        x = rng.standard_normal(shape).astype(settings.dtype)
+        labels = rng.integers(0, classes, size=label_shape).astype(np.int64)
+        lr = lr_at(config, step, 1)
+        losses = {fw_name: side.step(x, labels, lr) for fw_name, side in sides.items()}
+        exact_loss = exact.step(x.astype(np.float64), labels, lr) if exact else None
+        ref_state = sides[src].state()
+        cand_state = _in_source_naming(pair, sides[dst].state(), dst, src, src_slots)
+        exact_state = exact.state() if exact else {}
+        results = [judge("loss", "loss", np.array(losses[dst]), np.array(losses[src]), tol,
+                         None if exact_loss is None else np.array(exact_loss))]
+        results += [judge(k, "param", cand_state[k], ref_state[k], tol, exact_state.get(k)) for k in trainable]
+        diff = math.sqrt(sum(float(np.sum((cand_state[k].astype(np.float64) - ref_state[k]) ** 2))
+                             for k in trainable))
+        norm = math.sqrt(sum(float(np.sum(ref_state[k].astype(np.float64) ** 2)) for k in trainable))
+        worst = _worst(results)
+        rows.append(StepRow(step + 1, lr, {src: losses[src], dst: losses[dst]}, abs(losses[dst] - losses[src]),
+                            diff / norm if norm else (0.0 if diff == 0 else math.inf), worst,
+                            all(c.passed for c in results)))
+        if progress is not None:
+            progress(step + 1, settings.steps)
+    final = [judge(k, "param" if src_slots[k].trainable else "buffer", cand_state[k], ref_state[k], tol,
+                   exact_state.get(k)) for k in src_slots if k in cand_state]
+    final += _moment_comparisons(pair, sides, exact, src, dst, tol, optimizer_state)
+    return AlignReport(pair.origin, settings, config, rows, final, notes)
+
+
+def _output_layout(side: _Side, shape: tuple[int, ...], dtype: str) -> tuple[int, tuple[int, ...]]:
+    """Classes (axis 1 of the output) and the label shape, from one eval-mode forward of the source model."""
+    seen: list[tuple[int, ...]] = []
+
+    def cotangent(out_shape: tuple[int, ...]) -> np.ndarray:
+        seen.append(tuple(out_shape))
+        return np.zeros(out_shape, dtype=dtype)
+
+    was_training = side.model.training
+    side.fw.step(side.model, np.zeros(shape, dtype=dtype), cotangent, train=False)
+    side.loop.set_train_mode(side.model, was_training)
+    out = seen[0]
+    if len(out) < 2 or out[1] < 2:
+        raise CrossattnError(f"the model's output has shape {list(out)}; align trains with a cross-entropy "
+                             f"over axis 1 and needs at least 2 classes there")
+    return out[1], (out[0], *out[2:])
+
+
+def _in_source_naming(pair: Any, state: dict[str, np.ndarray], framework: str, source: str,
+                      source_slots: dict) -> dict[str, np.ndarray]:
+    out, _ = pair.transfer(state, framework, source, target_slots=source_slots, complete=False,
+                           context=f"{framework} state in {source} naming")
+    return out
+
+
+def _moment_comparisons(pair: Any, sides: dict[str, _Side], exact: _Side | None, src: str, dst: str,
+                        tol: Tolerance, optimizer_state: Any) -> list[Comparison]:
+    slots = sides[src].fw.slots(sides[src].model)
+    ref = sides[src].moments()
+    cand = optimizer_state.translate(sides[dst].moments(), slots, src, f"{dst} optimizer state", pair=pair)
+    exact_moments = exact.moments().moments if exact else {}
+    out = []
+    for moment, values in ref.moments.items():
+        for key, value in values.items():
+            other = cand.moments.get(moment, {}).get(key)
+            if other is None:
+                out.append(Comparison(f"{key} [{moment}]", "moment", math.inf, math.inf, math.nan, False,
+                                      f"no {dst} {moment}", tol.atol, tol.rtol))
+                continue
+            out.append(judge(f"{key} [{moment}]", "moment", other, value, tol,
+                             exact_moments.get(moment, {}).get(key)))
+    if ref.step != cand.step:
+        out.append(Comparison("optimizer step count", "moment", abs(ref.step - cand.step), math.inf, math.nan,
+                              False, f"{src} {ref.step}, {dst} {cand.step}", tol.atol, tol.rtol))
+    return out
+
+
+def align_config(**values: Any) -> TrainConfig:
+    """A TrainConfig holding align's optimizer and schedule (one schedule "epoch" = one step)."""
+    steps = values.pop("steps")
+    return TrainConfig(epochs=steps, **{k: v for k, v in values.items() if v is not None})
+
+
+# --------------------------------------------------------------------------- output
+
+
+def table(report: AlignReport) -> str:
+    """One row per step, the first drifting step marked; then the final worst tensors."""
+    from crossattn.report import table as render
+
+    src, dst = report.settings.source, report.settings.target
+    drift = report.first_drift
+    rows = []
+    for row in report.rows:
+        mark = "<- first drift" if drift is not None and row.step == drift.step else ""
+        rows.append([str(row.step), f"{row.lr:.3g}", f"{row.loss[src]:.10g}", f"{row.loss[dst]:.10g}",
+                     f"{row.loss_diff:.2e}", f"{row.param_norm_rel:.2e}", row.worst.tensor,
+                     f"{row.worst.severity:.2g}", "PASS" if row.passed else "FAIL", mark])
+    text = render(rows, ["step", "lr", f"loss {src}", f"loss {dst}", "|diff|", "params norm-rel",
+                         "worst tensor", "x tol", "verdict", ""])
+    final_fail = [c for c in report.final if not c.passed]
+    worst = report.worst_final
+    tol = report.settings.tolerance
+    lines = [text, f"after step {len(report.rows)}: {len(report.final)} tensors compared (parameters, buffers, "
+                   f"optimizer moments), {len(final_fail)} outside tolerance"
+                   + (f"; worst {worst.tensor} (max abs {worst.max_abs:.2e}, norm-rel {worst.norm_rel:.2e})"
+                      if worst else "")]
+    for c in sorted(final_fail, key=lambda c: -c.severity)[:10]:
+        lines.append(f"  FAIL {c.tensor}: max abs {c.max_abs:.2e}, norm-rel {c.norm_rel:.2e}"
+                     + (f" ({c.note})" if c.note else ""))
+    verdict = ("PASS: every step within tolerance" if report.passed else
+               f"FAIL: first drift at step {drift.step}, tensor {drift.worst.tensor}" if drift else
+               "FAIL: the steps stayed within tolerance, the final state did not")
+    lines.append(f"{verdict} ({report.settings.dtype}, atol {tol.atol:g}, rtol {tol.rtol:g}, "
+                 f"{src} -> {dst})")
+    return "\n".join(lines)
+
+
+PLOT_HINT = "plot skipped: matplotlib is not installed; pip install 'crossattn[plot]' for the PNG"
+
+
+def plot(report: AlignReport, path: Any) -> bool:
+    """Both loss curves, and their difference and the parameters' norm-relative difference on a log axis."""
+    import os
+    from pathlib import Path
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    src, dst = report.settings.source, report.settings.target
+    steps = [row.step for row in report.rows]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    top.plot(steps, [row.loss[src] for row in report.rows], "-o", markersize=3, label=src)
+    top.plot(steps, [row.loss[dst] for row in report.rows], "--x", markersize=4, label=dst)
+    top.set_ylabel("training loss")
+    top.legend()
+    top.grid(alpha=0.3)
+    tiny = np.finfo(np.float64).tiny
+    bottom.semilogy(steps, [max(row.loss_diff, tiny) for row in report.rows], "-o", markersize=3,
+                    label="|loss difference|")
+    bottom.semilogy(steps, [max(row.param_norm_rel, tiny) for row in report.rows], "-s", markersize=3,
+                    label="parameters, norm-relative")
+    bottom.axhline(report.settings.tolerance.rtol, color="grey", linestyle=":", label="rtol")
+    drift = report.first_drift
+    if drift is not None:
+        for axes in (top, bottom):
+            axes.axvline(drift.step, color="red", alpha=0.5)
+        bottom.annotate(f"first drift: {drift.worst.tensor}", (drift.step, report.settings.tolerance.rtol),
+                        fontsize=8, color="red")
+    bottom.set_xlabel("step")
+    bottom.set_ylabel("difference")
+    bottom.legend(fontsize=8)
+    bottom.grid(alpha=0.3)
+    figure.suptitle(f"{report.pair}: {src} vs {dst}, {report.config.optimizer}, {report.settings.dtype}")
+    figure.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp, dpi=120)
+    plt.close(figure)
+    os.replace(tmp, path)
+    return True

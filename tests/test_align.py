@@ -1,0 +1,208 @@
+"""`crossattn align`: N optimizer steps of both frameworks side by side, judged at every step.
+
+The default suite aligns a narrow non-local ResNet (the ResNet18 layout with two
+stages of width 8 and 16, a dot-product non-local block) at 16x16; the full
+ResNet18 runs behind `slow`. The specs leave out the parameters whose gradient
+is zero in exact arithmetic (conv biases before BatchNorm, a bias feeding the
+zero-initialised BatchNorm after the non-local W): Adam turns their rounding
+noise into full-size steps, which align rightly reports as drift in float32.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from crossattn.align import AlignSettings, align, align_config
+from crossattn.model_pair import ModelPair
+from crossattn.spec import load_spec
+
+torch = pytest.importorskip("torch")
+paddle = pytest.importorskip("paddle")
+
+NON_LOCAL_RESNET = """type: resnet_ablation
+input_shape: [4, 3, 16, 16]
+options:
+  stem: cifar
+  conv_bias: false
+  widths: [8, 16]
+  stage_blocks: [1, 1]
+  attention_stage: 2
+  attention:
+    type: non_local
+    options:
+      mode: dot_product
+      reduction: 2
+      sub_sample: true
+      bn_layer: false
+"""
+RESNET18_NL = """type: resnet_ablation
+input_shape: [8, 3, 32, 32]
+options:
+  conv_bias: false
+  attention_stage: 3
+  attention:
+    type: non_local
+    options:
+      mode: dot_product
+      reduction: 2
+      sub_sample: false
+      bn_layer: false
+"""
+OPTIMIZERS = {"adam": {"optimizer": "adam", "lr": 1e-3},
+              "sgd": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}}
+#: the full ResNet18 at the seed's learning rate (Adam) and a tenth of the small model's (SGD: the
+#: dot-product block without BatchNorm diverges at lr 0.01 with batch 4)
+SLOW_OPTIMIZERS = {"adam": {"optimizer": "adam", "lr": 1e-4},
+                   "sgd": {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4}}
+FIXTURE = "tests.fixtures.user_pair"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def pair_of(text: str, tmp_path) -> ModelPair:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return ModelPair.from_spec(load_spec(path))
+
+
+def run(pair, optimizer="adam", steps=20, **settings):
+    return align(pair, align_config(steps=steps, **OPTIMIZERS[optimizer]), AlignSettings(steps=steps, **settings))
+
+
+def assert_aligned(report, steps=20):
+    assert len(report.rows) == steps
+    drift = report.first_drift
+    assert drift is None, (drift.step, drift.worst.tensor, drift.worst.max_abs, drift.worst.norm_rel)
+    assert report.passed, [c.tensor for c in report.final if not c.passed]
+    categories = {c.category for c in report.final}
+    assert {"param", "buffer", "moment"} <= categories, categories
+    assert all(row.loss_diff <= report.settings.tolerance.atol for row in report.rows) or \
+        report.settings.dtype == "float32"
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("source", ["torch", "paddle"])
+def test_float64_steps_stay_aligned(tmp_path, optimizer, source):
+    report = run(pair_of(NON_LOCAL_RESNET, tmp_path), optimizer, source=source)
+    assert_aligned(report)
+    moments = [c for c in report.final if c.category == "moment"]
+    assert len(moments) == (2 if optimizer == "adam" else 1) * sum(1 for c in report.final if c.category == "param")
+    assert max(row.param_norm_rel for row in report.rows) < 1e-12
+
+
+@pytest.mark.parametrize("optimizer,source", [
+    ("sgd", "torch"), ("sgd", "paddle"), ("adam", "torch"),
+    pytest.param("adam", "paddle", marks=pytest.mark.xfail(
+        strict=False, reason="float32 Adam, paddle as reference: by step ~14 torch's float32 trajectory is 2-5x "
+                             "further from paddle's float64 one than paddle's float32 is, beyond the 4x rounding "
+                             "budget of crossattn.compare (Adam's normalisation turns relative gradient rounding "
+                             "into absolute steps); float64 agrees to 1e-15")),
+])
+def test_float32_steps_stay_within_the_rounding_budget(tmp_path, optimizer, source):
+    report = run(pair_of(NON_LOCAL_RESNET, tmp_path), optimizer, source=source, dtype="float32")
+    assert_aligned(report)
+
+
+@pytest.mark.parametrize("source", ["torch", "paddle"])
+def test_planted_adam_epsilon_is_caught_at_the_first_step(tmp_path, monkeypatch, source):
+    """Adam epsilon 1e-7 in paddle against 1e-8 in torch: the very first update differs."""
+    import paddle_impl.train as paddle_train
+
+    real = paddle_train.make_optimizer
+    monkeypatch.setattr(paddle_train, "make_optimizer", lambda model, config: real(model, config.replace(
+        adam_epsilon=1e-7)))
+    report = run(pair_of(NON_LOCAL_RESNET, tmp_path), "adam", steps=5, source=source)
+    drift = report.first_drift
+    assert drift is not None and drift.step == 1
+    assert drift.worst.category == "param" and drift.worst.max_abs > 1e-8, drift.worst
+    assert not report.passed
+
+
+def test_planted_momentum_shows_from_the_second_step(tmp_path, monkeypatch):
+    """SGD momentum 0.9 against 0.89: the first step has no momentum yet, so the drift starts at step 2."""
+    import torch_impl.train as torch_train
+
+    real = torch_train.make_optimizer
+    monkeypatch.setattr(torch_train, "make_optimizer", lambda model, config: real(model, config.replace(
+        momentum=0.89)))
+    report = run(pair_of(NON_LOCAL_RESNET, tmp_path), "sgd", steps=4)
+    assert report.rows[0].passed
+    assert report.first_drift is not None and report.first_drift.step == 2
+    moments = [c for c in report.final if c.category == "moment"]
+    assert any(not c.passed for c in moments)
+
+
+def test_dropout_is_held_off_and_said(tmp_path):
+    from crossattn.spec import resolve_spec
+
+    spec = tmp_path / "mnist.yaml"
+    spec.write_text(resolve_spec("mnist_non_local").read_text().replace("dropout: 0.0", "dropout: 0.5")
+                    .replace("input_shape: [2, 1, 28, 28]", "input_shape: [2, 1, 28, 28]"))
+    report = align(ModelPair.from_spec(load_spec(spec)), align_config(steps=2, **OPTIMIZERS["sgd"]),
+                   AlignSettings(steps=2, batch_size=2))
+    assert any("dropout held off" in note for note in report.notes), report.notes
+    assert report.first_drift is None
+
+
+def test_cli_on_a_user_pair_writes_table_json_and_plot(tmp_path):
+    import cli
+    from tests.fixtures import user_pair
+
+    names = tmp_path / "names.yaml"
+    names.write_text(yaml.safe_dump(user_pair.NAME_MAP))
+    common = ["align", "--torch-model", f"{FIXTURE}:build_torch", "--name-map", str(names),
+              "--input-shape", "2,3,6,6", "--steps", "6", "--optimizer", "sgd", "--lr", "0.05",
+              "--schedule", "cosine", "--warmup-steps", "2"]
+    out = tmp_path / "align.json"
+    plot = tmp_path / "align.png"
+    result = CliRunner().invoke(cli.cli, [*common, "--paddle-model", f"{FIXTURE}:build_paddle", "--json", str(out),
+                                          "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert "PASS: every step within tolerance" in result.output
+    data = json.loads(out.read_text())
+    assert data["passed"] and len(data["steps"]) == 6 and data["first_drift"] is None
+    lrs = [row["lr"] for row in data["steps"]]
+    assert lrs[0] < lrs[1] and lrs[-1] < lrs[2]  # warmup, then cosine decay
+    assert any(c["category"] == "moment" for c in data["final"])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    defect = CliRunner().invoke(cli.cli, [*common, "--paddle-model", f"{FIXTURE}:build_paddle_defect"])
+    assert defect.exit_code == 1, defect.output
+    assert "first drift at step 1" in defect.output and "<- first drift" in defect.output
+
+
+def test_cli_errors_are_one_paragraph(tmp_path):
+    import cli
+
+    result = CliRunner().invoke(cli.cli, ["align", "--torch-model", f"{FIXTURE}:build_torch"])
+    assert result.exit_code != 0 and "--paddle-model" in str(result.exception or result.output)
+    result = CliRunner().invoke(cli.cli, ["align", str(tmp_path / "none.yaml"), "--betas", "0.9"])
+    assert "--betas" in str(result.exception or result.output)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("source", ["torch", "paddle"])
+def test_resnet18_non_local_stays_aligned(tmp_path, dtype, optimizer, source):
+    """The full non-local ResNet18 (one dot-product block after stage 3) at 32x32, batch 8, 20 steps."""
+    if dtype == "float32":
+        pytest.xfail("float32 on the full ResNet18 leaves the 4x rounding budget of crossattn.compare: measured, "
+                     "Adam (lr 1e-4) at step 1 (a stage-3 conv weight; Adam's first step is lr * sign(g) and "
+                     "gradients near its epsilon carry float32 rounding into whole steps) and SGD (lr 1e-3) by "
+                     "step 7-12 (the dot-product block without BatchNorm amplifies rounding: losses 5% apart by "
+                     "step 12 while float64 agrees to 4e-11 at step 20)")
+    steps = 20
+    report = align(pair_of(RESNET18_NL, tmp_path), align_config(steps=steps, **SLOW_OPTIMIZERS[optimizer]),
+                   AlignSettings(steps=steps, batch_size=8, source=source, dtype=dtype))
+    assert_aligned(report, steps)
