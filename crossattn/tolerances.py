@@ -41,7 +41,7 @@ DEFAULTS = {"float64": FLOAT64, "float32": FLOAT32}
 #: a float32 result may be this many times further from its own float64 result than
 #: the other framework's is (or than rtol * scale, whichever is larger) before its
 #: rounding counts as a defect: kernels of the two frameworks differ in rounding by
-#: up to ~30x on BatchNorm-heavy gradients (measured over the shipped specs); a
+#: up to 20x on BatchNorm-fed gradients (iAFF, measured); a
 #: computation done at lower precision than asked (float16, a float32 constant
 #: where float64 was meant) lands far beyond
 ACCURACY_FACTOR = 256.0
