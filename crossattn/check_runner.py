@@ -42,7 +42,7 @@ class CheckJob:
 
     @property
     def cases(self) -> int:
-        return len(self.directions) * len(self.modes) + len(self.probes)
+        return len(self.directions) * len(self.modes) + (len(self.probes) if "eval" in self.modes else 0)
 
     @property
     def name(self) -> str:

@@ -40,11 +40,10 @@ DEFAULTS = {"float64": FLOAT64, "float32": FLOAT32}
 
 #: a float32 result may be this many times further from its own float64 result than
 #: the other framework's is (or than rtol * scale, whichever is larger) before its
-#: rounding counts as a defect: kernels of the two frameworks differ in rounding by
-#: up to 20x on BatchNorm-fed gradients (iAFF, measured); a
-#: computation done at lower precision than asked (float16, a float32 constant
-#: where float64 was meant) lands far beyond
-ACCURACY_FACTOR = 256.0
+#: rounding counts as a defect: the frameworks' float32 rounding differs by up to 474x
+#: (measured: SE-ResNet-152's input gradient on the large negative probe, torch the
+#: worse); float16 arithmetic where float32 was asked is about 8192x (2^13) worse
+ACCURACY_FACTOR = 1024.0
 
 #: a uniform relative offset no larger than this (one float32 ulp at 1) between
 #: float64 results is recognised as a framework holding a constant in float32
