@@ -156,7 +156,7 @@ def test_check_fails_the_pair_when_one_batchnorm_differs(model_args):
     result = run(["check", "--mode", "eval", "--direction", "torch2paddle",
                   *pair_args("resnet18_wrong_eps", "resnet18", model_args)])
     assert isinstance(result.exception, SystemExit) and result.exception.code == 1, result.output
-    assert "0 passed, 1 failed" in result.output
+    assert "0 passed, 3 failed" in result.output  # the standard input and both probes
 
 
 def test_a_wrapped_model_converts_with_an_automatic_map(tmp_path, model_args):
