@@ -8,14 +8,16 @@ what was expected.
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from crossattn.errors import OptionError, SpecError
-from crossattn.options import Options, parse_options
+from crossattn.errors import OptionError, SpecError, shown
+from crossattn.options import MAX_INT, Options, parse_options
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 TOP_LEVEL_KEYS = ("type", "name", "description", "input_shape", "options")
@@ -42,11 +44,11 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if not isinstance(key, (str, int, float, bool)) and key is not None:
-            raise yaml.constructor.ConstructorError(None, None, f"a key must be a plain name, got {key!r}",
+            raise yaml.constructor.ConstructorError(None, None, f"a key must be a plain name, got {shown(key)}",
                                                     key_node.start_mark)
         if key in mapping:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first at line {mapping.lines[key]})", key_node.start_mark
+                None, None, f"duplicate key {shown(key)} (first at line {mapping.lines[key]})", key_node.start_mark
             )
         mapping[key] = loader.construct_object(value_node, deep=True)
         mapping.lines[key] = line
@@ -83,7 +85,7 @@ class Spec:
         if isinstance(value, Spec):
             return value
         if not isinstance(value, Mapping):
-            raise OptionError(key, f"expected {cls.describe_type()}, got {value!r}")
+            raise OptionError(key, f"expected {cls.describe_type()}, got {shown(value)}")
         return _parse_component(value, key)
 
 
@@ -97,13 +99,13 @@ def _parse_component(raw: Mapping[str, Any], key: str) -> Spec:
             raise OptionError(f"{key}.{k}", f"unknown key; a nested spec has only {', '.join(allowed)}")
     type_name = raw.get("type")
     if not isinstance(type_name, str):
-        raise OptionError(f"{key}.type", f"expected a block type name, got {type_name!r}")
+        raise OptionError(f"{key}.type", f"expected a block type name, got {shown(type_name)}")
     entry = registry.entry(type_name, key=f"{key}.type")
     opts_raw = raw.get("options")
     if opts_raw is None:
         opts_raw = {}
     if not isinstance(opts_raw, Mapping):
-        raise OptionError(f"{key}.options", f"expected a mapping, got {opts_raw!r}")
+        raise OptionError(f"{key}.options", f"expected a mapping, got {shown(opts_raw)}")
     try:
         options = parse_options(entry.options, opts_raw, f"type `{type_name}`")
     except OptionError as exc:
@@ -145,7 +147,7 @@ def parse_spec(raw: Any, file: str = "<spec>") -> Spec:
     if opts_raw is None:
         opts_raw = LineDict()
     if not isinstance(opts_raw, Mapping):
-        raise SpecError(file, "options", line_of(raw, ["options"]), f"expected a mapping, got {opts_raw!r}")
+        raise SpecError(file, "options", line_of(raw, ["options"]), f"expected a mapping, got {shown(opts_raw)}")
     try:
         options = parse_options(entry.options, opts_raw, f"type `{type_name}`")
     except OptionError as exc:
@@ -156,7 +158,11 @@ def parse_spec(raw: Any, file: str = "<spec>") -> Spec:
         if not (isinstance(input_shape, list) and input_shape
                 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_shape)):
             raise SpecError(file, "input_shape", line_of(raw, ["input_shape"]),
-                            f"expected a list of positive integers (N, C, ...), got {input_shape!r}")
+                            f"expected a list of positive integers (N, C, ...), got {shown(input_shape)}")
+        if max(input_shape) > MAX_INT:
+            raise SpecError(file, "input_shape", line_of(raw, ["input_shape"]),
+                            f"dimension {max(input_shape)} is out of range: the frameworks take dimensions as "
+                            f"32-bit integers (at most {MAX_INT:,})")
         input_shape = tuple(input_shape)
         try:
             options.check_input_shape(input_shape)
@@ -164,22 +170,70 @@ def parse_spec(raw: Any, file: str = "<spec>") -> Spec:
             raise SpecError(file, "input_shape", line_of(raw, ["input_shape"]), exc.message) from None
     for text_key in ("name", "description"):
         if text_key in raw and not isinstance(raw[text_key], str):
-            raise SpecError(file, text_key, line_of(raw, [text_key]), f"expected a string, got {raw[text_key]!r}")
+            raise SpecError(file, text_key, line_of(raw, [text_key]), f"expected a string, got {shown(raw[text_key])}")
     name = raw.get("name") or (Path(file).stem if file != "<spec>" else type_name)
     return Spec(type=type_name, options=options, name=name, description=raw.get("description", ""),
                 input_shape=input_shape, path=file)
 
 
+#: YAML files larger than this are refused before reading (specs and configs are a few hundred bytes)
+MAX_YAML_BYTES = 1 << 20
+#: deepest nesting of mappings and lists a file may have (the shipped ones nest 5 levels)
+MAX_YAML_DEPTH = 32
+
+
+def read_text_file(path: str | Path, missing_hint: str, limit: int = MAX_YAML_BYTES) -> str:
+    """A small regular text file's content; never opens a named pipe, device or folder (that could hang)."""
+    file = str(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise SpecError(file, None, None, f"no such file; {missing_hint}") from None
+    except OSError as exc:
+        raise SpecError(file, None, None, f"cannot read the file: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a named pipe" if stat.S_ISFIFO(info.st_mode)
+                else "a device or socket")
+        raise SpecError(file, None, None, f"is {kind}, not a regular file; pass a YAML file")
+    if info.st_size > limit:
+        raise SpecError(file, None, None, f"is {info.st_size:,} bytes; a YAML file here is at most {limit:,} "
+                                          f"bytes (is it the right file?)")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise SpecError(file, None, None, f"cannot read the file: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise SpecError(file, None, None, f"is larger than {limit:,} bytes; a YAML file here is smaller")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(file, None, None, f"is not UTF-8 text (byte {exc.start}); is it the right file?") from None
+
+
+def _check_depth(text: str, file: str) -> None:
+    """Refuse deep nesting from the token stream (iterative), before the recursive parser sees it."""
+    depth = 0
+    starts = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockSequenceStartToken,
+              yaml.BlockMappingStartToken)
+    ends = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, starts):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise SpecError(file, None, token.start_mark.line + 1,
+                                f"nests more than {MAX_YAML_DEPTH} levels of mappings or lists; "
+                                f"a spec or config needs only a few")
+        elif isinstance(token, ends):
+            depth -= 1
+
+
 def read_yaml(path: str | Path, missing_hint: str) -> Any:
     """Load a YAML file with key lines recorded; every failure is a SpecError naming the file (and line)."""
     file = str(path)
+    text = read_text_file(path, missing_hint)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(file, None, None, f"no such file; {missing_hint}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(file, None, None, f"cannot read the file: {exc}") from None
-    try:
+        _check_depth(text, file)
         return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -187,6 +241,9 @@ def read_yaml(path: str | Path, missing_hint: str) -> Any:
         raise SpecError(file, None, line, f"malformed YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise SpecError(file, None, None, f"malformed YAML: {exc}") from None
+    except RecursionError:  # aliases can nest deeper than the text does
+        raise SpecError(file, None, None, "nests too deep (through anchors and aliases); "
+                                          "a spec or config needs only a few levels") from None
 
 
 def resolve_named(arg: str, folder: Path, what: str) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from crossattn.atomic import atomic_write_text
-from crossattn.errors import CrossattnError, OptionError, SpecError
+from crossattn.errors import CrossattnError, OptionError, SpecError, shown
 from crossattn.spec import line_of, read_yaml, resolve_named, resolve_spec
 from crossattn.training import run_dir as runs
 from crossattn.training.config import load_train_config, resolve_train_config
@@ -57,7 +57,7 @@ def resolve_ablation(arg: str) -> Path:
 
 def _spec_path(value: Any, key: str, raw: Any, file: str) -> Path:
     if not isinstance(value, str):
-        raise SpecError(file, key, line_of(raw, [key.split("[")[0]]), f"expected a spec name or path, got {value!r}")
+        raise SpecError(file, key, line_of(raw, [key.split("[")[0]]), f"expected a spec name or path, got {shown(value)}")
     beside = Path(file).parent / value
     if beside.suffix in (".yaml", ".yml") and beside.is_file():
         return beside
