@@ -100,6 +100,7 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     the BatchNorm running statistics. Exit status 0 only if every tensor passes.
     """
     from crossattn.atomic import atomic_write_text
+    from crossattn.bounds import require_check_fits
     from crossattn.check import DIRECTIONS, MODES, check_spec
     from crossattn.report import failure_details, summary_table, to_json
     from crossattn.spec import load_spec, resolve_spec, shipped_spec_paths
@@ -117,9 +118,11 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     modes = MODES if mode == "both" else (mode,)
     started = time.perf_counter()
     cases = []
-    for spec in loaded:
+    for spec in loaded:  # every spec is checked for what the run needs before any work starts
         if spec.input_shape is None:
             raise CrossattnError(f"spec {spec.path}: `input_shape` is required to check it")
+        require_check_fits(spec, "check")
+    for spec in loaded:
         cases += check_spec(spec, directions, modes, tol, seed, dtype)
     elapsed = time.perf_counter() - started
     click.echo(summary_table(cases, full))
@@ -197,6 +200,9 @@ def diff_command(spec: str | None, direction: str, mode: str, single_step: bool,
         loaded = load_spec(resolve_spec(spec))
         if loaded.input_shape is None:
             raise CrossattnError(f"spec {loaded.path}: `input_shape` is required to trace it")
+        from crossattn.bounds import require_check_fits
+
+        require_check_fits(loaded, "diff")
         report = diff_spec(loaded, direction, mode, single_step, tol, seed, dtype)
     else:
         from crossattn.user_models import diff_user_models

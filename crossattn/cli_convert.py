@@ -38,10 +38,14 @@ def convert_command(src: str, dst: str, spec_arg: str, to_framework: str | None,
     DST appears only if the conversion and its verification succeed.
     Exit status: 0 success, 1 verification failed, 2 a mistake in the input.
     """
+    import dataclasses
+
+    from crossattn.bounds import require_check_fits
     from crossattn.spec import load_spec, resolve_spec
     from weight_transfer.convert import Twins, convert
 
     spec = load_spec(resolve_spec(spec_arg))
+    require_check_fits(spec if verify else dataclasses.replace(spec, input_shape=None), "convert")
     report = convert(src, dst, Twins.from_spec(spec), to=to_framework, source=from_framework, key=key,
                      strip_prefix=strip_prefix, trust_pickle=trust_pickle, verify=verify, seed=seed)
     for line in report.lines():

@@ -20,6 +20,7 @@ import numpy as np
 
 from crossattn.data import Dataset, iterate_batches, load_cifar10, load_mnist, make_synthetic, num_batches
 from crossattn.atomic import atomic_write_text
+from crossattn.bounds import require_training_fits
 from crossattn.errors import CrossattnError, OptionError
 from crossattn.frameworks import require
 from crossattn.spec import Spec, load_spec
@@ -158,6 +159,7 @@ def train(spec_path: str | os.PathLike, config: TrainConfig, framework: str, dev
     """A fresh run in `run_dir`; `stop_after` ends it after that many epochs (continue with resume_run)."""
     spec = load_spec(spec_path)
     check_fits_data(spec, config)
+    require_training_fits(spec, config)
     module = twin(framework)  # an unusable device or amp setting fails before the run directory is made
     module.check_amp(config.amp, module.resolve_device(device))
     info = {"framework": framework, "spec": spec.name, "spec_type": spec.type, "device_requested": device}

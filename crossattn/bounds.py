@@ -1,0 +1,198 @@
+"""Memory estimates made before anything is allocated, so an impossible size is a clear refusal.
+
+A spec or training config can name sizes (input_shape, channel counts, image_size,
+batch_size) whose tensors would exhaust memory or overflow the frameworks' size
+arithmetic; allocating them first gives a framework traceback, a MemoryError or
+the kernel's OOM killer. Here the footprint is estimated first:
+
+* without any framework: a lower bound from the input alone (validate uses it);
+* with torch installed: the model is built on torch's `meta` device (shapes, no
+  storage) and run once there, which counts every parameter, buffer and layer
+  output exactly; the estimate is then a sum of those counts times the copies a
+  command holds. Twins mirror each other, so the torch count stands for paddle's.
+
+The budget is the memory available now (MemAvailable), or CROSSATTN_MEMORY_LIMIT
+(bytes, or a number with K/M/G/T) where a user wants a smaller one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from crossattn.errors import CrossattnError
+
+LIMIT_ENV = "CROSSATTN_MEMORY_LIMIT"
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class TooLarge(CrossattnError):
+    """Sizes whose tensors cannot fit in memory (or overflow the frameworks' size arithmetic)."""
+
+
+def gib(n: float) -> str:
+    return f"{n / (1 << 30):,.1f} GiB"
+
+
+def memory_budget() -> int:
+    """Bytes a command may plan to use: CROSSATTN_MEMORY_LIMIT, else the memory available now."""
+    limit = os.environ.get(LIMIT_ENV)
+    if limit:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", limit, re.IGNORECASE)
+        if not match:
+            raise CrossattnError(f"{LIMIT_ENV}={limit!r}: expected bytes or a number with K, M, G or T (e.g. 8G)")
+        return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: do not refuse on memory
+
+
+def elements(shape: Sequence[int]) -> int:
+    return math.prod(int(d) for d in shape)
+
+
+def refuse_over_budget(needed: int, what: str, where: str, key: str) -> None:
+    budget = memory_budget()
+    if needed > budget:
+        raise TooLarge(f"{where}, key `{key}`: {what} needs about {gib(needed)}, more than the {gib(budget)} "
+                       f"of memory available (set {LIMIT_ENV} to change the budget); use smaller sizes")
+
+
+def input_lower_bound(shape: Sequence[int], itemsize: int = 8) -> int:
+    """The input and its gradient in both frameworks: no check of that shape can need less."""
+    return 4 * elements(shape) * itemsize
+
+
+def meta_footprint(spec: Any, input_shape: Sequence[int] | None) -> tuple[int, int] | None:
+    """(parameter + buffer elements, layer-output elements for `input_shape`) from a torch meta build.
+
+    None when torch is not installed. Layer outputs are 0 when the forward cannot run on the
+    meta device (a block that needs real values); the parameters still count. A size the
+    framework cannot even represent raises TooLarge.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    from crossattn import registry
+
+    where = spec.path or spec.name
+    try:
+        with torch.device("meta"):
+            model = registry.build(spec, "torch")
+    except CrossattnError:
+        raise
+    except (RuntimeError, ValueError, OverflowError, MemoryError) as exc:
+        raise TooLarge(f"{where}: the options give tensors the framework cannot create "
+                       f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); use smaller sizes") from None
+    params = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    if input_shape is None:
+        return params, 0
+    outputs = [0]
+
+    def count(module: Any, inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            outputs[0] += output.numel()
+
+    handles = [m.register_forward_hook(count) for m in model.modules()]
+    try:
+        with torch.device("meta"), torch.no_grad():
+            model(torch.empty(tuple(input_shape)))
+    except Exception:  # noqa: BLE001 - meta tensors do not support every op; the parameters still count
+        outputs[0] = 0
+    finally:
+        for handle in handles:
+            handle.remove()
+    return params, outputs[0]
+
+
+def require_check_fits(spec: Any, command: str = "check") -> None:
+    """Refuse a spec whose float64 twins, input and gradients cannot fit in memory (check, diff, convert)."""
+    where = spec.path or spec.name
+    shape = spec.input_shape
+    if shape is not None:
+        refuse_over_budget(input_lower_bound(shape), f"`{command}` with input_shape {list(shape)}", where,
+                           "input_shape")
+    found = meta_footprint(spec, shape)
+    if found is None:
+        return
+    params, activations = found
+    # float64, both frameworks: parameters and their gradients, layer outputs and their gradients
+    needed = 8 * 2 * (2 * params + 2 * activations) + (input_lower_bound(shape) if shape is not None else 0)
+    what = (f"`{command}` ({params:,} parameter values, {activations:,} layer-output values"
+            f"{' at input_shape ' + str(list(shape)) if shape is not None else ''})")
+    key = largest_option(spec.options) if shape is None or params * 4 > activations else "input_shape"
+    refuse_over_budget(needed, what, where, key)
+
+
+#: image height and width of each dataset kind
+IMAGE_HW = {"cifar10": (32, 32), "mnist": (28, 28)}
+
+
+def require_training_fits(spec: Any, config: Any, config_file: str = "the training config") -> None:
+    """Refuse a run whose model, optimizer state, batch activations and data cannot fit in memory."""
+    where = spec.path or spec.name
+    image_hw = IMAGE_HW[config.data_kind]
+    size = config.image_size
+    height, width = (size, size) if size is not None else image_hw
+    itemsize = 8 if config.dtype == "float64" else 4
+    batch_shape = (config.batch_size, config.channels, height, width)
+    if config.dataset == "synthetic":
+        images = (config.synthetic_train + config.synthetic_test) * config.channels * image_hw[0] * image_hw[1]
+        refuse_over_budget(2 * images, f"synthetic data of {config.synthetic_train:,} + {config.synthetic_test:,} "
+                                       f"images", config_file, "synthetic_train")
+    # the batch as floats, its resized copy and its gradient
+    refuse_over_budget(3 * elements(batch_shape) * itemsize, f"a batch of {list(batch_shape)}", config_file,
+                       "image_size" if size is not None else "batch_size")
+    found = meta_footprint(spec, batch_shape)
+    if found is None:
+        return
+    params, activations = found
+    # weights, gradients and two optimizer moments; layer outputs kept for backward and their gradients
+    needed = itemsize * (4 * params + 2 * activations)
+    if params * 4 > activations:  # the model itself is the problem
+        refuse_over_budget(needed, f"training ({params:,} parameter values)", where, largest_option(spec.options))
+    key = "image_size" if size is not None else "batch_size"
+    refuse_over_budget(needed, f"training ({params:,} parameter values, {activations:,} layer-output values per "
+                               f"batch of {list(batch_shape)})", config_file, key)
+
+
+
+def largest_option(options: Any, prefix: str = "options") -> str:
+    """The key path of the largest integer among the options (nested blocks included): the likely culprit."""
+    import dataclasses
+
+    best: tuple[int, str] = (-1, prefix)
+
+    def walk(value: Any, path: str) -> None:
+        nonlocal best
+        if isinstance(value, bool):
+            return
+        if isinstance(value, int):
+            best = max(best, (value, path))
+        elif isinstance(value, (tuple, list)):
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
+        elif dataclasses.is_dataclass(value):
+            inner = getattr(value, "options", None)
+            if inner is not None and dataclasses.is_dataclass(inner) and hasattr(value, "type"):
+                walk(inner, f"{path}.options")  # a nested spec
+                return
+            for field in dataclasses.fields(value):
+                walk(getattr(value, field.name), f"{path}.{field.name}")
+
+    walk(options, prefix)
+    return best[1]
