@@ -54,19 +54,26 @@ def specs_command() -> None:
 @cli.command("validate")
 @click.argument("specs", nargs=-1, required=True)
 def validate_command(specs: tuple[str, ...]) -> None:
-    """Validate spec files without importing any framework; every file is reported."""
-    from crossattn.spec import load_spec, resolve_spec
+    """Validate spec files without importing any framework; every problem of every file is reported.
 
-    errors = []
+    Errors exit 2. A warning names what a later command would refuse (a spec
+    without input_shape cannot be checked, traced or verified).
+    """
+    from crossattn.spec import validate_file
+
+    failed = 0
     for arg in specs:
-        try:
-            spec = load_spec(resolve_spec(arg))
-        except CrossattnError as exc:
-            errors.append(exc)
-            click.echo(f"error: {exc}", err=True)
-            continue
-        click.echo(f"ok  {spec.name} ({spec.type})")
-    if errors:
+        spec, errors, warnings = validate_file(arg)
+        for error in errors:
+            click.echo(f"error: {error}", err=True)
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
+        if errors:
+            failed += 1
+        else:
+            click.echo(f"ok  {spec.name} ({spec.type})")
+    if failed:
+        click.echo(f"{failed} of {len(specs)} file(s) failed validation", err=True)
         sys.exit(2)
 
 

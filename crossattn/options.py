@@ -84,6 +84,40 @@ def parse_options(cls: type[Options], raw: Mapping[str, Any] | None, owner: str)
         raise OptionError(names[0] if names else "options", str(exc)) from None
 
 
+def option_errors(cls: type[Options], raw: Mapping[str, Any], owner: str) -> list[OptionError]:
+    """Every problem of the individual options in `raw` (unknown, missing, mistyped), each on its own.
+
+    Cross-field rules are not run here: they read several fields, so they are checked
+    by `parse_options` once each field is sound.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+    hints = _hints(cls)
+    problems: list[OptionError] = []
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            problems.append(OptionError(str(key), f"unknown option for {owner}; {hint}known options: {', '.join(names)}"))
+    for field in dataclasses.fields(cls):
+        if field.name not in raw:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+                problems.append(OptionError(field.name, f"required option for {owner} is missing"))
+            continue
+        if _nests(hints[field.name]):
+            continue  # a nested block is completed by its model (channels filled in): checked by parse_options
+        try:
+            _coerce(field.name, raw[field.name], hints[field.name])
+        except OptionError as exc:
+            problems.append(exc)
+    return problems
+
+
+def _nests(annotation: Any) -> bool:
+    """Whether an annotation holds a nested spec."""
+    args = typing.get_args(annotation) or (annotation,)
+    return any(isinstance(a, type) and hasattr(a, "coerce_option") for a in args)
+
+
 def _hints(cls: type) -> dict[str, Any]:
     cache = cls.__dict__.get("_hints_cache")
     if cache is None:

@@ -8,6 +8,7 @@ what was expected.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import stat
 from collections.abc import Mapping
@@ -16,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from crossattn.errors import OptionError, SpecError, shown
-from crossattn.options import MAX_INT, Options, parse_options
+from crossattn.errors import CrossattnError, OptionError, SpecError, shown
+from crossattn.options import MAX_INT, Options, option_errors, parse_options
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 TOP_LEVEL_KEYS = ("type", "name", "description", "input_shape", "options")
@@ -127,53 +128,94 @@ def line_of(raw: Any, path: list[str]) -> int | None:
 
 
 def parse_spec(raw: Any, file: str = "<spec>") -> Spec:
-    """Validate a loaded YAML document into a Spec."""
+    """Validate a loaded YAML document into a Spec; the first problem found is raised."""
+    spec, problems = collect_spec(raw, file)
+    if problems:
+        raise problems[0]
+    assert spec is not None
+    return spec
+
+
+def collect_spec(raw: Any, file: str = "<spec>") -> tuple[Spec | None, list[SpecError]]:
+    """Validate a loaded YAML document, collecting every problem rather than stopping at the first.
+
+    Each option is checked on its own, so a file with three bad keys reports three
+    errors; cross-field rules (`validate`) and the input shape are checked once the
+    options they read are sound. Returns (the Spec or None, the problems in file order).
+    """
     from crossattn import registry
 
+    problems: list[SpecError] = []
     if not isinstance(raw, Mapping):
-        raise SpecError(file, None, getattr(raw, "line", None), "expected a mapping with at least a `type` key")
+        return None, [SpecError(file, None, getattr(raw, "line", None), "expected a mapping with at least a `type` key")]
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
-            raise SpecError(file, str(key), line_of(raw, [str(key)]),
-                            f"unknown top-level key; known keys: {', '.join(TOP_LEVEL_KEYS)}")
+            close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            problems.append(SpecError(file, str(key), line_of(raw, [str(key)]),
+                                      f"unknown top-level key; {hint}known keys: {', '.join(TOP_LEVEL_KEYS)}"))
+    for text_key in ("name", "description"):
+        if text_key in raw and not isinstance(raw[text_key], str):
+            problems.append(SpecError(file, text_key, line_of(raw, [text_key]),
+                                      f"expected a string, got {shown(raw[text_key])}"))
+    input_shape = raw.get("input_shape")
+    shape_ok = input_shape is None
+    if input_shape is not None:
+        if not (isinstance(input_shape, list) and input_shape
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_shape)):
+            problems.append(SpecError(file, "input_shape", line_of(raw, ["input_shape"]),
+                                      f"expected a list of positive integers (N, C, ...), got {shown(input_shape)}"))
+        elif max(input_shape) > MAX_INT:
+            problems.append(SpecError(file, "input_shape", line_of(raw, ["input_shape"]),
+                                      f"dimension {max(input_shape)} is out of range: the frameworks take "
+                                      f"dimensions as 32-bit integers (at most {MAX_INT:,})"))
+        else:
+            input_shape, shape_ok = tuple(input_shape), True
     if "type" not in raw:
-        raise SpecError(file, "type", getattr(raw, "line", None), "missing: every spec names a registered type")
+        problems.append(SpecError(file, "type", getattr(raw, "line", None),
+                                  "missing: every spec names a registered type"))
+        return None, _in_file_order(problems)
     type_name = raw["type"]
     try:
         entry = registry.entry(type_name)
     except OptionError as exc:
-        raise SpecError(file, "type", line_of(raw, ["type"]), exc.message) from None
+        problems.append(SpecError(file, "type", line_of(raw, ["type"]), exc.message))
+        return None, _in_file_order(problems)
     opts_raw = raw.get("options")
     if opts_raw is None:
         opts_raw = LineDict()
     if not isinstance(opts_raw, Mapping):
-        raise SpecError(file, "options", line_of(raw, ["options"]), f"expected a mapping, got {shown(opts_raw)}")
-    try:
-        options = parse_options(entry.options, opts_raw, f"type `{type_name}`")
-    except OptionError as exc:
+        problems.append(SpecError(file, "options", line_of(raw, ["options"]),
+                                  f"expected a mapping, got {shown(opts_raw)}"))
+        return None, _in_file_order(problems)
+
+    def as_spec_error(exc: OptionError) -> SpecError:
         path = ["options", *exc.key.split(".")]
-        raise SpecError(file, ".".join(path), line_of(raw, path), exc.message) from None
-    input_shape = raw.get("input_shape")
-    if input_shape is not None:
-        if not (isinstance(input_shape, list) and input_shape
-                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_shape)):
-            raise SpecError(file, "input_shape", line_of(raw, ["input_shape"]),
-                            f"expected a list of positive integers (N, C, ...), got {shown(input_shape)}")
-        if max(input_shape) > MAX_INT:
-            raise SpecError(file, "input_shape", line_of(raw, ["input_shape"]),
-                            f"dimension {max(input_shape)} is out of range: the frameworks take dimensions as "
-                            f"32-bit integers (at most {MAX_INT:,})")
-        input_shape = tuple(input_shape)
+        return SpecError(file, ".".join(path), line_of(raw, path), exc.message)
+
+    option_problems = [as_spec_error(e) for e in option_errors(entry.options, opts_raw, f"type `{type_name}`")]
+    options = None
+    if not option_problems:
+        try:
+            options = parse_options(entry.options, opts_raw, f"type `{type_name}`")
+        except OptionError as exc:
+            option_problems.append(as_spec_error(exc))
+    problems += option_problems
+    if options is not None and shape_ok and input_shape is not None:
         try:
             options.check_input_shape(input_shape)
         except OptionError as exc:
-            raise SpecError(file, "input_shape", line_of(raw, ["input_shape"]), exc.message) from None
-    for text_key in ("name", "description"):
-        if text_key in raw and not isinstance(raw[text_key], str):
-            raise SpecError(file, text_key, line_of(raw, [text_key]), f"expected a string, got {shown(raw[text_key])}")
+            problems.append(SpecError(file, "input_shape", line_of(raw, ["input_shape"]), exc.message))
+    if problems or options is None:
+        return None, _in_file_order(problems)
     name = raw.get("name") or (Path(file).stem if file != "<spec>" else type_name)
     return Spec(type=type_name, options=options, name=name, description=raw.get("description", ""),
-                input_shape=input_shape, path=file)
+                input_shape=input_shape, path=file), []
+
+
+def _in_file_order(problems: list[SpecError]) -> list[SpecError]:
+    """Problems sorted by line (stable), those without a line first, as a reader meets them."""
+    return sorted(problems, key=lambda p: p.line if p.line is not None else 0)
 
 
 #: YAML files larger than this are refused before reading (specs and configs are a few hundred bytes)
@@ -256,6 +298,35 @@ def resolve_named(arg: str, folder: Path, what: str) -> Path:
         return shipped
     known = ", ".join(p.stem for p in sorted(folder.glob("*.yaml")))
     raise SpecError(arg, None, None, f"no such file and no shipped {what} of that name; shipped: {known}")
+
+
+def validate_file(arg: str) -> tuple[Spec | None, list[CrossattnError], list[str]]:
+    """(spec, every error, warnings) for one spec argument, framework-free: what `validate` prints.
+
+    Warnings name what a later command refuses: a spec without input_shape cannot
+    be checked, traced or verified. Sizes that could never fit in memory are errors.
+    """
+    try:
+        path = resolve_spec(arg)
+        raw = read_yaml(path, "pass a spec path or a shipped spec name (see `crossattn specs`)")
+    except CrossattnError as exc:
+        return None, [exc], []
+    spec, problems = collect_spec(raw, str(path))
+    errors: list[CrossattnError] = list(problems)
+    warnings: list[str] = []
+    if spec is not None:
+        if spec.input_shape is None:
+            warnings.append(f"{path}: no `input_shape`; `check`, `diff` and `convert` (which verifies) refuse a "
+                            f"spec without one: add e.g. `input_shape: [2, C, H, W]`")
+        else:
+            from crossattn.bounds import TooLarge, input_lower_bound, refuse_over_budget
+
+            try:
+                refuse_over_budget(input_lower_bound(spec.input_shape),
+                                   f"`check` with input_shape {list(spec.input_shape)}", str(path), "input_shape")
+            except TooLarge as exc:
+                errors.append(exc)
+    return (spec if not errors else None), errors, warnings
 
 
 def load_spec(path: str | Path) -> Spec:
