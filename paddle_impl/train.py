@@ -20,10 +20,12 @@ from crossattn.data import Dataset
 from crossattn.errors import CrossattnError
 from crossattn.init import initial_state
 from crossattn.spec import Spec
+from crossattn.training import guard
 from crossattn.training.augment import CropFlip
 from crossattn.training.config import TrainConfig
 from paddle_impl import adapter
 from paddle_impl.layers import bilinear_resize
+from paddle_impl import finite
 
 FRAMEWORK = "paddle"
 CHANNELS_LAST_NOTE = "paddle: channels_last is ignored (the twins are built NCHW; paddle sets layout per layer)"
@@ -193,6 +195,7 @@ class Trainer:
             with self._autocast():
                 logits = self.model(x)
             loss = smoothed_cross_entropy(logits, labels, self.config.label_smoothing)
+            guard.check_step(done + 1, finite.loss_finite(loss))
             self.optimizer.clear_grad(set_to_zero=False)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -200,6 +203,7 @@ class Trainer:
                 self.scaler.update()
             else:
                 loss.backward()
+                guard.check_step(done + 1, True, finite.grads_finite(self.model))
                 self.optimizer.step()
             loss_sum += loss.detach().astype("float64") * len(indices)
             correct += (logits.detach().argmax(axis=1) == labels).astype("int64").sum()

@@ -21,10 +21,12 @@ from crossattn.data import Dataset
 from crossattn.errors import CrossattnError
 from crossattn.init import initial_state
 from crossattn.spec import Spec
+from crossattn.training import guard
 from crossattn.training.augment import CropFlip
 from crossattn.training.config import TrainConfig
 from torch_impl import adapter
 from torch_impl.layers import bilinear_resize
+from torch_impl import finite
 
 FRAMEWORK = "torch"
 CHANNELS_LAST_NOTE = "torch: model and inputs in channels_last (NHWC) memory format"
@@ -185,6 +187,7 @@ class Trainer:
             with self._autocast():
                 logits = self.model(x)
             loss = smoothed_cross_entropy(logits, labels, self.config.label_smoothing)
+            guard.check_step(done + 1, finite.loss_finite(loss))
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -192,6 +195,7 @@ class Trainer:
                 self.scaler.update()
             else:
                 loss.backward()
+                guard.check_step(done + 1, True, finite.grads_finite(self.model))
                 self.optimizer.step()
             loss_sum += loss.detach().double() * len(indices)
             correct += (logits.detach().argmax(dim=1) == labels).sum()

@@ -24,6 +24,7 @@ from crossattn.bounds import require_training_fits
 from crossattn.errors import CrossattnError, OptionError
 from crossattn.frameworks import require
 from crossattn.spec import Spec, load_spec
+from crossattn.training import guard
 from crossattn.training import run_dir as runs
 from crossattn.training.augment import CropFlip, crop_flip
 from crossattn.training.config import TrainConfig, load_train_config
@@ -231,9 +232,11 @@ def _run(run: Path, spec: Spec, config: TrainConfig, framework: str, device: str
         last = config.epochs if stop_after is None else min(config.epochs, first_epoch + stop_after)
         for epoch in range(first_epoch, last):
             progress.start_epoch(epoch)
-            result = trainer.train_epoch(epoch_plan(config, train_set, epoch), progress)
+            with guard.stops_run(run, epoch + 1, per_epoch, config):
+                result = trainer.train_epoch(epoch_plan(config, train_set, epoch), progress)
             seconds = progress.end_epoch()
             result.update(evaluate(trainer, config, test_set))
+            guard.check_epoch(result, run, epoch + 1, per_epoch, config)
             row = {"epoch": epoch + 1, "step": (epoch + 1) * per_epoch,
                    "lr": lr_at(config, (epoch + 1) * per_epoch - 1, per_epoch), **result,
                    "epoch_seconds": seconds, "images_per_second": min(per_epoch * config.batch_size, len(train_set)) / seconds}
