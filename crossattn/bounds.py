@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from crossattn.errors import CrossattnError
+from crossattn.errors import CrossattnError, OptionError
 
 LIMIT_ENV = "CROSSATTN_MEMORY_LIMIT"
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -150,6 +150,11 @@ def require_training_fits(spec: Any, config: Any, config_file: str = "the traini
     height, width = (size, size) if size is not None else image_hw
     itemsize = 8 if config.dtype == "float64" else 4
     batch_shape = (config.batch_size, config.channels, height, width)
+    try:  # a model built for one image size (mnist_non_local's image_size) must get that size
+        spec.options.check_input_shape(batch_shape)
+    except OptionError as exc:
+        raise CrossattnError(f"{where}: the model cannot take the training images ({height}x{width} after "
+                             f"`image_size` in {config_file}): {exc.message}") from None
     if config.dataset == "synthetic":
         images = (config.synthetic_train + config.synthetic_test) * config.channels * image_hw[0] * image_hw[1]
         refuse_over_budget(2 * images, f"synthetic data of {config.synthetic_train:,} + {config.synthetic_test:,} "

@@ -115,6 +115,7 @@ def _load_newest_readable(trainer: Any, run: Path, log: Log) -> int:
     found = runs.list_checkpoints(run)
     for epoch, path in reversed(found):
         try:
+            runs.verify_checkpoint(path)
             loaded, _ = trainer.load(str(path))
             return loaded
         except Exception as exc:  # noqa: BLE001 - each framework raises its own types for a damaged file
@@ -166,7 +167,8 @@ def train(spec_path: str | os.PathLike, config: TrainConfig, framework: str, dev
     info = {"framework": framework, "spec": spec.name, "spec_type": spec.type, "device_requested": device}
     datasets = datasets or load_datasets(config)  # missing data fails before the run directory exists
     run = runs.prepare(run_dir, config.to_yaml(), spec_path, info)
-    return _run(run, spec, config, framework, device, log, stop_after, datasets, resume=False)
+    with runs.removed_unless_started(run):
+        return _run(run, spec, config, framework, device, log, stop_after, datasets, resume=False)
 
 
 def resume_run(run_dir: str | os.PathLike, device: str = "auto", epochs: int | None = None, log: Log = print,
