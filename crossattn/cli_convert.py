@@ -28,8 +28,12 @@ FRAMEWORK_CHOICE = click.Choice(["torch", "paddle"])
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Forward both twins in float64, one with SRC and one with DST as written, and compare.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the verification input.")
+@click.option("--allow-nonfinite", is_flag=True, help="Convert weights holding NaN or infinite values anyway.")
+@click.option("--allow-lossy-cast", is_flag=True,
+              help="Convert tensors whose cast to the model's dtype loses information (complex, out of range).")
 def convert_command(src: str, dst: str, spec_arg: str, to_framework: str | None, from_framework: str | None,
-                    key: str | None, strip_prefix: str | None, trust_pickle: bool, verify: bool, seed: int) -> None:
+                    key: str | None, strip_prefix: str | None, trust_pickle: bool, verify: bool, seed: int,
+                    allow_nonfinite: bool, allow_lossy_cast: bool) -> None:
     """Convert checkpoint SRC into DST for the model of --spec.
 
     Formats follow the extensions: .pt/.pth (torch), .pdparams (paddle),
@@ -47,7 +51,8 @@ def convert_command(src: str, dst: str, spec_arg: str, to_framework: str | None,
     spec = load_spec(resolve_spec(spec_arg))
     require_check_fits(spec if verify else dataclasses.replace(spec, input_shape=None), "convert")
     report = convert(src, dst, Twins.from_spec(spec), to=to_framework, source=from_framework, key=key,
-                     strip_prefix=strip_prefix, trust_pickle=trust_pickle, verify=verify, seed=seed)
+                     strip_prefix=strip_prefix, trust_pickle=trust_pickle, verify=verify, seed=seed,
+                     allow_nonfinite=allow_nonfinite, allow_lossy_cast=allow_lossy_cast)
     for line in report.lines():
         click.echo(line)
     if not report.passed:

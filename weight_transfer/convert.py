@@ -36,6 +36,7 @@ from weight_transfer.checkpoints import (
 )
 from weight_transfer.slots import Slot
 from weight_transfer.transfer import TransferReport, transfer
+from weight_transfer.values import check_values
 
 MODES = ("train", "eval")
 
@@ -97,7 +98,8 @@ class Verification:
 
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        parts = "; ".join(f"{c.tensor}: max abs {c.max_abs:.3g}, norm-rel {c.norm_rel:.3g}" for c in self.comparisons)
+        parts = "; ".join(f"{c.tensor}: max abs {c.max_abs:.3g}, norm-rel {c.norm_rel:.3g}"
+                          + (f" ({c.note})" if c.note else "") for c in self.comparisons)
         return (f"{verdict}  {parts} (float64, atol {self.tol.atol:g}, rtol {self.tol.rtol:g}, "
                 f"{self.seconds:.2f} s)")
 
@@ -163,7 +165,8 @@ class _VerificationFailed(Exception):
 
 def convert(src: str | Path, dst: str | Path, twins: Twins, to: str | None = None, source: str | None = None,
             key: str | None = None, strip_prefix: str | None = None, trust_pickle: bool = False,
-            verify: bool = True, seed: int = 0) -> ConvertReport:
+            verify: bool = True, seed: int = 0, allow_nonfinite: bool = False,
+            allow_lossy_cast: bool = False) -> ConvertReport:
     """Convert checkpoint `src` into `dst` for the twins' model.
 
     `to` and `source` name the frameworks where the formats leave them open (the
@@ -190,7 +193,12 @@ def convert(src: str | Path, dst: str | Path, twins: Twins, to: str | None = Non
     target = _target_framework(dst_format, located.framework, to)
     report = ConvertReport(src, dst, src_format, dst_format, located.framework, target, located.describe())
     report.notes += _metadata_notes(raw.metadata, twins.type_name)
+    report.notes.append(f"source checksum: {raw.integrity}"
+                        + (" verified" if not raw.integrity.startswith("none") else ""))
     context = f"converting {src} ({located.describe()})"
+    if located.exact:  # before the cast (a mismatch of keys is reported by the transfer instead)
+        report.notes += check_values(located.weights, twins.slots(located.framework), str(src), allow_nonfinite,
+                                     allow_lossy_cast)
     if target == located.framework:
         out = validated(located.weights, twins.slots(target), target, context, report.notes)
     else:

@@ -1,0 +1,144 @@
+"""Checkpoint integrity: damage is found before a damaged file is loaded, converted or resumed.
+
+Every format gets the strongest check it allows:
+
+    .pt (zip) / .npz   the archive's own CRC-32 of every member, which torch.load never checks
+    .pdparams          a SHA-256 trailer after the pickle's STOP opcode, on files crossattn writes
+                       (pickle and paddle.load stop reading at STOP, so the file stays a paddle file)
+    .safetensors       a SHA-256 of the tensors (names, dtypes, shapes, bytes) in the metadata,
+                       on files crossattn writes
+
+A file crossattn did not write may carry no checksum (a foreign .pdparams, a legacy
+non-zip .pt); it is then reported as unverified, not refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from crossattn.errors import CrossattnError
+
+TRAILER_MAGIC = b"\n#crossattn-sha256:"
+TRAILER_LEN = len(TRAILER_MAGIC) + 64 + 1
+#: the safetensors metadata entry holding the tensors' digest
+METADATA_KEY = "crossattn_sha256"
+_CHUNK = 1 << 20
+
+
+class DamagedCheckpoint(CrossattnError):
+    """A checkpoint whose bytes do not match its own checksum: bit rot, a bad copy, a cut-short write."""
+
+
+def _sha256(path: Path, end: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        left = end
+        while left > 0:
+            chunk = handle.read(min(_CHUNK, left))
+            if not chunk:
+                break
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+def seal_pickle(path: str | os.PathLike) -> None:
+    """Append the SHA-256 trailer of everything written so far (call on the temp file, before the rename)."""
+    path = Path(path)
+    size = path.stat().st_size
+    value = _sha256(path, size)
+    with open(path, "ab") as handle:
+        handle.write(TRAILER_MAGIC + value.encode("ascii") + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _trailer(path: Path) -> tuple[str, int] | None:
+    """(recorded digest, length of what it covers), or None when the file carries no trailer."""
+    size = path.stat().st_size
+    if size < TRAILER_LEN:
+        return None
+    with open(path, "rb") as handle:
+        handle.seek(size - TRAILER_LEN)
+        tail = handle.read(TRAILER_LEN)
+    if not tail.startswith(TRAILER_MAGIC) or not tail.endswith(b"\n"):
+        return None
+    recorded = tail[len(TRAILER_MAGIC):-1]
+    try:
+        return recorded.decode("ascii"), size - TRAILER_LEN
+    except UnicodeDecodeError:
+        return None
+
+
+def verify_pickle(path: str | os.PathLike) -> bool:
+    """True when the trailer matches; False when there is none; DamagedCheckpoint when it does not match."""
+    path = Path(path)
+    found = _trailer(path)
+    if found is None:
+        return False
+    recorded, covered = found
+    actual = _sha256(path, covered)
+    if actual != recorded:
+        raise DamagedCheckpoint(f"{path}: damaged: its SHA-256 is {actual[:16]}..., the checksum written with it says "
+                                f"{recorded[:16]}...; the file changed after it was written (a bad copy or disk)")
+    return True
+
+
+def verify_zip(path: str | os.PathLike) -> None:
+    """Read every member of a zip archive (.pt, .npz) against its CRC-32; DamagedCheckpoint on any mismatch."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as exc:  # noqa: BLE001 - a damaged archive raises zip, zlib, OS and value errors alike
+        raise DamagedCheckpoint(f"{path}: damaged: not a whole zip archive ({exc}); it was cut short or "
+                                f"changed after it was written") from None
+    if bad is not None:
+        raise DamagedCheckpoint(f"{path}: damaged: archive member `{bad}` fails its CRC-32 check; the file changed "
+                                f"after it was written (a bad copy or disk), so its tensors cannot be trusted")
+
+
+def tensors_digest(tensors: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes, in name order: the same for any file holding them."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        value = np.ascontiguousarray(tensors[key])
+        digest.update(f"{key}\0{value.dtype.str}\0{list(value.shape)}\0".encode())
+        digest.update(memoryview(value.reshape(-1).view(np.uint8)) if value.size else b"")
+    return digest.hexdigest()
+
+
+def verify_tensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], recorded: str | None) -> bool:
+    """Check tensors read from a .safetensors file against the digest its metadata records (if any)."""
+    if recorded is None:
+        return False
+    actual = tensors_digest(tensors)
+    if actual != recorded:
+        raise DamagedCheckpoint(f"{path}: damaged: its tensors hash to {actual[:16]}..., the checksum in its "
+                                f"metadata says {recorded[:16]}...; the file changed after it was written")
+    return True
+
+
+def verify_file(path: str | os.PathLike, fmt: str) -> str:
+    """Check a checkpoint file's own checksum before it is loaded; returns how it was checked.
+
+    `fmt` is torch | paddle | npz | safetensors. safetensors digests are checked by the
+    reader after loading (they cover tensors, not bytes), so here they report "deferred".
+    """
+    path = Path(path)
+    if fmt in ("torch", "npz"):
+        with open(path, "rb") as handle:
+            zipped = handle.read(4) == b"PK\x03\x04"  # torch's zip format (and .npz); legacy files are pickles
+        if fmt == "npz" or zipped:
+            verify_zip(path)
+            return "zip CRC-32"
+        return "none (a legacy torch file, not a zip archive)"
+    if fmt == "paddle":
+        return "SHA-256" if verify_pickle(path) else "none (no crossattn checksum)"
+    return "deferred"
