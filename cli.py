@@ -109,6 +109,7 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     from crossattn.atomic import atomic_write_text
     from crossattn.bounds import require_check_fits
     from crossattn.check import DIRECTIONS, MODES, check_spec
+    from crossattn.frameworks import require
     from crossattn.report import failure_details, summary_table, to_json
     from crossattn.spec import load_spec, resolve_spec, shipped_spec_paths
     from crossattn.tolerances import Tolerance, tolerance_for
@@ -125,7 +126,9 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     modes = MODES if mode == "both" else (mode,)
     started = time.perf_counter()
     cases = []
-    for spec in loaded:  # every spec is checked for what the run needs before any work starts
+    for framework in ("torch", "paddle"):  # what the run needs is checked before any work starts
+        require(framework)
+    for spec in loaded:
         if spec.input_shape is None:
             raise CrossattnError(f"spec {spec.path}: `input_shape` is required to check it")
         require_check_fits(spec, "check")
