@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickletools
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,34 +60,43 @@ def seal_pickle(path: str | os.PathLike) -> None:
         os.fsync(handle.fileno())
 
 
-def _trailer(path: Path) -> tuple[str, int] | None:
-    """(recorded digest, length of what it covers), or None when the file carries no trailer."""
-    size = path.stat().st_size
-    if size < TRAILER_LEN:
-        return None
+def _pickle_end(path: Path) -> int:
+    """Offset just past the pickle's STOP opcode, found by walking the opcodes (no object is built)."""
     with open(path, "rb") as handle:
-        handle.seek(size - TRAILER_LEN)
-        tail = handle.read(TRAILER_LEN)
-    if not tail.startswith(TRAILER_MAGIC) or not tail.endswith(b"\n"):
-        return None
-    recorded = tail[len(TRAILER_MAGIC):-1]
-    try:
-        return recorded.decode("ascii"), size - TRAILER_LEN
-    except UnicodeDecodeError:
-        return None
+        try:
+            for opcode, _, position in pickletools.genops(handle):
+                if opcode.name == "STOP":
+                    return handle.tell() if position is None else position + 1
+        except Exception as exc:  # noqa: BLE001 - a damaged pickle fails in many ways
+            raise DamagedCheckpoint(f"{path}: damaged: not a whole pickle ({type(exc).__name__}: {exc}); it was cut "
+                                    f"short or changed after it was written") from None
+    raise DamagedCheckpoint(f"{path}: damaged: the pickle has no end (cut short?)")
 
 
 def verify_pickle(path: str | os.PathLike) -> bool:
-    """True when the trailer matches; False when there is none; DamagedCheckpoint when it does not match."""
+    """True when the SHA-256 trailer matches; False when the file ends with the pickle (no trailer).
+
+    Anything else after the pickle's end (a trailer that does not match, or is itself
+    damaged, or stray bytes) is DamagedCheckpoint: paddle.save writes nothing there.
+    """
     path = Path(path)
-    found = _trailer(path)
-    if found is None:
+    end = _pickle_end(path)
+    size = path.stat().st_size
+    if end == size:
         return False
-    recorded, covered = found
-    actual = _sha256(path, covered)
-    if actual != recorded:
+    with open(path, "rb") as handle:
+        handle.seek(end)
+        tail = handle.read(TRAILER_LEN + 1)
+    recorded = tail[len(TRAILER_MAGIC):-1]
+    if len(tail) != TRAILER_LEN or not tail.startswith(TRAILER_MAGIC) or not tail.endswith(b"\n") \
+            or not all(c in b"0123456789abcdef" for c in recorded):
+        raise DamagedCheckpoint(f"{path}: damaged: {size - end} bytes follow the pickle and they are not a crossattn "
+                                f"checksum; the file changed after it was written")
+    actual = _sha256(path, end)
+    if actual != recorded.decode("ascii"):
         raise DamagedCheckpoint(f"{path}: damaged: its SHA-256 is {actual[:16]}..., the checksum written with it says "
-                                f"{recorded[:16]}...; the file changed after it was written (a bad copy or disk)")
+                                f"{recorded[:16].decode('ascii')}...; the file changed after it was written (a bad "
+                                f"copy or disk)")
     return True
 
 
