@@ -27,6 +27,9 @@ torch = pytest.importorskip("torch")
 paddle = pytest.importorskip("paddle")
 
 FRAMEWORKS = ("torch", "paddle")
+#: subprocess tests: torch in the default suite, paddle (whose writer raises a plain OSError, tested in-process
+#: below) in `make test-slow`
+TORCH_FIRST = ("torch", pytest.param("paddle", marks=pytest.mark.slow))
 ROOT = Path(__file__).resolve().parent.parent
 TINY_SPEC = """type: resnet_ablation
 input_shape: [2, 3, 8, 8]
@@ -107,7 +110,7 @@ def test_a_diverging_run_stops_at_the_first_nan_and_keeps_the_good_checkpoint(fr
     assert [r["epoch"] for r in rows] == [1] and all(np.isfinite(r["train_loss"]) for r in rows)
 
 
-@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("framework", TORCH_FIRST)
 def test_cli_names_epoch_and_step_of_the_first_nan(framework, files, tmp_path):
     run = tmp_path / "run"
     result = cli_subprocess(["train", "--spec", str(files["spec"]), "--config", str(files["diverging"]),
@@ -148,7 +151,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
 """
 
 
-@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("framework", TORCH_FIRST)
 def test_a_full_disk_while_saving_is_a_clear_error_and_resume_recovers(framework, files, tmp_path):
     """The framework's own writer fails mid-file (a file-size limit stands in for a full disk)."""
     run = tmp_path / "run"
@@ -162,9 +165,8 @@ def test_a_full_disk_while_saving_is_a_clear_error_and_resume_recovers(framework
     assert list((run / "checkpoints").iterdir()) == []  # no temp file, no partial checkpoint
     result = cli_subprocess(["train", "--resume", str(run)], limited)  # the disk is still full
     assert result.returncode == 2 and "error: cannot write checkpoint" in result.stderr, result.stderr
-    result = cli_subprocess(["train", "--resume", str(run)])  # space freed: the run completes
-    assert result.returncode == 0, result.stderr
-    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+    resumed = runner.resume_run(run, device="cpu", log=quiet)  # space freed: the run completes
+    assert [r["epoch"] for r in resumed.rows] == [1, 2, 3]
 
 
 def test_a_failed_write_keeps_the_older_checkpoints(files, config, data, tmp_path, monkeypatch):
@@ -274,6 +276,7 @@ def sweep_bit_flips(tmp_path: Path, step: int) -> dict[str, dict[str, int]]:
     return counts
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_end(files, config, data, tmp_path):
     """SIGKILL while a checkpoint is written, then --resume: the same numbers as an undisturbed run.
 
