@@ -7,9 +7,11 @@ the kernel's OOM killer. Here the footprint is estimated first:
 
 * without any framework: a lower bound from the input alone (validate uses it);
 * with torch installed: the model is built on torch's `meta` device (shapes, no
-  storage) and run once there, which counts every parameter, buffer and layer
-  output exactly; the estimate is then a sum of those counts times the copies a
-  command holds. Twins mirror each other, so the torch count stands for paddle's.
+  storage), which counts every parameter and buffer exactly, and, for inputs big
+  enough to matter, run there once, counting every tensor the forward creates (an
+  attention block's affinity matrix included); the estimate is those counts times
+  the copies a command holds. Twins mirror each other, so torch's count stands for
+  paddle's. A paddle-only install gets the framework-free bound only.
 
 The budget is the memory available now (MemAvailable), or CROSSATTN_MEMORY_LIMIT
 (bytes, or a number with K/M/G/T) where a user wants a smaller one.
@@ -74,11 +76,18 @@ def input_lower_bound(shape: Sequence[int], itemsize: int = 8) -> int:
     return 4 * elements(shape) * itemsize
 
 
-def meta_footprint(spec: Any, input_shape: Sequence[int] | None) -> tuple[int, int] | None:
-    """(parameter + buffer elements, layer-output elements for `input_shape`) from a torch meta build.
+#: inputs below this many N x positions^2 (an attention block's affinity) skip the meta forward: the
+#: parameters are counted, and activations that small cannot matter (the forward costs a one-time 2 s)
+FORWARD_GATE = 1 << 26
 
-    None when torch is not installed. Layer outputs are 0 when the forward cannot run on the
-    meta device (a block that needs real values); the parameters still count. A size the
+
+def meta_footprint(spec: Any, input_shape: Sequence[int] | None) -> tuple[int, int] | None:
+    """(parameter + buffer elements, elements of every tensor the forward creates) from a torch meta build.
+
+    None when torch is not installed. The forward is run on the meta device only for
+    inputs big enough to matter (FORWARD_GATE); it counts every intermediate tensor, an
+    attention block's affinity matrix included, so it overestimates the peak. A forward
+    that cannot run on meta tensors counts 0 (the parameters still count). A size the
     framework cannot even represent raises TooLarge.
     """
     try:
@@ -100,22 +109,32 @@ def meta_footprint(spec: Any, input_shape: Sequence[int] | None) -> tuple[int, i
     params = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
     if input_shape is None:
         return params, 0
-    outputs = [0]
+    positions = elements(input_shape[2:])
+    if input_shape[0] * positions * positions < FORWARD_GATE and elements(input_shape) < FORWARD_GATE:
+        return params, 0
+    return params, _forward_elements(torch, model, tuple(input_shape))
 
-    def count(module: Any, inputs: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor):
-            outputs[0] += output.numel()
 
-    handles = [m.register_forward_hook(count) for m in model.modules()]
+def _forward_elements(torch: Any, model: Any, shape: tuple[int, ...]) -> int:
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Count(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            Count.total += sum(t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+            return out
+
     try:
         with torch.device("meta"), torch.no_grad():
-            model(torch.empty(tuple(input_shape)))
+            x = torch.empty(shape)
+            with Count():
+                model(x)
     except Exception:  # noqa: BLE001 - meta tensors do not support every op; the parameters still count
-        outputs[0] = 0
-    finally:
-        for handle in handles:
-            handle.remove()
-    return params, outputs[0]
+        return 0
+    return Count.total
 
 
 def require_check_fits(spec: Any, command: str = "check") -> None:
@@ -129,9 +148,9 @@ def require_check_fits(spec: Any, command: str = "check") -> None:
     if found is None:
         return
     params, activations = found
-    # float64, both frameworks: parameters and their gradients, layer outputs and their gradients
+    # float64, both frameworks: parameters and their gradients, forward values and their gradients
     needed = 8 * 2 * (2 * params + 2 * activations) + (input_lower_bound(shape) if shape is not None else 0)
-    what = (f"`{command}` ({params:,} parameter values, {activations:,} layer-output values"
+    what = (f"`{command}` ({params:,} parameter values, {activations:,} values computed by the forward"
             f"{' at input_shape ' + str(list(shape)) if shape is not None else ''})")
     key = largest_option(spec.options) if shape is None or params * 4 > activations else "input_shape"
     refuse_over_budget(needed, what, where, key)
@@ -165,12 +184,12 @@ def require_training_fits(spec: Any, config: Any, config_file: str = "the traini
     if found is None:
         return
     params, activations = found
-    # weights, gradients and two optimizer moments; layer outputs kept for backward and their gradients
+    # weights, gradients and two optimizer moments; forward values kept for backward and their gradients
     needed = itemsize * (4 * params + 2 * activations)
     if params * 4 > activations:  # the model itself is the problem
         refuse_over_budget(needed, f"training ({params:,} parameter values)", where, largest_option(spec.options))
     key = "image_size" if size is not None else "batch_size"
-    refuse_over_budget(needed, f"training ({params:,} parameter values, {activations:,} layer-output values per "
+    refuse_over_budget(needed, f"training ({params:,} parameter values, {activations:,} values computed per "
                                f"batch of {list(batch_shape)})", config_file, key)
 
 
