@@ -6,7 +6,6 @@ import importlib
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from crossattn.errors import CrossattnError
 from crossattn.frameworks import adapter
@@ -35,12 +34,14 @@ def load_name_map(path: str | None) -> dict[str, str]:
     """A YAML mapping of torch layer names to paddle layer names."""
     if path is None:
         return {}
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CrossattnError(f"--name-map {path}: cannot read it: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise CrossattnError(f"--name-map {path}: malformed YAML: {exc}") from None
+    from crossattn.errors import SpecError
+    from crossattn.spec import read_yaml
+
+    try:  # a regular, small, shallow YAML file: a named pipe is never opened
+        data = read_yaml(path, "pass a YAML file mapping torch layer names to paddle layer names")
+    except SpecError as exc:
+        where = f" (line {exc.line})" if exc.line else ""
+        raise CrossattnError(f"--name-map {path}{where}: {exc.message}") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise CrossattnError(f"--name-map {path}: expected a mapping of torch layer names to paddle layer names")
     return data
