@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 
 from crossattn.errors import CrossattnError
-from weight_transfer.integrity import METADATA_KEY, seal_pickle, tensors_digest, verify_file, verify_tensors
+from weight_transfer.integrity import (
+    METADATA_KEY,
+    recorded_digest,
+    seal_pickle,
+    tensors_digest,
+    verify_file,
+    verify_tensors,
+)
 from weight_transfer.rules import RULES
 from weight_transfer.slots import Slot
 
@@ -124,7 +131,7 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, fmt: st
         "torch": _read_torch, "paddle": _read_paddle, "safetensors": _read_safetensors, "npz": _read_npz}
     raw = readers[fmt](path, trust_pickle)
     if fmt in ("safetensors", "npz"):
-        if verify_tensors(path, raw.content, raw.metadata.get(METADATA_KEY)):
+        if verify_tensors(path, raw.content, recorded_digest(raw.metadata)):
             integrity += " and SHA-256" if fmt == "npz" else "SHA-256"
         elif fmt == "safetensors":
             integrity = "none (no crossattn checksum)"
@@ -306,7 +313,8 @@ def _read_npz(path: Path, trust_pickle: bool) -> RawCheckpoint:
         raise UnsafeCheckpointError(f"{path}: refused: {exc} (an .npz checkpoint holds numeric arrays only)") from None
     except Exception as exc:  # noqa: BLE001 - zip and npy errors
         raise CheckpointError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
-    metadata = {METADATA_KEY: comment[len(NPZ_COMMENT):]} if comment.startswith(NPZ_COMMENT) else {}
+    # the comment is crossattn's digest when it has its length (a damaged prefix still counts as one)
+    metadata = {METADATA_KEY: comment[len(NPZ_COMMENT):]} if len(comment) == len(NPZ_COMMENT) + 64 else {}
     return RawCheckpoint(path, "npz", content, metadata)
 
 
