@@ -169,6 +169,22 @@ def test_a_full_disk_while_saving_is_a_clear_error_and_resume_recovers(framework
     assert [r["epoch"] for r in resumed.rows] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("target", ["out.pt", pytest.param("out.pdparams", marks=pytest.mark.slow)])
+def test_a_full_disk_while_converting_is_a_clear_error(target, tmp_path):
+    source = tmp_path / "se.pt"
+    from crossattn import registry
+    from crossattn.spec import load_spec, resolve_spec
+
+    torch.save(registry.build(load_spec(resolve_spec("se_default")), "torch").state_dict(), source)
+    destination = tmp_path / target
+    result = cli_subprocess(["convert", str(source), str(destination), "--spec", "se_default"],
+                            FILE_SIZE_LIMIT.format(limit=512))
+    assert result.returncode == 2, result.stderr
+    assert "cannot write it" in result.stderr and "nothing was written" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["se.pt"]  # no temp file, no destination
+
+
 def test_a_failed_write_keeps_the_older_checkpoints(files, config, data, tmp_path, monkeypatch):
     import paddle_impl.train
 

@@ -560,7 +560,14 @@ def _write_torch(path: Path, tensors: Mapping[str, np.ndarray], framework: str, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # read-only arrays: torch.save only reads them
         state = {k: torch.from_numpy(_contiguous(v)) for k, v in tensors.items()}
-    torch.save(state, path)
+    try:
+        torch.save(state, path)
+    except RuntimeError as exc:  # torch's zip writer reports a failed write (a full disk) this way
+        import shutil
+
+        free = shutil.disk_usage(path.parent).free
+        raise CheckpointError(f"{path}: cannot write it ({free / (1 << 20):,.1f} MiB free there; torch.save said: "
+                              f"{str(exc).strip().splitlines()[-1][:200]}); nothing was written") from None
 
 
 def _write_paddle(path: Path, tensors: Mapping[str, np.ndarray], framework: str, spec_type: str) -> None:

@@ -98,7 +98,7 @@ class TrainConfig(Options):
         require(0 <= self.label_smoothing < 1, "label_smoothing", f"must lie in [0, 1), got {self.label_smoothing}")
         side = min(IMAGE_SIDE.values())
         require(0 <= self.crop_padding <= side, "crop_padding", f"must lie in [0, {side}], got {self.crop_padding}")
-        require(0 <= self.seed < 2**32, "seed", f"must lie in [0, 2**32), got {self.seed}")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         require(self.dtype == "float32" or self.amp == "none", "dtype",
                 f"float64 training runs without mixed precision; set amp: none (got amp: {self.amp})")
         require(len(self.mean) > 0, "mean", "give one value or one per channel")
