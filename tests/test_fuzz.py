@@ -42,6 +42,19 @@ TRAIN_CONFIGS = sorted(TRAIN_SPECS_DIR.glob("*.yaml"))
 ABLATIONS = sorted(ABLATION_DIR.glob("*.yaml"))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def memory_budget():
+    """A budget far below a shared machine's memory: a generated size that slips past the estimate fails
+    the property instead of taking the machine down."""
+    before = os.environ.get("CROSSATTN_MEMORY_LIMIT")
+    os.environ["CROSSATTN_MEMORY_LIMIT"] = "1G"
+    yield
+    if before is None:
+        del os.environ["CROSSATTN_MEMORY_LIMIT"]
+    else:
+        os.environ["CROSSATTN_MEMORY_LIMIT"] = before
+
+
 def invoke(args: list[str]) -> tuple[int, str]:
     """Run the CLI as `crossattn` does (cli.main): a user error is exit 2 and its message; a bug raises."""
     result = CliRunner().invoke(cli.cli, args, standalone_mode=False)
