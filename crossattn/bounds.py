@@ -19,10 +19,11 @@ The budget is the memory available now (MemAvailable), or CROSSATTN_MEMORY_LIMIT
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from crossattn.errors import CrossattnError, OptionError
@@ -99,13 +100,14 @@ def meta_footprint(spec: Any, input_shape: Sequence[int] | None) -> tuple[int, i
 
     where = spec.path or spec.name
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _counting_layers(torch, where, spec):
             model = registry.build(spec, "torch")
     except CrossattnError:
         raise
-    except (RuntimeError, ValueError, OverflowError, MemoryError) as exc:
-        raise TooLarge(f"{where}: the options give tensors the framework cannot create "
-                       f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); use smaller sizes") from None
+    except (RuntimeError, ValueError, OverflowError, MemoryError, IndexError) as exc:
+        raise TooLarge(f"{where}, key `{largest_option(spec.options)}`: the options give tensors the framework "
+                       f"cannot create ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                       f"use smaller sizes") from None
     params = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
     if input_shape is None:
         return params, 0
@@ -114,10 +116,64 @@ def meta_footprint(spec: Any, input_shape: Sequence[int] | None) -> tuple[int, i
              and params < 1 << 22 and int(largest_value(spec.options)) < 1 << 12)
     if small:
         return params, 0
-    return params, _forward_elements(torch, model, tuple(input_shape))
+    return params, _forward_elements(torch, model, tuple(input_shape), where, spec)
 
 
-def _forward_elements(torch: Any, model: Any, shape: tuple[int, ...]) -> int:
+#: more layers than this is no model anyone checks (SE-ResNet-152 has about 1,000): a count option gone wild
+MAX_LAYERS = 100_000
+
+
+class _CountExceeded(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _counting_layers(torch: Any, where: str, spec: Any) -> Iterator[None]:
+    """Stop a build that registers more than MAX_LAYERS layers before it runs for hours."""
+    count = [0]
+
+    def hook(module: Any, name: str, submodule: Any) -> None:
+        count[0] += 1
+        if count[0] > MAX_LAYERS:
+            raise _CountExceeded
+
+    handle = torch.nn.modules.module.register_module_module_registration_hook(hook)
+    try:
+        yield
+    except _CountExceeded:
+        raise TooLarge(f"{where}, key `{largest_option(spec.options)}`: the options build more than "
+                       f"{MAX_LAYERS:,} layers; use smaller counts") from None
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def _heap_limited(extra: int) -> Iterator[None]:
+    """Lower the soft data-segment limit to what is in use now plus `extra` (Linux): an allocation of
+    real memory beyond it (numpy maps a forward computes from the input size) fails with MemoryError
+    instead of taking the machine's memory."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        with open("/proc/self/status", encoding="ascii") as handle:
+            used = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmData:"))
+        limit = used + extra
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        if soft != resource.RLIM_INFINITY and soft < limit:
+            limit = soft
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    except (ImportError, OSError, ValueError, StopIteration):
+        yield
+        return
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+def _forward_elements(torch: Any, model: Any, shape: tuple[int, ...], where: str, spec: Any) -> int:
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
@@ -134,10 +190,20 @@ def _forward_elements(torch: Any, model: Any, shape: tuple[int, ...]) -> int:
     inputs = [p for p in inspect.signature(model.forward).parameters.values()
               if p.default is inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_POSITIONAL]
     try:
-        with torch.device("meta"), torch.no_grad():
+        with torch.device("meta"), torch.no_grad(), _heap_limited(memory_budget()):
             x = torch.empty(shape)
             with Count():
                 model(*[x] * max(len(inputs), 1))  # fusion blocks take x and a residual of one shape
+    except MemoryError:
+        raise TooLarge(f"{where}, key `input_shape`: the forward at input_shape {list(shape)} computes arrays "
+                       f"beyond the {gib(memory_budget())} of memory available; use smaller sizes") from None
+    except RuntimeError as exc:
+        text = str(exc)
+        if any(word in text for word in ("overflow", "Storage size", "negative dimension", "too large")):
+            raise TooLarge(f"{where}, key `{largest_option(spec.options)}`: the forward at input_shape "
+                           f"{list(shape)} makes tensors the framework cannot create ({text.splitlines()[0][:160]}); "
+                           f"use smaller sizes") from None
+        return 0  # an op meta tensors do not support; the parameters still count
     except Exception:  # noqa: BLE001 - meta tensors do not support every op; the parameters still count
         return 0
     return Count.total
