@@ -263,7 +263,7 @@ def check_requirements(ablation: Ablation, config: Any, frameworks: Sequence[str
 
     for framework in frameworks:
         module = twin(framework)  # FrameworkMissing names the package to install
-        if device != "gpu":  # --devices: each subprocess checks its GPU
+        if device not in ("gpu", "cpu"):  # --devices: each subprocess checks its GPU; cpu is always there
             module.check_amp(config.amp, module.resolve_device(device))
     for _, path in ablation.specs:  # each error names the spec file
         spec = load_spec(path)
