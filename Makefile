@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow test-fuzz bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# Generated malformed inputs and injected faults at full size (`make test` runs 25 examples per property).
+FUZZ_EXAMPLES ?= 1000
+test-fuzz: $(STAMP)
+	CROSSATTN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -m 'slow or not slow' \
+		--hypothesis-show-statistics tests/test_fuzz.py tests/test_faults.py
 
 # `crossattn bench` of a few models (table, docs/bench.json, docs/bench.png), then the CLI timings
 BENCH_SPECS ?= resnet18_baseline se_resnet50 gcnet_seg non_local_embedded_gaussian mnist_non_local

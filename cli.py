@@ -56,19 +56,26 @@ def specs_command() -> None:
 @cli.command("validate")
 @click.argument("specs", nargs=-1, required=True)
 def validate_command(specs: tuple[str, ...]) -> None:
-    """Validate spec files without importing any framework; every file is reported."""
-    from crossattn.spec import load_spec, resolve_spec
+    """Validate spec files without importing any framework; every problem of every file is reported.
 
-    errors = []
+    Errors exit 2. A warning names what a later command would refuse (a spec
+    without input_shape cannot be checked, traced or verified).
+    """
+    from crossattn.spec import validate_file
+
+    failed = 0
     for arg in specs:
-        try:
-            spec = load_spec(resolve_spec(arg))
-        except CrossattnError as exc:
-            errors.append(exc)
-            click.echo(f"error: {exc}", err=True)
-            continue
-        click.echo(f"ok  {spec.name} ({spec.type})")
-    if errors:
+        spec, errors, warnings = validate_file(arg)
+        for error in errors:
+            click.echo(f"error: {error}", err=True)
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
+        if errors:
+            failed += 1
+        else:
+            click.echo(f"ok  {spec.name} ({spec.type})")
+    if failed:
+        click.echo(f"{failed} of {len(specs)} file(s) failed validation", err=True)
         sys.exit(2)
 
 
@@ -115,8 +122,10 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     Exit status 0 only if every tensor passes.
     """
     from crossattn.atomic import atomic_write_text
+    from crossattn.bounds import require_pair_fits
     from crossattn.check import DIRECTIONS, EXTRA_PROBES, MODES
     from crossattn.check_runner import CheckJob, run_checks
+    from crossattn.frameworks import require
     from crossattn.report import failure_details, summary_table, to_json
     from crossattn.model_pair import ModelPair
     from crossattn.spec import load_spec, resolve_spec, shipped_spec_paths
@@ -131,6 +140,8 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
                              "--paddle-model MODULE:FACTORY --input-shape N,C,H,W); see `crossattn specs`")
     if single_step and not layers:
         raise CrossattnError("--single-step applies to the layer trace: add --layers (or use `crossattn diff`)")
+    for framework in ("torch", "paddle"):  # what the run needs is checked before any work starts
+        require(framework)
     if user_pair:
         pairs = [pair_from_cli(None, torch_model, paddle_model, model_args, name_map, input_shape, "check")]
     else:
@@ -152,6 +163,8 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     directions = DIRECTIONS if direction == "both" else (direction,)
     modes = MODES if mode == "both" else (mode,)
     started = time.perf_counter()
+    for pair in pairs:
+        require_pair_fits(pair, "check")
     jobs = [CheckJob(pair, tuple(directions), tuple(modes), tol, seed, dtype, EXTRA_PROBES if probes else ())
             for pair in pairs]
     results = run_checks(jobs, workers, show_progress=sys.stderr.isatty() and json_path != "-")
@@ -233,6 +246,9 @@ def diff_command(spec: str | None, direction: str, mode: str, single_step: bool,
     base = tolerance_for(dtype)
     tol = Tolerance(atol if atol is not None else base.atol, rtol if rtol is not None else base.rtol)
     pair = pair_from_cli(spec, torch_model, paddle_model, model_args, name_map, input_shape, "diff")
+    from crossattn.bounds import require_pair_fits
+
+    require_pair_fits(pair, "diff")
     for note in pair.notes:
         click.echo(f"note: {note}")
     report = diff_pair(pair, direction, mode, single_step, tol, seed, dtype, do_transfer, probe)

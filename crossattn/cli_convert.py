@@ -35,10 +35,14 @@ FRAMEWORK_CHOICE = click.Choice(["torch", "paddle"])
 @click.option("--full-verify", is_flag=True,
               help="Verification also forwards both twins in float64 (slower, about twice the memory).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the verification input.")
+@click.option("--allow-nonfinite", is_flag=True, help="Convert weights holding NaN or infinite values anyway.")
+@click.option("--allow-lossy-cast", is_flag=True,
+              help="Convert tensors whose cast to the model's dtype loses information (complex, out of range).")
 def convert_command(src: str, dst: str, spec_arg: str | None, torch_model: str | None, paddle_model: str | None,
                     model_args: str | None, name_map: str | None, input_shape: str | None,
                     to_framework: str | None, from_framework: str | None, key: str | None, strip_prefix: str | None,
-                    trust_pickle: bool, verify: bool, full_verify: bool, seed: int) -> None:
+                    trust_pickle: bool, verify: bool, full_verify: bool, seed: int, allow_nonfinite: bool,
+                    allow_lossy_cast: bool) -> None:
     """Convert checkpoint SRC into DST for the model of --spec, or for your own pair.
 
     Your own pair: --torch-model MODULE:FACTORY --paddle-model MODULE:FACTORY,
@@ -51,15 +55,17 @@ def convert_command(src: str, dst: str, spec_arg: str | None, torch_model: str |
     DST appears only if the conversion and its verification succeed.
     Exit status: 0 success, 1 verification failed, 2 a mistake in the input.
     """
+    from crossattn.bounds import require_pair_fits
     from weight_transfer.convert import convert
 
     pair = pair_from_cli(spec_arg, torch_model, paddle_model, model_args, name_map, input_shape, "convert",
                          need_input=False)
+    require_pair_fits(pair, "convert", with_input=verify)
     for note in pair.notes:
         click.echo(f"note: {note}")
     report = convert(src, dst, pair, to=to_framework, source=from_framework, key=key,
                      strip_prefix=strip_prefix, trust_pickle=trust_pickle, verify=verify, seed=seed,
-                     full_verify=full_verify)
+                     full_verify=full_verify, allow_nonfinite=allow_nonfinite, allow_lossy_cast=allow_lossy_cast)
     for line in report.lines():
         click.echo(line)
     if not report.passed:

@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxtuple = 3, 6, 6, 6
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 80, 80, 40
+
+
+def shown(value: Any) -> str:
+    """repr(value) cut short: a message about a bad value stays one line however big the value is."""
+    return _SHORT.repr(value)
+
 
 class CrossattnError(Exception):
     """A mistake in the user's input (a spec, a file, an argument), not a bug."""
@@ -53,3 +65,9 @@ class TransferError(CrossattnError):
         super().__init__(summarise(problems, context))
         self.problems = problems
         self.context = context
+
+
+class TrainingDiverged(CrossattnError):
+    """Training met a non-finite loss, gradient or weight; the last good checkpoint is kept."""
+
+    exit_code = 3

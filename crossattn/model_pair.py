@@ -252,19 +252,15 @@ def _require_model(model: Any, framework: str, origin: str) -> None:
 
 
 def _read_yaml_mapping(path: str, option: str) -> Any:
-    import yaml
+    """A regular, small, shallow YAML file, read like a spec (a named pipe is never opened)."""
+    from crossattn.errors import SpecError
+    from crossattn.spec import read_yaml
 
-    file = Path(path)
-    if not file.is_file():
-        raise CrossattnError(f"{option} {path}: no such file")
     try:
-        return yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CrossattnError(f"{option} {path}: cannot read it: {exc}") from None
-    except RecursionError:
-        raise CrossattnError(f"{option} {path}: nested too deeply to be a plain YAML mapping") from None
-    except yaml.YAMLError as exc:
-        raise CrossattnError(f"{option} {path}: malformed YAML: {exc}") from None
+        return read_yaml(path, f"pass a YAML file for {option}")
+    except SpecError as exc:
+        where = f" (line {exc.line})" if exc.line else ""
+        raise CrossattnError(f"{option} {path}{where}: {exc.message}") from None
 
 
 def load_model_args(source: str | Mapping | None) -> dict[str, dict[str, Any]]:

@@ -9,12 +9,19 @@ whether it came from a spec or from Python.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-from crossattn.errors import OptionError
+from crossattn.errors import OptionError, shown
+
+#: the largest integer option: the frameworks take sizes as 32-bit integers in places
+MAX_INT = 2**31 - 1
+#: the largest float option magnitude: the frameworks hold scalars such as the learning rate in float32
+MAX_FLOAT = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +42,13 @@ class Options:
     def validate(self) -> None:
         """Cross-field checks; raise OptionError naming the offending key."""
 
+    def coerce_early(self, *names: str) -> None:
+        """Check these fields first: a later step (filling a nested block) reads them, and a bad value
+        must be blamed on its own key rather than on what it was copied into."""
+        hints = _hints(type(self))
+        for name in names:
+            object.__setattr__(self, name, _coerce(name, getattr(self, name), hints[name]))
+
     def kwargs(self) -> dict[str, Any]:
         """Constructor keyword arguments for the twins (shallow: nested specs stay objects)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -49,9 +63,11 @@ def parse_options(cls: type[Options], raw: Mapping[str, Any] | None, owner: str)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in raw if k not in names]
     if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), names, n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
         raise OptionError(
             str(unknown[0]),
-            f"unknown option for {owner}; known options: {', '.join(names)}",
+            f"unknown option for {owner}; {hint}known options: {', '.join(names)}",
         )
     missing = [
         f.name
@@ -66,6 +82,40 @@ def parse_options(cls: type[Options], raw: Mapping[str, Any] | None, owner: str)
         return cls(**raw)
     except TypeError as exc:  # a dataclass signature problem is a bug, but say it plainly
         raise OptionError(names[0] if names else "options", str(exc)) from None
+
+
+def option_errors(cls: type[Options], raw: Mapping[str, Any], owner: str) -> list[OptionError]:
+    """Every problem of the individual options in `raw` (unknown, missing, mistyped), each on its own.
+
+    Cross-field rules are not run here: they read several fields, so they are checked
+    by `parse_options` once each field is sound.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+    hints = _hints(cls)
+    problems: list[OptionError] = []
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            problems.append(OptionError(str(key), f"unknown option for {owner}; {hint}known options: {', '.join(names)}"))
+    for field in dataclasses.fields(cls):
+        if field.name not in raw:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+                problems.append(OptionError(field.name, f"required option for {owner} is missing"))
+            continue
+        if _nests(hints[field.name]):
+            continue  # a nested block is completed by its model (channels filled in): checked by parse_options
+        try:
+            _coerce(field.name, raw[field.name], hints[field.name])
+        except OptionError as exc:
+            problems.append(exc)
+    return problems
+
+
+def _nests(annotation: Any) -> bool:
+    """Whether an annotation holds a nested spec."""
+    args = typing.get_args(annotation) or (annotation,)
+    return any(isinstance(a, type) and hasattr(a, "coerce_option") for a in args)
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -95,7 +145,11 @@ def describe(annotation: Any) -> str:
         text = " or ".join(inner)
         return text + " or null" if type(None) in args else text
     if origin in (tuple, list):
-        return f"a list of {describe(args[0])}" if args else "a list"
+        if not args:
+            return "a list"
+        item = describe(args[0])
+        plural = {"an integer": "integers", "a number": "numbers", "a string": "strings"}.get(item, item)
+        return f"a list of {plural}"
     if isinstance(annotation, type) and hasattr(annotation, "describe_type"):
         return annotation.describe_type()
     return getattr(annotation, "__name__", str(annotation))
@@ -123,7 +177,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check `value` against `annotation`; lists become tuples so options stay hashable."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    wrong = OptionError(key, f"expected {describe(annotation)}, got {value!r} ({_kind(value)})")
+    wrong = OptionError(key, f"expected {describe(annotation)}, got {shown(value)} ({_kind(value)})")
     if annotation is Any:
         return value
     if origin in (typing.Union, types.UnionType):
@@ -151,11 +205,22 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         raise wrong
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > MAX_INT:
+                raise OptionError(key, f"{value} is out of range: the frameworks take integers here as 32-bit "
+                                       f"values (at most {MAX_INT:,})")
             return value
         raise wrong
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            if isinstance(value, int) and abs(value) > MAX_FLOAT:
+                raise OptionError(key, f"{shown(value)} is out of range (at most {MAX_FLOAT:.4g} in magnitude)")
+            number = float(value)
+            if not math.isfinite(number):
+                raise OptionError(key, f"expected a finite number, got {value}")
+            if abs(number) > MAX_FLOAT:
+                raise OptionError(key, f"{number:g} is out of range: the frameworks hold it as a float32, "
+                                       f"at most {MAX_FLOAT:.4g} in magnitude")
+            return number
         raise wrong
     if annotation is str:
         if isinstance(value, str):

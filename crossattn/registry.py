@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 from typing import Any, Literal
 
-from crossattn.errors import OptionError
+from crossattn.errors import OptionError, shown
 from crossattn.options import Options
 
 FRAMEWORKS = ("torch", "paddle")
@@ -36,7 +36,7 @@ def register(type_name: str, kind: Literal["block", "model"], options: type[Opti
              summary: str) -> None:
     """Declare a spec type; the twin classes live at the same path in both impl packages."""
     if type_name in _ENTRIES and _ENTRIES[type_name].builder != builder:
-        raise RuntimeError(f"spec type {type_name!r} registered twice")
+        raise RuntimeError(f"spec type {shown(type_name)} registered twice")
     options.type_name = type_name
     _ENTRIES[type_name] = Entry(type_name, kind, options, builder, summary)
 
@@ -65,7 +65,7 @@ def entry(type_name: Any, key: str = "type") -> Entry:
     _discover()
     if not isinstance(type_name, str) or type_name not in _ENTRIES:
         known = ", ".join(sorted(_ENTRIES))
-        raise OptionError(key, f"unknown type {type_name!r}; known types: {known}")
+        raise OptionError(key, f"unknown type {shown(type_name)}; known types: {known}")
     return _ENTRIES[type_name]
 
 

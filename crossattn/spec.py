@@ -8,14 +8,17 @@ what was expected.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from crossattn.errors import OptionError, SpecError
-from crossattn.options import Options, parse_options
+from crossattn.errors import CrossattnError, OptionError, SpecError, shown
+from crossattn.options import MAX_INT, Options, option_errors, parse_options
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 TOP_LEVEL_KEYS = ("type", "name", "description", "input_shape", "options")
@@ -42,11 +45,11 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if not isinstance(key, (str, int, float, bool)) and key is not None:
-            raise yaml.constructor.ConstructorError(None, None, f"a key must be a plain name, got {key!r}",
+            raise yaml.constructor.ConstructorError(None, None, f"a key must be a plain name, got {shown(key)}",
                                                     key_node.start_mark)
         if key in mapping:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first at line {mapping.lines[key]})", key_node.start_mark
+                None, None, f"duplicate key {shown(key)} (first at line {mapping.lines[key]})", key_node.start_mark
             )
         mapping[key] = loader.construct_object(value_node, deep=True)
         mapping.lines[key] = line
@@ -83,7 +86,7 @@ class Spec:
         if isinstance(value, Spec):
             return value
         if not isinstance(value, Mapping):
-            raise OptionError(key, f"expected {cls.describe_type()}, got {value!r}")
+            raise OptionError(key, f"expected {cls.describe_type()}, got {shown(value)}")
         return _parse_component(value, key)
 
 
@@ -97,13 +100,13 @@ def _parse_component(raw: Mapping[str, Any], key: str) -> Spec:
             raise OptionError(f"{key}.{k}", f"unknown key; a nested spec has only {', '.join(allowed)}")
     type_name = raw.get("type")
     if not isinstance(type_name, str):
-        raise OptionError(f"{key}.type", f"expected a block type name, got {type_name!r}")
+        raise OptionError(f"{key}.type", f"expected a block type name, got {shown(type_name)}")
     entry = registry.entry(type_name, key=f"{key}.type")
     opts_raw = raw.get("options")
     if opts_raw is None:
         opts_raw = {}
     if not isinstance(opts_raw, Mapping):
-        raise OptionError(f"{key}.options", f"expected a mapping, got {opts_raw!r}")
+        raise OptionError(f"{key}.options", f"expected a mapping, got {shown(opts_raw)}")
     try:
         options = parse_options(entry.options, opts_raw, f"type `{type_name}`")
     except OptionError as exc:
@@ -125,61 +128,154 @@ def line_of(raw: Any, path: list[str]) -> int | None:
 
 
 def parse_spec(raw: Any, file: str = "<spec>") -> Spec:
-    """Validate a loaded YAML document into a Spec."""
+    """Validate a loaded YAML document into a Spec; the first problem found is raised."""
+    spec, problems = collect_spec(raw, file)
+    if problems:
+        raise problems[0]
+    assert spec is not None
+    return spec
+
+
+def collect_spec(raw: Any, file: str = "<spec>") -> tuple[Spec | None, list[SpecError]]:
+    """Validate a loaded YAML document, collecting every problem rather than stopping at the first.
+
+    Each option is checked on its own, so a file with three bad keys reports three
+    errors; cross-field rules (`validate`) and the input shape are checked once the
+    options they read are sound. Returns (the Spec or None, the problems in file order).
+    """
     from crossattn import registry
 
+    problems: list[SpecError] = []
     if not isinstance(raw, Mapping):
-        raise SpecError(file, None, getattr(raw, "line", None), "expected a mapping with at least a `type` key")
+        return None, [SpecError(file, None, getattr(raw, "line", None), "expected a mapping with at least a `type` key")]
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
-            raise SpecError(file, str(key), line_of(raw, [str(key)]),
-                            f"unknown top-level key; known keys: {', '.join(TOP_LEVEL_KEYS)}")
+            close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            problems.append(SpecError(file, str(key), line_of(raw, [str(key)]),
+                                      f"unknown top-level key; {hint}known keys: {', '.join(TOP_LEVEL_KEYS)}"))
+    for text_key in ("name", "description"):
+        if text_key in raw and not isinstance(raw[text_key], str):
+            problems.append(SpecError(file, text_key, line_of(raw, [text_key]),
+                                      f"expected a string, got {shown(raw[text_key])}"))
+    input_shape = raw.get("input_shape")
+    shape_ok = input_shape is None
+    if input_shape is not None:
+        if not (isinstance(input_shape, list) and input_shape
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_shape)):
+            problems.append(SpecError(file, "input_shape", line_of(raw, ["input_shape"]),
+                                      f"expected a list of positive integers (N, C, ...), got {shown(input_shape)}"))
+        elif max(input_shape) > MAX_INT:
+            problems.append(SpecError(file, "input_shape", line_of(raw, ["input_shape"]),
+                                      f"dimension {max(input_shape)} is out of range: the frameworks take "
+                                      f"dimensions as 32-bit integers (at most {MAX_INT:,})"))
+        else:
+            input_shape, shape_ok = tuple(input_shape), True
     if "type" not in raw:
-        raise SpecError(file, "type", getattr(raw, "line", None), "missing: every spec names a registered type")
+        problems.append(SpecError(file, "type", getattr(raw, "line", None),
+                                  "missing: every spec names a registered type"))
+        return None, _in_file_order(problems)
     type_name = raw["type"]
     try:
         entry = registry.entry(type_name)
     except OptionError as exc:
-        raise SpecError(file, "type", line_of(raw, ["type"]), exc.message) from None
+        problems.append(SpecError(file, "type", line_of(raw, ["type"]), exc.message))
+        return None, _in_file_order(problems)
     opts_raw = raw.get("options")
     if opts_raw is None:
         opts_raw = LineDict()
     if not isinstance(opts_raw, Mapping):
-        raise SpecError(file, "options", line_of(raw, ["options"]), f"expected a mapping, got {opts_raw!r}")
-    try:
-        options = parse_options(entry.options, opts_raw, f"type `{type_name}`")
-    except OptionError as exc:
+        problems.append(SpecError(file, "options", line_of(raw, ["options"]),
+                                  f"expected a mapping, got {shown(opts_raw)}"))
+        return None, _in_file_order(problems)
+
+    def as_spec_error(exc: OptionError) -> SpecError:
         path = ["options", *exc.key.split(".")]
-        raise SpecError(file, ".".join(path), line_of(raw, path), exc.message) from None
-    input_shape = raw.get("input_shape")
-    if input_shape is not None:
-        if not (isinstance(input_shape, list) and input_shape
-                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_shape)):
-            raise SpecError(file, "input_shape", line_of(raw, ["input_shape"]),
-                            f"expected a list of positive integers (N, C, ...), got {input_shape!r}")
-        input_shape = tuple(input_shape)
+        return SpecError(file, ".".join(path), line_of(raw, path), exc.message)
+
+    option_problems = [as_spec_error(e) for e in option_errors(entry.options, opts_raw, f"type `{type_name}`")]
+    options = None
+    if not option_problems:
+        try:
+            options = parse_options(entry.options, opts_raw, f"type `{type_name}`")
+        except OptionError as exc:
+            option_problems.append(as_spec_error(exc))
+    problems += option_problems
+    if options is not None and shape_ok and input_shape is not None:
         try:
             options.check_input_shape(input_shape)
         except OptionError as exc:
-            raise SpecError(file, "input_shape", line_of(raw, ["input_shape"]), exc.message) from None
-    for text_key in ("name", "description"):
-        if text_key in raw and not isinstance(raw[text_key], str):
-            raise SpecError(file, text_key, line_of(raw, [text_key]), f"expected a string, got {raw[text_key]!r}")
+            problems.append(SpecError(file, "input_shape", line_of(raw, ["input_shape"]), exc.message))
+    if problems or options is None:
+        return None, _in_file_order(problems)
     name = raw.get("name") or (Path(file).stem if file != "<spec>" else type_name)
     return Spec(type=type_name, options=options, name=name, description=raw.get("description", ""),
-                input_shape=input_shape, path=file)
+                input_shape=input_shape, path=file), []
+
+
+def _in_file_order(problems: list[SpecError]) -> list[SpecError]:
+    """Problems sorted by line (stable), those without a line first, as a reader meets them."""
+    return sorted(problems, key=lambda p: p.line if p.line is not None else 0)
+
+
+#: YAML files larger than this are refused before reading (specs and configs are a few hundred bytes)
+MAX_YAML_BYTES = 1 << 20
+#: deepest nesting of mappings and lists a file may have (the shipped ones nest 5 levels)
+MAX_YAML_DEPTH = 32
+
+
+def read_text_file(path: str | Path, missing_hint: str, limit: int = MAX_YAML_BYTES) -> str:
+    """A small regular text file's content; never opens a named pipe, device or folder (that could hang)."""
+    file = str(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise SpecError(file, None, None, f"no such file; {missing_hint}") from None
+    except OSError as exc:
+        raise SpecError(file, None, None, f"cannot read the file: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a named pipe" if stat.S_ISFIFO(info.st_mode)
+                else "a device or socket")
+        raise SpecError(file, None, None, f"is {kind}, not a regular file; pass a YAML file")
+    if info.st_size > limit:
+        raise SpecError(file, None, None, f"is {info.st_size:,} bytes; a YAML file here is at most {limit:,} "
+                                          f"bytes (is it the right file?)")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise SpecError(file, None, None, f"cannot read the file: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise SpecError(file, None, None, f"is larger than {limit:,} bytes; a YAML file here is smaller")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(file, None, None, f"is not UTF-8 text (byte {exc.start}); is it the right file?") from None
+
+
+def _check_depth(text: str, file: str) -> None:
+    """Refuse deep nesting from the token stream (iterative), before the recursive parser sees it."""
+    depth = 0
+    starts = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockSequenceStartToken,
+              yaml.BlockMappingStartToken)
+    ends = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, starts):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise SpecError(file, None, token.start_mark.line + 1,
+                                f"nests more than {MAX_YAML_DEPTH} levels of mappings or lists; "
+                                f"a spec or config needs only a few")
+        elif isinstance(token, ends):
+            depth -= 1
 
 
 def read_yaml(path: str | Path, missing_hint: str) -> Any:
     """Load a YAML file with key lines recorded; every failure is a SpecError naming the file (and line)."""
     file = str(path)
+    text = read_text_file(path, missing_hint)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(file, None, None, f"no such file; {missing_hint}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(file, None, None, f"cannot read the file: {exc}") from None
-    try:
+        _check_depth(text, file)
         return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -187,6 +283,9 @@ def read_yaml(path: str | Path, missing_hint: str) -> Any:
         raise SpecError(file, None, line, f"malformed YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise SpecError(file, None, None, f"malformed YAML: {exc}") from None
+    except RecursionError:  # aliases can nest deeper than the text does
+        raise SpecError(file, None, None, "nests too deep (through anchors and aliases); "
+                                          "a spec or config needs only a few levels") from None
 
 
 def resolve_named(arg: str, folder: Path, what: str) -> Path:
@@ -211,6 +310,35 @@ def _closest(arg: str, names: list[str]) -> str:
     if near:
         return "did you mean " + " or ".join(f"`{n}`" for n in near) + "? (`crossattn specs` lists all)"
     return f"{len(names)} are shipped: `crossattn specs` lists them"
+
+
+def validate_file(arg: str) -> tuple[Spec | None, list[CrossattnError], list[str]]:
+    """(spec, every error, warnings) for one spec argument, framework-free: what `validate` prints.
+
+    Warnings name what a later command refuses: a spec without input_shape cannot
+    be checked, traced or verified. Sizes that could never fit in memory are errors.
+    """
+    try:
+        path = resolve_spec(arg)
+        raw = read_yaml(path, "pass a spec path or a shipped spec name (see `crossattn specs`)")
+    except CrossattnError as exc:
+        return None, [exc], []
+    spec, problems = collect_spec(raw, str(path))
+    errors: list[CrossattnError] = list(problems)
+    warnings: list[str] = []
+    if spec is not None:
+        if spec.input_shape is None:
+            warnings.append(f"{path}: no `input_shape`; `check`, `diff` and `convert` (which verifies) refuse a "
+                            f"spec without one: add e.g. `input_shape: [2, C, H, W]`")
+        else:
+            from crossattn.bounds import TooLarge, input_lower_bound, refuse_over_budget
+
+            try:
+                refuse_over_budget(input_lower_bound(spec.input_shape),
+                                   f"`check` with input_shape {list(spec.input_shape)}", str(path), "input_shape")
+            except TooLarge as exc:
+                errors.append(exc)
+    return (spec if not errors else None), errors, warnings
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -20,11 +20,13 @@ from crossattn.data import Dataset
 from crossattn.errors import CrossattnError
 from crossattn.init import initial_state
 from crossattn.spec import Spec
+from crossattn.training import guard
 from crossattn.training.augment import CropFlip
 from crossattn.training.config import TrainConfig
 from weight_transfer import optimizer_state
 from paddle_impl import adapter
 from paddle_impl.layers import apply_bn_stats, bilinear_resize
+from paddle_impl import finite
 
 FRAMEWORK = "paddle"
 CHANNELS_LAST_NOTE = "paddle: channels_last is ignored (the twins are built NCHW; paddle sets layout per layer)"
@@ -116,19 +118,27 @@ def smoothed_cross_entropy(logits: paddle.Tensor, labels: paddle.Tensor, smoothi
 def train_step(model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer, x: paddle.Tensor,
                labels: paddle.Tensor, lr: float, smoothing: float = 0.0,
                autocast: contextlib.AbstractContextManager | None = None,
-               scaler: paddle.amp.GradScaler | None = None) -> tuple[paddle.Tensor, paddle.Tensor]:
-    """One optimizer step on a batch: forward, loss, backward, step; the loop's and `crossattn align`'s."""
+               scaler: paddle.amp.GradScaler | None = None,
+               guard_step: int | None = None) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """One optimizer step on a batch: forward, loss, backward, step; the loop's and `crossattn align`'s.
+
+    With `guard_step` (the step's number in its epoch) a non-finite loss or gradient stops the run
+    before the optimizer moves (crossattn.training.guard)."""
     set_lr(optimizer, lr)
     with autocast or contextlib.nullcontext():
         logits = model(x)
     loss = smoothed_cross_entropy(logits, labels, smoothing)
+    if guard_step is not None:
+        guard.check_step(guard_step, finite.loss_finite(loss))
     optimizer.clear_grad(set_to_zero=False)
     if scaler is not None:
         scaler.scale(loss).backward()
-        scaler.step(optimizer)
+        scaler.step(optimizer)  # the scaler skips steps whose scaled gradients overflow
         scaler.update()
     else:
         loss.backward()
+        if guard_step is not None:
+            guard.check_step(guard_step, True, finite.grads_finite(model))
         optimizer.step()
     return loss, logits
 
@@ -221,7 +231,7 @@ class Trainer:
             x = self.batch(self.train_images, indices, aug)
             labels = paddle.gather(self.train_labels, paddle.to_tensor(indices), axis=0)
             loss, logits = train_step(self.model, self.optimizer, x, labels, lr, self.config.label_smoothing,
-                                      self._autocast(), self.scaler)
+                                      self._autocast(), self.scaler, guard_step=done + 1)
             loss_sum += loss.detach().astype("float64") * len(indices)
             correct += (logits.detach().argmax(axis=1) == labels).astype("int64").sum()
             seen += len(indices)

@@ -28,6 +28,7 @@ from weight_transfer.checkpoints import CheckpointError, UnsafeCheckpointError, 
 from crossattn.model_pair import ModelPair
 from weight_transfer.convert import convert
 from weight_transfer.transfer import transfer
+from weight_transfer.integrity import tensors_digest
 
 ADAPTERS = {"torch": torch_adapter, "paddle": paddle_adapter}
 EXTENSIONS = {"pt": ".pt", "pdparams": ".pdparams", "safetensors": ".safetensors", "npz": ".npz"}
@@ -167,7 +168,9 @@ def test_every_format_pair(src_fmt, dst_fmt, tiny, tmp_path):
     assert report.tensors == len(expected(tiny, base, src_fw, dst_fw)) and report.bytes_written == dst.stat().st_size
     if dst_fmt == "safetensors":
         with safe_open(str(dst), framework="np") as fh:
-            assert fh.metadata() == {"framework": dst_fw, "spec": "tiny"}
+            metadata = fh.metadata()
+            assert metadata.pop("crossattn_sha256") == tensors_digest({k: fh.get_tensor(k) for k in fh.keys()})
+            assert metadata == {"framework": dst_fw, "spec": "tiny"}
     assert sorted(os.listdir(dst.parent)) == [dst.name]  # no temp file left
 
 

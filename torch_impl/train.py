@@ -21,11 +21,13 @@ from crossattn.data import Dataset
 from crossattn.errors import CrossattnError
 from crossattn.init import initial_state
 from crossattn.spec import Spec
+from crossattn.training import guard
 from crossattn.training.augment import CropFlip
 from crossattn.training.config import TrainConfig
 from weight_transfer import optimizer_state
 from torch_impl import adapter
 from torch_impl.layers import apply_bn_stats, bilinear_resize
+from torch_impl import finite
 
 FRAMEWORK = "torch"
 CHANNELS_LAST_NOTE = "torch: model and inputs in channels_last (NHWC) memory format"
@@ -107,19 +109,27 @@ def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor,
                lr: float, smoothing: float = 0.0, autocast: contextlib.AbstractContextManager | None = None,
-               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a batch: forward, loss, backward, step; the loop's and `crossattn align`'s."""
+               scaler: torch.amp.GradScaler | None = None,
+               guard_step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch: forward, loss, backward, step; the loop's and `crossattn align`'s.
+
+    With `guard_step` (the step's number in its epoch) a non-finite loss or gradient stops the run
+    before the optimizer moves (crossattn.training.guard)."""
     set_lr(optimizer, lr)
     with autocast or contextlib.nullcontext():
         logits = model(x)
     loss = smoothed_cross_entropy(logits, labels, smoothing)
+    if guard_step is not None:
+        guard.check_step(guard_step, finite.loss_finite(loss))
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
-        scaler.step(optimizer)
+        scaler.step(optimizer)  # the scaler skips steps whose scaled gradients overflow
         scaler.update()
     else:
         loss.backward()
+        if guard_step is not None:
+            guard.check_step(guard_step, True, finite.grads_finite(model))
         optimizer.step()
     return loss, logits
 
@@ -212,7 +222,7 @@ class Trainer:
             x = self.batch(self.train_images, indices, aug)
             labels = self.train_labels.index_select(0, torch.from_numpy(indices).to(self.device))
             loss, logits = train_step(self.model, self.optimizer, x, labels, lr, self.config.label_smoothing,
-                                      self._autocast(), self.scaler)
+                                      self._autocast(), self.scaler, guard_step=done + 1)
             loss_sum += loss.detach().double() * len(indices)
             correct += (logits.detach().argmax(dim=1) == labels).sum()
             seen += len(indices)

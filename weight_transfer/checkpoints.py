@@ -31,6 +31,14 @@ from typing import Any
 import numpy as np
 
 from crossattn.errors import CrossattnError
+from weight_transfer.integrity import (
+    METADATA_KEY,
+    recorded_digest,
+    seal_pickle,
+    tensors_digest,
+    verify_file,
+    verify_tensors,
+)
 from weight_transfer.rules import RULES
 from weight_transfer.slots import Slot
 
@@ -48,6 +56,8 @@ PADDLE_NAME_TABLE = "StructuredToParameterName@@"
 PADDLE_SLICES = "UnpackBigParamInfor@@"
 #: numpy dtype kinds a tensor may have: bool, signed, unsigned, float, complex
 TENSOR_KINDS = "biufc"
+#: the zip comment of an .npz crossattn writes: this prefix, then the tensors' SHA-256
+NPZ_COMMENT = "crossattn-sha256:"
 
 
 class CheckpointError(CrossattnError):
@@ -66,6 +76,8 @@ class RawCheckpoint:
     format: str  # torch | paddle | safetensors | npz
     content: Any  # a mapping of tensors, or a training checkpoint holding one
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: how the file's own checksum was verified ("zip CRC-32", "SHA-256", or "none (...)")
+    integrity: str = ""
 
 
 @dataclasses.dataclass
@@ -111,10 +123,20 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, fmt: st
     path = Path(path)
     fmt = fmt or format_of(path)
     if not path.is_file():
+        if path.exists():  # a named pipe or a device is never opened: reading it could hang
+            raise CheckpointError(f"{path}: not a regular file (a folder, named pipe or device); pass a checkpoint file")
         raise CheckpointError(f"{path}: no such file")
+    integrity = verify_file(path, fmt)  # damage is found before any byte is unpickled or converted
     readers: dict[str, Callable[[Path, bool], RawCheckpoint]] = {
         "torch": _read_torch, "paddle": _read_paddle, "safetensors": _read_safetensors, "npz": _read_npz}
-    return readers[fmt](path, trust_pickle)
+    raw = readers[fmt](path, trust_pickle)
+    if fmt in ("safetensors", "npz"):
+        if verify_tensors(path, raw.content, recorded_digest(raw.metadata)):
+            integrity += " and SHA-256" if fmt == "npz" else "SHA-256"
+        elif fmt == "safetensors":
+            integrity = "none (no crossattn checksum)"
+    raw.integrity = integrity
+    return raw
 
 
 def _read_torch(path: Path, trust_pickle: bool) -> RawCheckpoint:
@@ -285,11 +307,15 @@ def _read_npz(path: Path, trust_pickle: bool) -> RawCheckpoint:
     try:
         with np.load(path, allow_pickle=False) as archive:
             content = {key: archive[key] for key in archive.files}
+        with zipfile.ZipFile(path) as archive:
+            comment = archive.comment.decode("ascii", "replace")
     except ValueError as exc:
         raise UnsafeCheckpointError(f"{path}: refused: {exc} (an .npz checkpoint holds numeric arrays only)") from None
     except Exception as exc:  # noqa: BLE001 - zip and npy errors
         raise CheckpointError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
-    return RawCheckpoint(path, "npz", content)
+    # the comment is crossattn's digest when it has its length (a damaged prefix still counts as one)
+    metadata = {METADATA_KEY: comment[len(NPZ_COMMENT):]} if len(comment) == len(NPZ_COMMENT) + 64 else {}
+    return RawCheckpoint(path, "npz", content, metadata)
 
 
 def metadata_framework(raw: RawCheckpoint) -> str | None:
@@ -534,7 +560,14 @@ def _write_torch(path: Path, tensors: Mapping[str, np.ndarray], framework: str, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # read-only arrays: torch.save only reads them
         state = {k: torch.from_numpy(_contiguous(v)) for k, v in tensors.items()}
-    torch.save(state, path)
+    try:
+        torch.save(state, path)
+    except RuntimeError as exc:  # torch's zip writer reports a failed write (a full disk) this way
+        import shutil
+
+        free = shutil.disk_usage(path.parent).free
+        raise CheckpointError(f"{path}: cannot write it ({free / (1 << 20):,.1f} MiB free there; torch.save said: "
+                              f"{str(exc).strip().splitlines()[-1][:200]}); nothing was written") from None
 
 
 def _write_paddle(path: Path, tensors: Mapping[str, np.ndarray], framework: str, spec_type: str) -> None:
@@ -550,18 +583,21 @@ def _write_paddle(path: Path, tensors: Mapping[str, np.ndarray], framework: str,
         pickler = pickle.Pickler(fh, protocol=4)
         pickler.fast = True
         pickler.dump(state)
+    seal_pickle(path)  # a SHA-256 trailer after STOP: paddle.load and pickle stop before it
 
 
 def _write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], framework: str, spec_type: str) -> None:
     from safetensors.numpy import save_file
 
-    save_file({k: _contiguous(v) for k, v in tensors.items()}, str(path),
-              metadata={"framework": framework, "spec": spec_type})
+    state = {k: _contiguous(v) for k, v in tensors.items()}
+    save_file(state, str(path), metadata={"framework": framework, "spec": spec_type,
+                                          METADATA_KEY: tensors_digest(state)})
 
 
 def _write_npz(path: Path, tensors: Mapping[str, np.ndarray], framework: str, spec_type: str) -> None:
     """np.savez's layout (one .npy per key, stored) streamed, with any key allowed as a name."""
     with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        archive.comment = (NPZ_COMMENT + tensors_digest({k: np.asanyarray(v) for k, v in tensors.items()})).encode()
         for key, value in tensors.items():
             with archive.open(key + ".npy", mode="w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)

@@ -41,6 +41,7 @@ from weight_transfer import optimizer_state
 from weight_transfer.rules import counterpart_name
 from weight_transfer.slots import Slot, join
 from weight_transfer.transfer import TransferReport, map_layer_name
+from weight_transfer.values import check_values
 
 MODES = ("train", "eval")
 
@@ -65,7 +66,8 @@ class Verification:
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
         parts = "; ".join(f"{c.tensor}: " + (c.note if c.category == "tensors" else
-                                              f"max abs {c.max_abs:.3g}, norm-rel {c.norm_rel:.3g}")
+                                              f"max abs {c.max_abs:.3g}, norm-rel {c.norm_rel:.3g}"
+                                              + (f" ({c.note})" if c.note else ""))
                           for c in self.comparisons)
         return f"{verdict}  {parts} ({self.level}, {self.seconds:.2f} s)"
 
@@ -131,7 +133,8 @@ class _VerificationFailed(Exception):
 
 def convert(src: str | Path, dst: str | Path, twins: ModelPair, to: str | None = None, source: str | None = None,
             key: str | None = None, strip_prefix: str | None = None, trust_pickle: bool = False,
-            verify: bool = True, seed: int = 0, full_verify: bool = False) -> ConvertReport:
+            verify: bool = True, seed: int = 0, full_verify: bool = False, allow_nonfinite: bool = False,
+            allow_lossy_cast: bool = False) -> ConvertReport:
     """Convert checkpoint `src` into `dst` for the twins' model.
 
     `to` and `source` name the frameworks where the formats leave them open (the
@@ -159,7 +162,12 @@ def convert(src: str | Path, dst: str | Path, twins: ModelPair, to: str | None =
     target = _target_framework(dst_format, located.framework, to)
     report = ConvertReport(src, dst, src_format, dst_format, located.framework, target, located.describe())
     report.notes += _metadata_notes(raw.metadata, twins.type_name)
+    report.notes.append(f"source checksum: {raw.integrity}"
+                        + (" verified" if not raw.integrity.startswith("none") else ""))
     context = f"converting {src} ({located.describe()})"
+    if located.exact:  # before the cast (a mismatch of keys is reported by the transfer instead)
+        report.notes += check_values(located.weights, twins.slots(located.framework), str(src), allow_nonfinite,
+                                     allow_lossy_cast)
     if target == located.framework:
         out = validated(located.weights, twins.slots(target), target, context, report.notes)
     else:
@@ -435,8 +443,10 @@ def _lazy_output(twins: ModelPair, framework: str, state: dict[str, np.ndarray],
 
 def _as_slot_dtype(value: np.ndarray, slot: Any) -> np.ndarray:
     value = np.asarray(value)
-    if slot is None or not np.issubdtype(value.dtype, np.floating):
+    if slot is None or not np.issubdtype(value.dtype, np.inexact):
         return value
+    if np.iscomplexobj(value):  # only reached with --allow-lossy-cast: the transfer kept the real part too
+        value = value.real
     return value.astype(slot.dtype, copy=False)
 
 

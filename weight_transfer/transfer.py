@@ -127,6 +127,8 @@ def transfer(source: Mapping[str, np.ndarray], source_framework: str, target_slo
             report.renamed.append((source_key, key))
         if converted.dtype != np.dtype(slot.dtype):
             report.cast.append(f"{key}: {converted.dtype}->{slot.dtype}")
+            if np.iscomplexobj(converted) and not np.issubdtype(np.dtype(slot.dtype), np.complexfloating):
+                converted = converted.real  # refused earlier unless the user allowed the lossy cast
             converted = converted.astype(slot.dtype)
         out[key] = converted
         report.copied += 1

@@ -42,7 +42,9 @@ class ResNetAblationOptions(Options):
     attention_stage: int = 3
 
     def __post_init__(self) -> None:
-        # Parse the nested spec before the generic coercion so its errors keep their key path.
+        # Parse the nested spec before the generic coercion so its errors keep their key path; the fields
+        # its channel count is read from are checked first, so their errors name them.
+        self.coerce_early("widths", "attention_stage")
         attention = with_channels(self.attention, self._stage_width_or_none())
         object.__setattr__(self, "attention", parse_block("attention", attention))
         super().__post_init__()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from crossattn.atomic import atomic_write_text
-from crossattn.errors import CrossattnError, OptionError, SpecError
+from crossattn.errors import CrossattnError, OptionError, SpecError, shown
 from crossattn.spec import line_of, read_yaml, resolve_named, resolve_spec
 from crossattn.training import run_dir as runs
 from crossattn.training.config import load_train_config, resolve_train_config
@@ -57,7 +57,7 @@ def resolve_ablation(arg: str) -> Path:
 
 def _spec_path(value: Any, key: str, raw: Any, file: str) -> Path:
     if not isinstance(value, str):
-        raise SpecError(file, key, line_of(raw, [key.split("[")[0]]), f"expected a spec name or path, got {value!r}")
+        raise SpecError(file, key, line_of(raw, [key.split("[")[0]]), f"expected a spec name or path, got {shown(value)}")
     beside = Path(file).parent / value
     if beside.suffix in (".yaml", ".yml") and beside.is_file():
         return beside
@@ -254,6 +254,23 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path) -> bool:
     return True
 
 
+def check_requirements(ablation: Ablation, config: Any, frameworks: Sequence[str], device: str) -> None:
+    """Everything every run needs, checked before the first one starts: a missing framework, an unusable
+    device or amp setting, a spec that does not fit the data or memory fails now, not hours in."""
+    from crossattn.bounds import require_training_fits
+    from crossattn.spec import load_spec
+    from crossattn.training.runner import check_fits_data, twin
+
+    for framework in frameworks:
+        module = twin(framework)  # FrameworkMissing names the package to install
+        if device not in ("gpu", "cpu"):  # --devices: each subprocess checks its GPU; cpu is always there
+            module.check_amp(config.amp, module.resolve_device(device))
+    for _, path in ablation.specs:  # each error names the spec file
+        spec = load_spec(path)
+        check_fits_data(spec, config)
+        require_training_fits(spec, config, str(ablation.config))
+
+
 @dataclasses.dataclass
 class AblationResult:
     out_dir: Path
@@ -278,11 +295,12 @@ def run_ablation(path: str | os.PathLike, framework: str, out_dir: str | os.Path
             config = config.replace(**changes)
         except OptionError as exc:
             raise CrossattnError(f"{ablation.config} with {changes}: {exc}") from None
+    frameworks = ("torch", "paddle") if framework == "both" else (framework,)
+    check_requirements(ablation, config, frameworks, "gpu" if devices else device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.yaml"
     atomic_write_text(config_path, config.to_yaml())
-    frameworks = ("torch", "paddle") if framework == "both" else (framework,)
     jobs = [Job(role, spec, fw, out / f"{spec.stem}-{fw}") for role, spec in ablation.specs for fw in frameworks]
     for job in jobs:
         _check_same_recipe(job, config)

@@ -12,12 +12,13 @@ from typing import Any, Literal
 
 import yaml
 
-from crossattn.errors import OptionError, SpecError
+from crossattn.errors import OptionError, SpecError, shown
 from crossattn.options import Options, parse_options, positive, require
 from crossattn.spec import LineDict, line_of, read_yaml, resolve_named
 
 TRAIN_SPECS_DIR = Path(__file__).resolve().parent.parent / "specs" / "train"
 DATASET_CHANNELS = {"cifar10": 3, "mnist": 1}
+IMAGE_SIDE = {"cifar10": 32, "mnist": 28}
 TEXT_KEYS = ("description",)
 
 
@@ -99,7 +100,8 @@ class TrainConfig(Options):
         require(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0), "nesterov",
                 "needs optimizer sgd with momentum > 0")
         require(0 <= self.label_smoothing < 1, "label_smoothing", f"must lie in [0, 1), got {self.label_smoothing}")
-        require(self.crop_padding >= 0, "crop_padding", f"must be >= 0, got {self.crop_padding}")
+        side = min(IMAGE_SIDE.values())
+        require(0 <= self.crop_padding <= side, "crop_padding", f"must lie in [0, {side}], got {self.crop_padding}")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         require(self.dtype == "float32" or self.amp == "none", "dtype",
                 f"float64 training runs without mixed precision; set amp: none (got amp: {self.amp})")
@@ -141,11 +143,19 @@ class TrainConfig(Options):
 
 def parse_train_config(raw: Any, file: str = "<train config>") -> TrainConfig:
     """Validate a loaded YAML mapping; errors point at the key's line."""
-    if raw is None:
-        raw = LineDict()
+    if raw is None:  # an empty, comment-only or `null` file: most likely cut short or the wrong file
+        raise SpecError(file, None, None, "the file holds no settings (empty, only comments, or null); a training "
+                                          "config names at least one, e.g. `epochs: 30`, and the rest default")
     if not isinstance(raw, Mapping):
         raise SpecError(file, None, getattr(raw, "line", None), "expected a mapping of training options")
     options = {k: v for k, v in raw.items() if k not in TEXT_KEYS}
+    if not options:
+        raise SpecError(file, None, getattr(raw, "line", None),
+                        "the file names no training setting; give at least one, e.g. `epochs: 30`, and the rest "
+                        "default")
+    for key in TEXT_KEYS:
+        if key in raw and not isinstance(raw[key], str):
+            raise SpecError(file, key, line_of(raw, [key]), f"expected a string, got {shown(raw[key])}")
     try:
         return parse_options(TrainConfig, options, "a training config")  # type: ignore[return-value]
     except OptionError as exc:

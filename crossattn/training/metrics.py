@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,8 +45,13 @@ def _csv_text(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str:
 def write_metrics(run_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
     """Rewrite metrics.jsonl and metrics.csv whole (each atomically): a crash never leaves half a line."""
     run_dir = Path(run_dir)
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(dict(r)) + "\n" for r in rows))
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(_json_safe(r)) + "\n" for r in rows))
     atomic_write_text(run_dir / "metrics.csv", _csv_text(rows, METRIC_FIELDS))
+
+
+def _json_safe(row: Mapping[str, Any]) -> dict[str, Any]:
+    """NaN and infinities as null: bare NaN tokens are not JSON, and other readers reject them."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
 def write_table_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:

@@ -16,16 +16,18 @@ function of (seed, epoch, step), so resuming needs only the newest checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from crossattn.atomic import atomic_write, atomic_write_text
 from crossattn.errors import CrossattnError
+from weight_transfer.integrity import seal_pickle, verify_file
 
 CHECKPOINT_DIR = "checkpoints"
 #: what a run directory holds before its first epoch; anything else there belongs to someone else
@@ -59,8 +61,57 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[int, Path] | None:
 
 
 def save_atomically(path: Path, save: Callable[[str], None]) -> Path:
-    """save(tmp) with the framework's own writer, then rename onto `path`."""
-    return atomic_write(path, lambda tmp: save(str(tmp)))
+    """save(tmp) with the framework's own writer, seal it with a checksum, then rename onto `path`.
+
+    A write that fails (a full disk, a quota, a file-size limit) leaves no temp file and the
+    older checkpoints as they were, and is a user error saying so instead of a framework traceback.
+    """
+    def write(tmp: Path) -> None:
+        save(str(tmp))
+        if path.suffix == ".pdparams":  # torch's zip archives carry CRC-32s of their own
+            seal_pickle(tmp)
+
+    try:
+        return atomic_write(path, write)
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not _write_failure(exc):
+            raise
+        raise CheckpointWriteFailed(path, exc) from None
+
+
+def _write_failure(exc: RuntimeError) -> bool:
+    """torch.save reports a failed write as a RuntimeError from its zip writer."""
+    text = str(exc)
+    return any(part in text for part in ("inline_container", "file write failed", "unexpected pos", "No space",
+                                          "write"))
+
+
+class CheckpointWriteFailed(CrossattnError):
+    """A checkpoint that could not be written; nothing was replaced."""
+
+    def __init__(self, path: Path, exc: BaseException) -> None:
+        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1][:200]
+        try:
+            left = shutil.disk_usage(path.parent).free
+            free = f"; {left / (1 << 20):,.1f} MiB free there"
+            if not isinstance(exc, OSError) and left < 1 << 20:
+                reason = f"the disk is full; {framework_name(path)} said: {reason}"
+        except OSError:
+            free = ""
+        older = [p.name for _, p in list_checkpoints(path.parent.parent)]
+        kept = f"the older checkpoints ({', '.join(older)}) are kept" if older else "no older checkpoint exists"
+        super().__init__(f"cannot write checkpoint {path} ({reason}{free}): nothing was written for it and {kept}. "
+                         f"Free disk space (or raise the quota), then continue with --resume {path.parent.parent}")
+
+
+def framework_name(path: Path) -> str:
+    return "paddle" if path.suffix == ".pdparams" else "torch"
+
+
+def verify_checkpoint(path: str | os.PathLike) -> str:
+    """Check a training checkpoint's own checksum before it is loaded; DamagedCheckpoint if it does not match."""
+    path = Path(path)
+    return verify_file(path, "paddle" if path.suffix == ".pdparams" else "torch")
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
@@ -80,11 +131,32 @@ def prepare(run_dir: str | os.PathLike, config_yaml: str, spec_path: str | os.Pa
         shown = ", ".join(foreign[:5]) or "config.yaml"
         raise CrossattnError(f"run directory {run_dir} holds files crossattn did not write ({shown}); "
                              f"choose an empty or new --run-dir so nothing of yours is overwritten")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", config_yaml)
-    atomic_write_text(run_dir / "spec.yaml", Path(spec_path).read_text(encoding="utf-8"))
-    write_info(run_dir, info)
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", config_yaml)
+        atomic_write_text(run_dir / "spec.yaml", Path(spec_path).read_text(encoding="utf-8"))
+        write_info(run_dir, info)
+    except BaseException:
+        if created:  # nothing half-made is left behind
+            remove(run_dir)
+        raise
     return run_dir
+
+
+@contextlib.contextmanager
+def removed_unless_started(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Around a fresh run: a failure before its first epoch finished removes the folder it made.
+
+    Such a folder holds no trained state, only the copies `prepare` wrote; leaving it would
+    make the next `train --run-dir` refuse the folder for holding a run.
+    """
+    try:
+        yield
+    except Exception:  # an interrupt keeps the folder: --resume continues it
+        if not list_checkpoints(run_dir) and not (Path(run_dir) / "metrics.jsonl").exists():
+            remove(run_dir)
+        raise
 
 
 def write_info(run_dir: str | os.PathLike, info: dict[str, Any]) -> None:

@@ -20,11 +20,14 @@ import numpy as np
 
 from crossattn.data import Dataset, iterate_batches, load_cifar10, load_mnist, make_synthetic, num_batches
 from crossattn.atomic import atomic_write_text
+from crossattn.bounds import require_training_fits
 from crossattn.errors import CrossattnError, OptionError
 from crossattn.frameworks import require
 from crossattn.spec import Spec, load_spec
+from crossattn.training import guard
 from crossattn.training import run_dir as runs
 from crossattn.training import switch
+from weight_transfer.integrity import DamagedCheckpoint
 from crossattn.training.augment import CropFlip, crop_flip
 from crossattn.training.config import TrainConfig, load_train_config
 from crossattn.training.metrics import read_jsonl, topk_correct, write_metrics
@@ -118,6 +121,7 @@ def _load_newest_readable(trainer: Any, run: Path, log: Log, framework: str, con
     for epoch, path in reversed(found):
         source = runs.framework_of_checkpoint(path)
         try:
+            runs.verify_checkpoint(path)
             if source != framework:
                 loaded, _ = switch.load_foreign(trainer, path, source, framework, config)
                 log(f"continuing in {framework} from {source}'s {path.name}: weights, BatchNorm statistics and "
@@ -125,9 +129,11 @@ def _load_newest_readable(trainer: Any, run: Path, log: Log, framework: str, con
                 return loaded
             loaded, _ = trainer.load(str(path))
             return loaded
+        except DamagedCheckpoint as exc:
+            log(f"warning: cannot read checkpoint {path} ({exc}); trying an older one")
         except CrossattnError as exc:
             if source != framework and path.is_file() and "not a readable" not in str(exc):
-                raise
+                raise  # a whole checkpoint the switch refuses (an optimizer it cannot translate): say why
             log(f"warning: cannot read checkpoint {path} ({exc}); trying an older one")
         except Exception as exc:  # noqa: BLE001 - each framework raises its own types for a damaged file
             log(f"warning: cannot read checkpoint {path} ({type(exc).__name__}: {exc}); trying an older one")
@@ -172,12 +178,14 @@ def train(spec_path: str | os.PathLike, config: TrainConfig, framework: str, dev
     """A fresh run in `run_dir`; `stop_after` ends it after that many epochs (continue with resume_run)."""
     spec = load_spec(spec_path)
     check_fits_data(spec, config)
+    require_training_fits(spec, config)
     module = twin(framework)  # an unusable device or amp setting fails before the run directory is made
     module.check_amp(config.amp, module.resolve_device(device))
     info = {"framework": framework, "spec": spec.name, "spec_type": spec.type, "device_requested": device}
     datasets = datasets or load_datasets(config)  # missing data fails before the run directory exists
     run = runs.prepare(run_dir, config.to_yaml(), spec_path, info)
-    return _run(run, spec, config, framework, device, log, stop_after, datasets, resume=False)
+    with runs.removed_unless_started(run):
+        return _run(run, spec, config, framework, device, log, stop_after, datasets, resume=False)
 
 
 def resume_run(run_dir: str | os.PathLike, device: str = "auto", epochs: int | None = None, log: Log = print,
@@ -250,9 +258,11 @@ def _run(run: Path, spec: Spec, config: TrainConfig, framework: str, device: str
         last = config.epochs if stop_after is None else min(config.epochs, first_epoch + stop_after)
         for epoch in range(first_epoch, last):
             progress.start_epoch(epoch)
-            result = trainer.train_epoch(epoch_plan(config, train_set, epoch), progress)
+            with guard.stops_run(run, epoch + 1, per_epoch, config):
+                result = trainer.train_epoch(epoch_plan(config, train_set, epoch), progress)
             seconds = progress.end_epoch()
             result.update(evaluate(trainer, config, test_set))
+            guard.check_epoch(result, run, epoch + 1, per_epoch, config)
             row = {"epoch": epoch + 1, "step": (epoch + 1) * per_epoch,
                    "lr": lr_at(config, (epoch + 1) * per_epoch - 1, per_epoch), **result,
                    "epoch_seconds": seconds, "images_per_second": min(per_epoch * config.batch_size, len(train_set)) / seconds}
