@@ -18,10 +18,11 @@ compare two random draws. BatchNorm runs in train mode by default (batch
 statistics, running statistics moved by the shared `bn_stats` rule) or in
 eval mode (`bn_train=False`).
 
-float32 runs also step the source framework in float64 and judge each tensor
-by crossattn.compare.within_rounding_budget against it, as `check` does: a
-tensor outside the plain bounds still passes when the candidate is as close to
-the float64 trajectory as the source's own float32 run is.
+float32 runs also step both frameworks in float64 from the same weights and
+judge each tensor by `check`'s float32 rule (crossattn.compare.judge): the two
+float64 trajectories must agree, and neither float32 trajectory may be much
+further from its own float64 trajectory than the other is. The verdict is then
+the same whichever framework is the reference.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from crossattn.compare import Comparison, compare_either, within_rounding_budget
+from crossattn.compare import Comparison, compare, judge as judge_float32
 from crossattn.errors import CrossattnError
 from crossattn.init import initial_state
-from crossattn.tolerances import FLOAT32_DIRECT, ROUNDING_BUDGET_FACTOR, Tolerance, tolerance_for
+from crossattn.tolerances import Tolerance, tolerance_for
 from crossattn.training.config import TrainConfig
 from crossattn.training.schedule import lr_at
 
@@ -62,8 +63,7 @@ class AlignSettings:
 
     @property
     def tolerance(self) -> Tolerance:
-        # align still judges float32 by the one-sided budget, with the direct float32 bounds it was built on
-        return self.tol or (tolerance_for(self.dtype) if self.dtype == "float64" else FLOAT32_DIRECT)
+        return self.tol or tolerance_for(self.dtype)
 
 
 @dataclasses.dataclass
@@ -120,12 +120,13 @@ def _worst(results: list[Comparison]) -> Comparison:
 
 
 def judge(name: str, category: str, candidate: np.ndarray, reference: np.ndarray, tol: Tolerance,
-          exact: np.ndarray | None = None) -> Comparison:
-    """The one place a pair of tensors is judged (float32: with the rounding budget against float64)."""
-    result = compare_either(name, category, candidate, reference, tol)
-    if exact is not None:
-        result = within_rounding_budget(result, candidate, reference, exact, ROUNDING_BUDGET_FACTOR)
-    return result
+          exact: tuple[np.ndarray | None, np.ndarray | None] | None = None, scale: float | None = None) -> Comparison:
+    """The one place a pair of tensors is judged; float32 runs pass `exact`, the (candidate, reference)
+    float64 results, and are judged by check's float32 rule. `scale` is a family's scale (an optimizer
+    moment among its kind: a bias before a BatchNorm has a zero gradient and a momentum of pure rounding)."""
+    if exact is None or exact[0] is None or exact[1] is None:
+        return compare(name, category, candidate, reference, tol, scale=scale)
+    return judge_float32(name, category, reference, candidate, exact[1], exact[0], tol, scale=scale)
 
 
 class _Side:
@@ -181,7 +182,10 @@ def align(pair: Any, config: TrainConfig, settings: AlignSettings,
     moved, _ = pair.transfer(drawn, src, dst, context=f"{pair.origin}: initial weights {src} -> {dst}")
     sides = {src: _Side(pair, src, settings.dtype, config, drawn, settings.bn_train),
              dst: _Side(pair, dst, settings.dtype, config, moved, settings.bn_train)}
-    exact = _Side(pair, src, "float64", config, drawn, settings.bn_train) if settings.dtype != "float64" else None
+    exact = None
+    if settings.dtype != "float64":  # both frameworks again in float64: the float32 rule's truths
+        exact = {src: _Side(pair, src, "float64", config, drawn, settings.bn_train),
+                 dst: _Side(pair, dst, "float64", config, moved, settings.bn_train)}
     notes = list(getattr(pair, "notes", []))
     held = sorted(set(sides[src].held_dropout) | set(sides[dst].held_dropout))
     if held:
@@ -191,6 +195,7 @@ def align(pair: Any, config: TrainConfig, settings: AlignSettings,
     shape = (settings.batch_size, *pair.input_shape[1:])
     classes, label_shape = _output_layout(sides[src], shape, settings.dtype)
     src_slots = sides[src].fw.slots(sides[src].model)
+    src_slots64 = exact[src].fw.slots(exact[src].model) if exact else src_slots  # float64: no cast on the way
     trainable = [k for k, s in src_slots.items() if s.trainable]
     rows: list[StepRow] = []
     for step in range(settings.steps):
@@ -199,13 +204,19 @@ def align(pair: Any, config: TrainConfig, settings: AlignSettings,
         labels = rng.integers(0, classes, size=label_shape).astype(np.int64)
         lr = lr_at(config, step, 1)
         losses = {fw_name: side.step(x, labels, lr) for fw_name, side in sides.items()}
-        exact_loss = exact.step(x.astype(np.float64), labels, lr) if exact else None
+        exact_loss = {fw_name: side.step(x.astype(np.float64), labels, lr) for fw_name, side in exact.items()} \
+            if exact else None
         ref_state = sides[src].state()
         cand_state = _in_source_naming(pair, sides[dst].state(), dst, src, src_slots)
-        exact_state = exact.state() if exact else {}
+        exact_state = ({src: exact[src].state(), dst: _in_source_naming(pair, exact[dst].state(), dst, src,
+                                                                         src_slots64)} if exact else None)
+
+        def truths(key: str) -> tuple[np.ndarray | None, np.ndarray | None] | None:
+            return (exact_state[dst].get(key), exact_state[src].get(key)) if exact_state else None
+
         results = [judge("loss", "loss", np.array(losses[dst]), np.array(losses[src]), tol,
-                         None if exact_loss is None else np.array(exact_loss))]
-        results += [judge(k, "param", cand_state[k], ref_state[k], tol, exact_state.get(k)) for k in trainable]
+                         (np.array(exact_loss[dst]), np.array(exact_loss[src])) if exact_loss else None)]
+        results += [judge(k, "param", cand_state[k], ref_state[k], tol, truths(k)) for k in trainable]
         diff = math.sqrt(sum(float(np.sum((cand_state[k].astype(np.float64) - ref_state[k]) ** 2))
                              for k in trainable))
         norm = math.sqrt(sum(float(np.sum(ref_state[k].astype(np.float64) ** 2)) for k in trainable))
@@ -216,7 +227,7 @@ def align(pair: Any, config: TrainConfig, settings: AlignSettings,
         if progress is not None:
             progress(step + 1, settings.steps)
     final = [judge(k, "param" if src_slots[k].trainable else "buffer", cand_state[k], ref_state[k], tol,
-                   exact_state.get(k)) for k in src_slots if k in cand_state]
+                   truths(k)) for k in src_slots if k in cand_state]
     final += _moment_comparisons(pair, sides, exact, src, dst, tol, optimizer_state)
     return AlignReport(pair.origin, settings, config, rows, final, notes)
 
@@ -246,22 +257,25 @@ def _in_source_naming(pair: Any, state: dict[str, np.ndarray], framework: str, s
     return out
 
 
-def _moment_comparisons(pair: Any, sides: dict[str, _Side], exact: _Side | None, src: str, dst: str,
+def _moment_comparisons(pair: Any, sides: dict[str, _Side], exact: dict[str, _Side] | None, src: str, dst: str,
                         tol: Tolerance, optimizer_state: Any) -> list[Comparison]:
     slots = sides[src].fw.slots(sides[src].model)
     ref = sides[src].moments()
     cand = optimizer_state.translate(sides[dst].moments(), slots, src, f"{dst} optimizer state", pair=pair)
-    exact_moments = exact.moments().moments if exact else {}
+    ref64 = exact[src].moments().moments if exact else {}
+    cand64 = (optimizer_state.translate(exact[dst].moments(), exact[src].fw.slots(exact[src].model), src,
+                                        f"{dst} float64 optimizer state", pair=pair).moments if exact else {})
     out = []
     for moment, values in ref.moments.items():
+        scale = max((float(np.linalg.norm(v)) for v in values.values()), default=0.0)
         for key, value in values.items():
             other = cand.moments.get(moment, {}).get(key)
             if other is None:
                 out.append(Comparison(f"{key} [{moment}]", "moment", math.inf, math.inf, math.nan, False,
                                       f"no {dst} {moment}", tol.atol, tol.rtol))
                 continue
-            out.append(judge(f"{key} [{moment}]", "moment", other, value, tol,
-                             exact_moments.get(moment, {}).get(key)))
+            truths = (cand64.get(moment, {}).get(key), ref64.get(moment, {}).get(key)) if exact else None
+            out.append(judge(f"{key} [{moment}]", "moment", other, value, tol, truths, scale))
     if ref.step != cand.step:
         out.append(Comparison("optimizer step count", "moment", abs(ref.step - cand.step), math.inf, math.nan,
                               False, f"{src} {ref.step}, {dst} {cand.step}", tol.atol, tol.rtol))

@@ -74,7 +74,7 @@ def align_command(spec: str | None, torch_model: str | None, paddle_model: str |
     """
     from crossattn.align import PLOT_HINT, AlignSettings, align_config, plot, table
     from crossattn.atomic import atomic_write_text
-    from crossattn.tolerances import FLOAT32_DIRECT, Tolerance, tolerance_for
+    from crossattn.tolerances import Tolerance, tolerance_for
 
     try:
         beta1, beta2 = (float(v) for v in betas.split(","))
@@ -90,7 +90,7 @@ def align_command(spec: str | None, torch_model: str | None, paddle_model: str |
                 "warmup_epochs": "--warmup-steps", "step_epochs": "--step-every", "step_gamma": "--gamma"}.get(
             exc.key, "--" + exc.key.replace("_", "-"))
         raise CrossattnError(f"{flag}: {exc.message}") from None
-    base = tolerance_for(dtype) if dtype == "float64" else FLOAT32_DIRECT  # align: the one-sided float32 budget
+    base = tolerance_for(dtype)
     tol = Tolerance(atol if atol is not None else base.atol, rtol if rtol is not None else base.rtol)
     settings = AlignSettings(steps=steps, batch_size=batch_size, dtype=dtype, source=direction.split("2")[0],
                              bn_train=bn_mode == "train", seed=seed, tol=tol)
