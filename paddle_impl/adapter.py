@@ -16,7 +16,7 @@ from paddle import nn
 from crossattn.errors import CrossattnError, TransferError
 from crossattn.tracing import LayerTrace, call_key
 from paddle_impl.layers import ZERO_INIT_ATTR
-from weight_transfer.slots import Slot, join
+from weight_transfer.slots import Slot, join, state_problems
 
 FRAMEWORK = "paddle"
 KIND_ATTR = "crossattn_layer_kind"
@@ -125,10 +125,7 @@ def _c_order(value: np.ndarray) -> np.ndarray:
 def load_state(model: nn.Layer, values: Mapping[str, np.ndarray]) -> None:
     """Load exactly the model's keys with exactly its shapes, or raise naming each problem."""
     own = slots(model)
-    problems = [f"missing `{k}`" for k in own if k not in values]
-    problems += [f"unexpected `{k}`" for k in values if k not in own]
-    problems += [f"mis-shaped `{k}`: got {list(np.shape(v))}, model has {list(own[k].shape)}"
-                 for k, v in values.items() if k in own and tuple(np.shape(v)) != own[k].shape]
+    problems = state_problems(own, values)
     if problems:
         raise TransferError(problems, "loading paddle state")
     model.set_state_dict({k: _c_order(v) for k, v in values.items()})
@@ -297,10 +294,7 @@ def load_lazy(model: nn.Layer, values: MutableMapping[str, np.ndarray], consume:
     state does not cover is left uninitialised.
     """
     own = slots(model)
-    problems = [f"missing `{k}`" for k in own if k not in values]
-    problems += [f"unexpected `{k}`" for k in values if k not in own]
-    problems += [f"mis-shaped `{k}`: got {list(np.shape(v))}, model has {list(own[k].shape)}"
-                 for k, v in values.items() if k in own and tuple(np.shape(v)) != own[k].shape]
+    problems = state_problems(own, values)
     if problems:
         raise TransferError(problems, "loading paddle state")
     state = model.state_dict()

@@ -17,7 +17,7 @@ from torch import nn
 from crossattn.errors import CrossattnError, TransferError
 from crossattn.tracing import LayerTrace, call_key
 from torch_impl.layers import ZERO_INIT_ATTR
-from weight_transfer.slots import Slot, join
+from weight_transfer.slots import Slot, join, state_problems
 
 FRAMEWORK = "torch"
 KIND_ATTR = "crossattn_layer_kind"
@@ -111,10 +111,7 @@ def _c_order(value: np.ndarray) -> np.ndarray:
 def load_state(model: nn.Module, values: Mapping[str, np.ndarray]) -> None:
     """Load exactly the model's keys with exactly its shapes, or raise naming each problem."""
     own = slots(model)
-    problems = [f"missing `{k}`" for k in own if k not in values]
-    problems += [f"unexpected `{k}`" for k in values if k not in own]
-    problems += [f"mis-shaped `{k}`: got {list(np.shape(v))}, model has {list(own[k].shape)}"
-                 for k, v in values.items() if k in own and tuple(np.shape(v)) != own[k].shape]
+    problems = state_problems(own, values)
     if problems:
         raise TransferError(problems, "loading torch state")
     model.load_state_dict({k: torch.from_numpy(_c_order(v)) for k, v in values.items()}, strict=True)
@@ -284,10 +281,7 @@ def load_lazy(model: nn.Module, values: MutableMapping[str, np.ndarray], consume
     the state does not cover is left without storage.
     """
     own = slots(model)
-    problems = [f"missing `{k}`" for k in own if k not in values]
-    problems += [f"unexpected `{k}`" for k in values if k not in own]
-    problems += [f"mis-shaped `{k}`: got {list(np.shape(v))}, model has {list(own[k].shape)}"
-                 for k, v in values.items() if k in own and tuple(np.shape(v)) != own[k].shape]
+    problems = state_problems(own, values)
     if problems:
         raise TransferError(problems, "loading torch state")
     buffers = {name for name, _ in model.named_buffers()}
