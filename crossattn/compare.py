@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from crossattn.tolerances import ACCURACY_FACTOR, FLOAT32_CONSTANT_OFFSET, Tolerance
+from crossattn.tolerances import ACCURACY_FACTOR, FLOAT32_CONSTANT_OFFSET, FLOAT32_ROUNDING_FLOOR, Tolerance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +160,7 @@ def judge(name: str, category: str, reference: np.ndarray, candidate: np.ndarray
                                    note=_join(note, "float64 results: " + exact.note))
     e_ref, e_cand = _norm(b - b64), _norm(a - a64)
     floor, _ = allowed_error(b64, tol, scale)
+    floor = max(floor, FLOAT32_ROUNDING_FLOOR * max(_norm(b64), scale or 0.0))
     worse, better = max(e_ref, e_cand), min(e_ref, e_cand)
     budget = ACCURACY_FACTOR * max(better, floor)
     accuracy = worse / budget if budget > 0 else (0.0 if worse == 0 else math.inf)

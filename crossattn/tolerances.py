@@ -45,6 +45,13 @@ DEFAULTS = {"float64": FLOAT64, "float32": FLOAT32}
 #: worse); float16 arithmetic where float32 was asked is about 8192x (2^13) worse
 ACCURACY_FACTOR = 1024.0
 
+#: the least rounding a float32 result is granted before ACCURACY_FACTOR applies: one float32
+#: epsilon of scale. A side whose float32 result happens to sit closer to its float64 result than
+#: float32 can resolve (measured: torch's dilated-conv weight gradients on GCNet's positive probe,
+#: 6e-9 of scale, against paddle's ordinary 6e-5) must not make the other side's ordinary rounding
+#: a defect; float16 arithmetic (about 1e-3 of scale) stays far outside 1024 of these
+FLOAT32_ROUNDING_FLOOR = 2.0 ** -23
+
 #: a uniform relative offset no larger than this (one float32 ulp at 1) between
 #: float64 results is recognised as a framework holding a constant in float32
 #: (paddle's average-pool backward multiplies by float32(1/N)) rather than a bug
