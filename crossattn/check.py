@@ -421,6 +421,8 @@ def _running_stats(pair: TwinPair, ref, got, ref64, got64, judged: Judge, notes:
     got_state64 = _in_source_naming(pair, got64.state) if got64 is not None else None
     layers = bn_layers(pair.src_slots)
     got_start = _in_source_naming(pair, pair.dst_init)
+    start64 = _as64(pair.src_init) if ref64 is not None else None  # once per case, not once per layer
+    got_start64 = _as64(got_start) if ref64 is not None else None
     out = []
     for layer, keys in layers.items():
         calls = ref.bn_batches.get(layer, [])
@@ -432,8 +434,8 @@ def _running_stats(pair: TwinPair, ref, got, ref64, got64, judged: Judge, notes:
         out += running_stat_comparisons(
             layer, keys, pair.src_init, pair.src_fw, pair.dst_fw, ref.state, got_state, calls, judged,
             ref64.state if ref64 is not None else None, got_state64,
-            ref64.bn_batches.get(layer) if ref64 is not None else None, _as64(pair.src_init),
-            got_start=got_start, got_start64=_as64(got_start))
+            ref64.bn_batches.get(layer) if ref64 is not None else None, start64,
+            got_start=got_start, got_start64=got_start64)
     if layers:
         notes.append(VAR_RULE)
     return out

@@ -6,6 +6,7 @@ import importlib
 import warnings
 from types import ModuleType
 
+from crossattn.allocator import keep_freed_heap
 from crossattn.errors import FrameworkMissing
 
 _MODULES = {"torch": "torch", "paddle": "paddle"}
@@ -21,6 +22,7 @@ def require(framework: str) -> ModuleType:
     """Import `framework` ("torch" or "paddle") or say how to install it."""
     if framework not in _MODULES:
         raise FrameworkMissing(f"unknown framework {framework!r}; expected one of: torch, paddle")
+    keep_freed_heap()  # before the framework allocates: see crossattn.allocator
     try:
         with warnings.catch_warnings():
             # paddle warns at import that ccache is missing; it concerns building C++ extensions only
