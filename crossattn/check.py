@@ -23,7 +23,6 @@ is judged by `compare.judge` against both frameworks' float64 results.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -182,21 +181,23 @@ class BuiltTwins:
 
 def prepare_pair(models: ModelPair | Spec, direction: str, dtype: str = "float64", seed: int = 0,
                  after_transfer: Callable[[dict[str, np.ndarray]], None] | None = None,
-                 built: BuiltTwins | None = None) -> TwinPair:
-    """Build both models (or take them from `built`), draw random weights in the source, transfer them."""
+                 built: BuiltTwins | None = None, load: bool = True, draws: dict | None = None) -> TwinPair:
+    """Build both models (or take them from `built`), draw random weights in the source, transfer them
+    (and load them, unless `load` is false: check loads each state when it steps)."""
     models = as_pair(models)
     src_fw, dst_fw = direction.split("->")
     src, dst = adapter(src_fw), adapter(dst_fw)
     built = built or BuiltTwins(models, dtype)
     src_model, src_slots, src_native = built.get(src_fw)
     dst_model, dst_slots, _ = built.get(dst_fw)
-    src_init = initial_state(src_slots, src_native, src_fw, seed, mode="check")
+    src_init = initial_state(src_slots, src_native, src_fw, seed, mode="check", draws=draws)
     dst_init, report = models.transfer(src_init, src_fw, dst_fw, dst_slots)
     if after_transfer is not None:
         after_transfer(dst_init)
     pair = TwinPair(models, src_fw, dst_fw, src, dst, src_model, dst_model, src_slots, dst_slots, src_init, dst_init,
                     report)
-    pair.reload()
+    if load:
+        pair.reload()
     return pair
 
 
@@ -209,41 +210,31 @@ def _as64(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float64) if np.issubdtype(v.dtype, np.floating) else v for k, v in state.items()}
 
 
-def _digest(state: dict[str, np.ndarray], x: np.ndarray) -> str:
-    h = hashlib.sha1()
-    for key in sorted(state):
-        h.update(key.encode())
-        h.update(np.ascontiguousarray(state[key]).tobytes())
-    h.update(np.ascontiguousarray(x).tobytes())
-    return h.hexdigest()
-
-
 class Float64Truth:
     """Each framework's float64 step for given float32-valued weights and input: the exact answer of its side.
 
-    Runs are cached by (framework, mode, weights, input): the two directions of
-    a check draw the same weights, so each float64 step runs once per spec, mode
-    and probe, not once per direction. An entry is dropped once both directions
-    have used it (a full-size model's float64 state and gradients are large).
+    Runs are cached by (framework, mode, probe, state): the two directions of a
+    check share their equal states (`StepCache.share_states`), so each float64
+    step runs once per spec, mode and probe, not once per direction. An entry
+    is dropped at its second use (a full-size model's float64 state and
+    gradients are large).
     """
 
     def __init__(self, source: Any) -> None:
         self.built = BuiltTwins(as_pair(source), "float64")
         self.cache: dict[tuple, Any] = {}
-        self.hits: dict[tuple, int] = {}
 
     def step(self, framework: str, state: dict[str, np.ndarray], x: np.ndarray, cotangent, train: bool,
-             keep: bool = True):
-        key = (framework, train, _digest(state, x))
+             probe: str = "normal"):
+        key = (framework, train, probe, id(state))
         if key in self.cache:
-            self.hits[key] += 1
-            return self.cache.pop(key) if self.hits[key] >= 2 else self.cache[key]
+            return self.cache.pop(key)
         module = adapter(framework)
         model = self.built.get(framework)[0]
         module.load_state(model, _as64(state))
         result = module.step(model, x.astype(np.float64), lambda shape: cotangent(shape).astype(np.float64), train)
-        if keep:
-            self.cache[key], self.hits[key] = result, 1
+        if probe == "normal":  # probes run in one direction only: nothing to share
+            self.cache[key] = result
         return result
 
 
@@ -262,16 +253,74 @@ def check_spec(spec: ModelPair | Spec, directions: Sequence[str] = DIRECTIONS, m
     spec = as_pair(spec)
     built = BuiltTwins(spec, dtype)
     truth = Float64Truth(spec) if dtype != "float64" else None
+    steps = StepCache()
     probes = probes if "eval" in modes else ()  # in train mode BatchNorm normalises a probe's scale away
-    cases = []
-    for index, direction in enumerate(directions):
-        pair = prepare_pair(spec, direction, dtype, seed, after_transfer, built)
-        for mode in modes:
-            cases.append(_check_case(spec, pair, mode, tol, seed, dtype, "normal", truth))
-        if index == 0:
-            for probe in probes:
-                cases.append(_check_case(spec, pair, "eval", tol, seed, dtype, probe, truth))
-    return cases
+    draws: dict = {}  # the directions draw the same values: once (crossattn.init)
+    pairs = [prepare_pair(spec, direction, dtype, seed, after_transfer, built, load=False, draws=draws)
+             for direction in directions]
+    del draws
+    for pair in pairs[1:]:
+        steps.share_states(pair, pairs[0])
+    judged: dict[tuple[int, str, str], CheckCase] = {}
+    for mode in modes:  # mode by mode: a step shared between directions is held only until its second use
+        for index, pair in enumerate(pairs):
+            judged[index, mode, "normal"] = _check_case(spec, pair, mode, tol, seed, dtype, "normal", truth, steps)
+    for probe in probes:
+        judged[0, "eval", probe] = _check_case(spec, pairs[0], "eval", tol, seed, dtype, probe, truth, steps)
+    order = [(index, mode, "normal") for index in range(len(pairs)) for mode in modes]
+    order[len(modes):len(modes)] = [(0, "eval", probe) for probe in probes]
+    return [judged[key] for key in order]
+
+
+def _same_state(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    """Bit for bit the same tensors under the same keys (a transfer that rounds or moves a value is not)."""
+    if a is b:
+        return True
+    if a.keys() != b.keys():
+        return False
+    for key, value in a.items():
+        other = b[key]
+        if value.dtype != other.dtype or value.shape != other.shape:
+            return False
+        if not np.array_equal(np.ascontiguousarray(value).view(np.uint8), np.ascontiguousarray(other).view(np.uint8)):
+            return False
+    return True
+
+
+class StepCache:
+    """Each framework's step on given weights and input, run once per spec.
+
+    Both directions of a check draw the same framework-neutral weights
+    (crossattn.init), so when the second direction's transfer lands on exactly
+    the bytes the first direction drew, its steps are the first's: they are
+    taken from here instead of run again. A transfer that changes anything
+    (a rounded value, a wrong layout) fails `_same_state`, and that step runs.
+    An entry is dropped at its second use.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, bool, str, int], Any] = {}
+
+    @staticmethod
+    def share_states(pair: TwinPair, first: TwinPair) -> None:
+        """Let `pair` hold `first`'s state objects where they are equal, so one state is kept, not two."""
+        for name in ("src_init", "dst_init"):
+            own = getattr(pair, name)
+            for other in (first.src_init, first.dst_init):
+                if _same_state(own, other):
+                    setattr(pair, name, other)
+                    break
+
+    def step(self, module: ModuleType, model: Any, framework: str, state: dict[str, np.ndarray], x: np.ndarray,
+             cotangent, train: bool, probe: str):
+        key = (framework, train, probe, id(state))
+        if key in self.entries:
+            return self.entries.pop(key)
+        module.load_state(model, state)
+        result = module.step(model, x, cotangent, train)
+        if probe == "normal":  # probes run in one direction only: nothing to share
+            self.entries[key] = result
+        return result
 
 
 class Judge:
@@ -288,17 +337,17 @@ class Judge:
 
 
 def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed: int, dtype: str,
-                probe: str = "normal", truth: Float64Truth | None = None) -> CheckCase:
-    pair.reload()
+                probe: str = "normal", truth: Float64Truth | None = None,
+                steps: "StepCache | None" = None) -> CheckCase:
     train = mode == "train"
     x, cotangent = _inputs(spec, seed, dtype, probe)
-    ref = pair.src.step(pair.src_model, x, cotangent, train)
-    got = pair.dst.step(pair.dst_model, x, cotangent, train)
+    steps = steps or StepCache()
+    ref = steps.step(pair.src, pair.src_model, pair.src_fw, pair.src_init, x, cotangent, train, probe)
+    got = steps.step(pair.dst, pair.dst_model, pair.dst_fw, pair.dst_init, x, cotangent, train, probe)
     ref64 = got64 = None
     if truth is not None:
-        keep = probe == "normal"  # probes run in one direction only: nothing to share
-        ref64 = truth.step(pair.src_fw, pair.src_init, x, cotangent, train, keep)
-        got64 = truth.step(pair.dst_fw, pair.dst_init, x, cotangent, train, keep)
+        ref64 = truth.step(pair.src_fw, pair.src_init, x, cotangent, train, probe)
+        got64 = truth.step(pair.dst_fw, pair.dst_init, x, cotangent, train, probe)
     judged = Judge(tol, truth is not None)
     pick = (lambda result, attr: getattr(result, attr) if result is not None else None)
     comparisons = [judged("output", "output", got.output, ref.output, pick(got64, "output"), pick(ref64, "output")),

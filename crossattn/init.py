@@ -73,17 +73,32 @@ def _draw(slot: Slot, torch_name: str, shape: tuple[int, ...], weight_shapes: Ma
     return native + rng.uniform(-0.5, 0.5, size=shape)
 
 
+STANDARD_KINDS = ("conv", "linear", "embedding", "mha", "batchnorm", "layernorm", "groupnorm", "instancenorm")
+
+
 def initial_state(slots: Mapping[str, Slot], native: Mapping[str, np.ndarray], framework: str, seed: int,
-                  mode: InitMode = "default") -> dict[str, np.ndarray]:
-    """Numpy state for a model whose slots are `slots`; `native` supplies custom parameters."""
+                  mode: InitMode = "default", draws: dict | None = None) -> dict[str, np.ndarray]:
+    """Numpy state for a model whose slots are `slots`; `native` supplies custom parameters.
+
+    `draws`, when given, keeps each draw of a standard layer, by everything it depends on, until its
+    next use: the other twin's state (the same values) then costs no second draw."""
     weight_shapes = {s.layer: _torch_layout_shape(s, framework) for s in slots.values() if s.name == "weight"}
     state: dict[str, np.ndarray] = {}
     for key, slot in slots.items():
         torch_shape = _torch_layout_shape(slot, framework)
         key_torch = canonical_key(slot, framework)
-        rng = _rng(seed, key_torch)
         torch_name = key_torch.rpartition(".")[2]
-        value = np.asarray(_draw(slot, torch_name, torch_shape, weight_shapes, np.asarray(native[key]), mode, rng))
+        memo = None
+        if draws is not None and slot.kind in STANDARD_KINDS:
+            memo = (seed, mode, key_torch, slot.kind, slot.zero_init, torch_shape,
+                    weight_shapes.get(slot.layer, torch_shape))
+        if memo is not None and memo in draws:
+            value = draws.pop(memo)
+        else:
+            value = np.asarray(_draw(slot, torch_name, torch_shape, weight_shapes, np.asarray(native[key]), mode,
+                                     _rng(seed, key_torch)))
+            if memo is not None:
+                draws[memo] = value
         if torch_shape != slot.shape:
             value = value.reshape(torch_shape).T if value.ndim == 2 else value.reshape(slot.shape)
         state[key] = np.ascontiguousarray(value, dtype=slot.dtype).reshape(slot.shape)

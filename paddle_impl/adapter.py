@@ -158,6 +158,17 @@ def _forward_backward(model: nn.Layer, x: np.ndarray,
     return inputs, output
 
 
+def _take_grads(model: nn.Layer, dtype: np.dtype) -> dict[str, np.ndarray]:
+    """Each trainable parameter's gradient, handed over instead of copied (`numpy()` copies; DLPack shares
+    the buffer): the parameter lets go of it, so the array is the result's alone."""
+    grads = {}
+    for name, p in model.named_parameters():
+        if not p.stop_gradient:
+            grads[name] = np.from_dlpack(p.grad.detach()) if p.grad is not None else np.zeros(tuple(p.shape), dtype)
+    model.clear_gradients(set_to_zero=False)
+    return grads
+
+
 def step(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray],
          train: bool) -> StepResult:
     """One forward in train or eval mode and a backward of sum(output * cotangent)."""
@@ -169,8 +180,7 @@ def step(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], 
     finally:
         for handle in handles:
             handle.remove()
-    grads = {name: (p.grad.numpy() if p.grad is not None else np.zeros(tuple(p.shape), x.dtype))
-             for name, p in model.named_parameters() if not p.stop_gradient}
+    grads = _take_grads(model, x.dtype)
     input_grad = inputs.grad.numpy() if inputs.grad is not None else np.zeros_like(x)
     return StepResult(output.numpy(), input_grad, grads, _untrained_state(model), batches)
 

@@ -144,6 +144,17 @@ def _forward_backward(model: nn.Module, x: np.ndarray,
     return inputs, output
 
 
+def _take_grads(model: nn.Module, dtype: np.dtype) -> dict[str, np.ndarray]:
+    """Each trainable parameter's gradient, handed over instead of copied: the parameter lets go of it (the
+    next backward allocates a new one), so the array is the result's alone."""
+    grads = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            grads[name] = p.grad.detach().numpy() if p.grad is not None else np.zeros(tuple(p.shape), dtype)
+            p.grad = None
+    return grads
+
+
 def step(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray],
          train: bool) -> StepResult:
     """One forward in train or eval mode and a backward of sum(output * cotangent)."""
@@ -155,8 +166,7 @@ def step(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]],
     finally:
         for handle in handles:
             handle.remove()
-    grads = {name: (p.grad.detach().numpy().copy() if p.grad is not None else np.zeros(tuple(p.shape), x.dtype))
-             for name, p in model.named_parameters() if p.requires_grad}
+    grads = _take_grads(model, x.dtype)
     input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
     return StepResult(output.detach().numpy().copy(), input_grad, grads, _untrained_state(model), batches)
 
