@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from crossattn.bn_stats import bn_stats_rule
 from crossattn.compare import Comparison, compare, judge as judge_float32
 from crossattn.errors import CrossattnError
 from crossattn.init import initial_state
@@ -175,6 +176,7 @@ def align(pair: Any, config: TrainConfig, settings: AlignSettings,
     if settings.steps < 1 or settings.batch_size < 1:
         raise CrossattnError("--steps and --batch-size must be at least 1")
     src, dst, tol = settings.source, settings.target, settings.tolerance
+    config = config.replace(bn_stats=bn_stats_rule(config.bn_stats, getattr(pair, "spec", None)))
     source_model = pair.build(src)
     fw = adapter(src)
     drawn = initial_state(fw.slots(source_model), fw.state(source_model), src, settings.seed, "default")

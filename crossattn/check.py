@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from crossattn.compare import Comparison, compare, judge
-from crossattn.conventions import replay_running_stats
+from crossattn.conventions import replay_running_stats, shared_bn_rule
 from crossattn.frameworks import adapter
 from crossattn.init import initial_state
 from crossattn.model_pair import ModelPair, renamed_slots
@@ -436,7 +436,8 @@ def bn_layers(slots: dict[str, Slot]) -> dict[str, dict[str, str]]:
 def running_stat_comparisons(layer: str, keys: dict[str, str], start: dict[str, np.ndarray], ref_fw: str,
                              got_fw: str, ref_state: dict[str, np.ndarray], got_state: dict[str, np.ndarray],
                              calls: list, judged, ref_state64=None, got_state64=None, calls64=None,
-                             start64=None, got_start=None, got_start64=None) -> list[Comparison]:
+                             start64=None, got_start=None, got_start64=None,
+                             rule: str | None = None) -> list[Comparison]:
     """Both sides' running statistics of one BatchNorm against their own framework's rule.
 
     `start` is the reference's state before the step (`got_start` the
@@ -445,6 +446,8 @@ def running_stat_comparisons(layer: str, keys: dict[str, str], start: dict[str, 
     candidate is judged over the reference's batches, so an upstream shift a
     BatchNorm hides from the output still shows; the reference is judged over
     the same batches, so a wrong update rule shows in either direction.
+    `rule` is the one rule both sides follow under a spec's `bn_stats: torch|paddle`;
+    None: each side its own framework's.
     """
     out = []
     got_start = start if got_start is None else got_start
@@ -452,11 +455,12 @@ def running_stat_comparisons(layer: str, keys: dict[str, str], start: dict[str, 
     for side_fw, state, state64, first, first64, suffix in (
             (got_fw, got_state, got_state64, got_start, got_start64, ""),
             (ref_fw, ref_state, ref_state64, start, start64, f" [{ref_fw}]")):
-        mean, var = replay_running_stats(first[keys["mean"]], first[keys["var"]], calls, side_fw)
+        side_rule = rule or side_fw
+        mean, var = replay_running_stats(first[keys["mean"]], first[keys["var"]], calls, side_rule)
         mean64 = var64 = None
         if calls64 is not None and state64 is not None:
-            mean64, var64 = replay_running_stats(first64[keys["mean"]], first64[keys["var"]], calls64, side_fw)
-        note = f"{side_fw} rule over {ref_fw} batches, n={calls[0][2]}"
+            mean64, var64 = replay_running_stats(first64[keys["mean"]], first64[keys["var"]], calls64, side_rule)
+        note = f"{side_rule} rule over {ref_fw} batches, n={calls[0][2]}"
         out.append(judged(keys["mean"] + suffix, "running_stat", state[keys["mean"]], mean,
                           state64[keys["mean"]] if state64 is not None else None, mean64, note))
         out.append(judged(keys["var"] + suffix, "running_stat", state[keys["var"]], var,
@@ -484,7 +488,10 @@ def _running_stats(pair: TwinPair, ref, got, ref64, got64, judged: Judge, notes:
             layer, keys, pair.src_init, pair.src_fw, pair.dst_fw, ref.state, got_state, calls, judged,
             ref64.state if ref64 is not None else None, got_state64,
             ref64.bn_batches.get(layer) if ref64 is not None else None, start64,
-            got_start=got_start, got_start64=got_start64)
+            got_start=got_start, got_start64=got_start64, rule=shared_bn_rule(pair.models.spec))
     if layers:
-        notes.append(VAR_RULE)
+        rule = shared_bn_rule(pair.models.spec)
+        notes.append(VAR_RULE if rule is None else
+                     f"running statistics of both sides compared under the spec's `bn_stats: {rule}`: both twins "
+                     f"fold batches by {rule}'s rule, replayed over the reference's batch statistics")
     return out

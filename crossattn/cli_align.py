@@ -47,8 +47,9 @@ def _finite(param: click.Parameter, value: float | None) -> float | None:
 @click.option("--min-lr", type=float, default=0.0, show_default=True)
 @click.option("--bn-mode", type=click.Choice(["train", "eval"]), default="train", show_default=True,
               help="BatchNorm with batch statistics (train) or running statistics (eval).")
-@click.option("--bn-stats", type=click.Choice(["torch", "paddle", "native"]), default="torch", show_default=True,
-              help="Running-statistics rule in train mode (native: each framework its own).")
+@click.option("--bn-stats", type=click.Choice(["torch", "paddle", "native"]), default=None,
+              help="Running-statistics rule in train mode (native: each framework its own) "
+                   "[default: the spec's bn_stats, else torch].")
 @click.option("--atol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights, inputs and labels.")

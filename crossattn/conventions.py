@@ -58,12 +58,7 @@ def replay_running_stats(mean: np.ndarray, var: np.ndarray, calls: list[tuple[np
     return mean, var
 
 
-#: how BatchNorm folds a training batch into its running statistics, shared by both twins:
-#: torch: unbiased batch variance, the layer's momentum as given (torch's own rule);
-#: paddle: biased batch variance, the retained fraction held in float32 (paddle's own rule);
-#: native: each framework keeps its own rule (the two then differ in eval mode)
-BN_STATS_RULES = ("torch", "paddle", "native")
-BN_STATS_DEFAULT = "torch"
+from crossattn.bn_stats import BN_STATS_DEFAULT, BN_STATS_RULES, bn_stats_rule, shared_bn_rule  # noqa: E402,F401
 
 
 def bn_stats_update(rule: str, new_weight: float) -> tuple[float, float, bool]:

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from crossattn.conventions import shared_bn_rule
 from crossattn.check import (Judge, _as64, _build, _in_source_naming, _inputs, bn_layers, prepare_pair,
                              probe_input, running_stat_comparisons, widened)
 from crossattn.compare import Comparison
@@ -239,9 +240,13 @@ def _backward_source(ref: LayerTrace, got: LayerTrace, rows: dict[str, LayerRow]
 
 def _buffers(ref: LayerTrace, got_after_in_ref_naming: dict, got_before_in_ref_naming: dict, ref_slots: dict,
              ref_fw: str, got_fw: str, judged: Judge, ref64: LayerTrace | None = None,
-             got_after64: dict | None = None, got_before64: dict | None = None) -> list[Comparison]:
-    """Running statistics of both sides under the stated rule, then every other buffer, after a train step."""
+             got_after64: dict | None = None, got_before64: dict | None = None,
+             rule: str | None = None) -> list[Comparison]:
+    """Running statistics of both sides under the stated rule (`rule`: a spec's shared `bn_stats`), then every
+    other buffer, after a train step."""
     out: list[Comparison] = []
+    start64 = _as64(ref.state_before)  # once, not once per layer
+    got_start64 = _as64(got_before_in_ref_naming) if got_before64 is not None else None
     for layer, keys in bn_layers(ref_slots).items():
         calls = ref.bn_batches.get(layer)
         if not calls or keys["mean"] not in got_after_in_ref_naming:
@@ -250,8 +255,7 @@ def _buffers(ref: LayerTrace, got_after_in_ref_naming: dict, got_before_in_ref_n
             layer, keys, ref.state_before, ref_fw, got_fw, ref.state_after, got_after_in_ref_naming, calls, judged,
             ref64.state_after if ref64 is not None else None, got_after64,
             ref64.bn_batches.get(layer) if ref64 is not None else None,
-            _as64(ref.state_before), got_start=got_before_in_ref_naming,
-            got_start64=_as64(got_before_in_ref_naming) if got_before64 is not None else None)
+            start64, got_start=got_before_in_ref_naming, got_start64=got_start64, rule=rule)
     for key, slot in ref_slots.items():
         if slot.trainable or slot.kind == "batchnorm" or key not in got_after_in_ref_naming:
             continue
@@ -322,7 +326,8 @@ def diff_spec(spec: Spec | ModelPair, direction: str = "torch->paddle", mode: st
                                   _in_source_naming(pair, got.state_before), pair.src_slots, pair.src_fw,
                                   pair.dst_fw, judged, ref64,
                                   _in_source_naming(pair, got64.state_after) if got64 is not None else None,
-                                  _in_source_naming(pair, got64.state_before) if got64 is not None else None)
+                                  _in_source_naming(pair, got64.state_before) if got64 is not None else None,
+                                  shared_bn_rule(pair.models.spec))
     return report
 
 

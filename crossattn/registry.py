@@ -82,4 +82,7 @@ def twin_class(type_name: str, framework: str) -> type:
 def build(spec: Any, framework: str) -> Any:
     """Build the twin of `spec` in `framework` with the spec's options."""
     cls = twin_class(spec.type, framework)
-    return cls(**spec.options.kwargs())
+    model = cls(**spec.options.kwargs())
+    if getattr(spec, "bn_stats", None):
+        importlib.import_module(f"{framework}_impl.layers").apply_bn_stats(model, spec.bn_stats)
+    return model

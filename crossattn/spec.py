@@ -17,11 +17,12 @@ from typing import Any
 
 import yaml
 
+
 from crossattn.errors import CrossattnError, OptionError, SpecError, shown
 from crossattn.options import MAX_INT, Options, option_errors, parse_options
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
-TOP_LEVEL_KEYS = ("type", "name", "description", "input_shape", "options")
+TOP_LEVEL_KEYS = ("type", "name", "description", "input_shape", "bn_stats", "options")
 
 
 class LineDict(dict):
@@ -69,6 +70,8 @@ class Spec:
     description: str = ""
     input_shape: tuple[int, ...] | None = None
     path: str | None = None
+    #: BatchNorm running-statistics rule both twins follow (conventions.BN_STATS_RULES); None: each its own
+    bn_stats: str | None = None
 
     @property
     def kind(self) -> str:
@@ -171,6 +174,15 @@ def collect_spec(raw: Any, file: str = "<spec>") -> tuple[Spec | None, list[Spec
                                       f"dimensions as 32-bit integers (at most {MAX_INT:,})"))
         else:
             input_shape, shape_ok = tuple(input_shape), True
+    from crossattn.bn_stats import BN_STATS_RULES
+
+    bn_stats = raw.get("bn_stats")
+    if bn_stats is not None and bn_stats not in BN_STATS_RULES:
+        close = difflib.get_close_matches(str(bn_stats), BN_STATS_RULES, n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        problems.append(SpecError(file, "bn_stats", line_of(raw, ["bn_stats"]),
+                                  f"{hint}expected one of {', '.join(BN_STATS_RULES)} (how BatchNorm folds "
+                                  f"batches into its running statistics in both twins), got {shown(bn_stats)}"))
     if "type" not in raw:
         problems.append(SpecError(file, "type", getattr(raw, "line", None),
                                   "missing: every spec names a registered type"))
@@ -210,7 +222,7 @@ def collect_spec(raw: Any, file: str = "<spec>") -> tuple[Spec | None, list[Spec
         return None, _in_file_order(problems)
     name = raw.get("name") or (Path(file).stem if file != "<spec>" else type_name)
     return Spec(type=type_name, options=options, name=name, description=raw.get("description", ""),
-                input_shape=input_shape, path=file), []
+                input_shape=input_shape, path=file, bn_stats=bn_stats), []
 
 
 def _in_file_order(problems: list[SpecError]) -> list[SpecError]:

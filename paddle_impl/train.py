@@ -16,6 +16,7 @@ import paddle
 import paddle.nn.functional as F
 
 from crossattn import registry
+from crossattn.bn_stats import bn_stats_rule
 from crossattn.data import Dataset
 from crossattn.errors import CrossattnError
 from crossattn.init import initial_state
@@ -182,7 +183,7 @@ class Trainer:
         self.dtype = config.dtype
         self.model = build_model(spec, config.seed)
         self.model.to(dtype=self.dtype)
-        apply_bn_stats(self.model, config.bn_stats)
+        apply_bn_stats(self.model, bn_stats_rule(config.bn_stats, spec))
         self.optimizer = make_optimizer(self.model, config)
         self.scaler = paddle.amp.GradScaler(init_loss_scaling=2.0**16) if config.amp == "fp16" else None
         self.autocast_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(config.amp)

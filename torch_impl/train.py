@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from crossattn import registry
+from crossattn.bn_stats import bn_stats_rule
 from crossattn.conventions import as_paddle_holds
 from crossattn.data import Dataset
 from crossattn.errors import CrossattnError
@@ -172,7 +173,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # nothing here draws from it; a dropout layer would
         self.dtype = getattr(torch, config.dtype)
         self.model = build_model(spec, config.seed).to(device=self.device, dtype=self.dtype)
-        apply_bn_stats(self.model, config.bn_stats)
+        apply_bn_stats(self.model, bn_stats_rule(config.bn_stats, spec))
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.optimizer = make_optimizer(self.model, config)

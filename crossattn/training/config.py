@@ -61,8 +61,9 @@ class TrainConfig(Options):
     label_smoothing: float = 0.0
     #: how BatchNorm folds batches into its running statistics, the same in both frameworks:
     #: torch (unbiased variance, momentum 0.1), paddle (biased, 0.9 held in float32), or native
-    #: (each framework its own: eval-mode results then differ between them)
-    bn_stats: Literal["torch", "paddle", "native"] = "torch"
+    #: (each framework its own: eval-mode results then differ between them); unset: the spec's
+    #: `bn_stats`, else torch (a run records the rule it resolved to)
+    bn_stats: Literal["torch", "paddle", "native"] | None = None
     amp: Literal["none", "bf16", "fp16"] = "none"
     #: float64 makes both frameworks train in double precision: slow, but their runs then agree
     #: step by step to rounding, which proves two training set-ups the same before a long run

@@ -29,6 +29,7 @@ from crossattn.training import run_dir as runs
 from crossattn.training import switch
 from weight_transfer.integrity import DamagedCheckpoint
 from crossattn.training.augment import CropFlip, crop_flip
+from crossattn.bn_stats import bn_stats_rule
 from crossattn.training.config import TrainConfig, load_train_config
 from crossattn.training.metrics import read_jsonl, topk_correct, write_metrics
 from crossattn.training.schedule import lr_at
@@ -177,6 +178,7 @@ def train(spec_path: str | os.PathLike, config: TrainConfig, framework: str, dev
           datasets: tuple[Dataset, Dataset] | None = None) -> RunResult:
     """A fresh run in `run_dir`; `stop_after` ends it after that many epochs (continue with resume_run)."""
     spec = load_spec(spec_path)
+    config = config.replace(bn_stats=bn_stats_rule(config.bn_stats, spec))  # recorded in the run's config
     check_fits_data(spec, config)
     require_training_fits(spec, config)
     module = twin(framework)  # an unusable device or amp setting fails before the run directory is made
@@ -196,6 +198,8 @@ def resume_run(run_dir: str | os.PathLike, device: str = "auto", epochs: int | N
     run = runs.require_resumable(run_dir)
     info = runs.read_info(run)
     config = load_train_config(run / "config.yaml")
+    spec = dataclasses.replace(load_spec(run / "spec.yaml"), name=info.get("spec") or "spec")  # the name as run
+    config = config.replace(bn_stats=bn_stats_rule(config.bn_stats, spec))
     trained_with = info.get("framework")
     if framework is not None and framework != trained_with:
         switch.refuse_inexact(run, config, trained_with, framework)
@@ -216,7 +220,6 @@ def resume_run(run_dir: str | os.PathLike, device: str = "auto", epochs: int | N
     if data_dir is not None or download:  # where the data lives does not change the run
         config = config.replace(data_dir=data_dir if data_dir is not None else config.data_dir,
                                 download=download or config.download)
-    spec = dataclasses.replace(load_spec(run / "spec.yaml"), name=info.get("spec") or "spec")  # the name as run
     latest = runs.latest_checkpoint(run)
     if latest is not None and latest[0] >= config.epochs:
         log(f"{run} has finished its {config.epochs} epochs; pass --epochs N (more than {config.epochs}) "
