@@ -83,14 +83,17 @@ def input_lower_bound(shape: Sequence[int], itemsize: int = 8) -> int:
 FORWARD_GATE = 1 << 26
 
 
-def meta_footprint(spec: Any, input_shape: Sequence[int] | None) -> tuple[int, int] | None:
+def meta_footprint(spec: Any, input_shape: Sequence[int] | None,
+                   parameters_dominate: bool = False) -> tuple[int, int] | None:
     """(parameter + buffer elements, elements of every tensor the forward creates) from a torch meta build.
 
     None when torch is not installed. The forward is run on the meta device only for
     inputs big enough to matter (FORWARD_GATE); it counts every intermediate tensor, an
     attention block's affinity matrix included, so it overestimates the peak. A forward
     that cannot run on meta tensors counts 0 (the parameters still count). A size the
-    framework cannot even represent raises TooLarge.
+    framework cannot even represent raises TooLarge. `parameters_dominate` (convert: one
+    forward without a graph) lets a small input skip the forward whatever the model's size:
+    the first meta forward in a process costs about 1.4 s, most of a conversion's time.
     """
     try:
         import torch
@@ -114,7 +117,7 @@ def meta_footprint(spec: Any, input_shape: Sequence[int] | None) -> tuple[int, i
         return params, 0
     positions = elements(input_shape[2:])
     small = (input_shape[0] * positions * positions < FORWARD_GATE and elements(input_shape) < 1 << 20
-             and params < 1 << 22 and int(largest_value(spec.options)) < 1 << 12)
+             and (parameters_dominate or params < 1 << 22) and int(largest_value(spec.options)) < 1 << 12)
     if small:
         return params, 0
     return params, _forward_elements(torch, model, tuple(input_shape), where, spec)
@@ -210,14 +213,14 @@ def _forward_elements(torch: Any, model: Any, shape: tuple[int, ...], where: str
     return Count.total
 
 
-def require_check_fits(spec: Any, command: str = "check") -> None:
+def require_check_fits(spec: Any, command: str = "check", parameters_dominate: bool = False) -> None:
     """Refuse a spec whose float64 twins, input and gradients cannot fit in memory (check, diff, convert)."""
     where = spec.path or spec.name
     shape = spec.input_shape
     if shape is not None:
         refuse_over_budget(input_lower_bound(shape), f"`{command}` with input_shape {list(shape)}", where,
                            "input_shape")
-    found = meta_footprint(spec, shape)
+    found = meta_footprint(spec, shape, parameters_dominate)
     if found is None:
         return
     params, activations = found
@@ -306,11 +309,12 @@ def _largest(options: Any, prefix: str) -> tuple[int, str]:
     return best
 
 
-def require_pair_fits(pair: Any, command: str = "check", with_input: bool = True) -> None:
+def require_pair_fits(pair: Any, command: str = "check", with_input: bool = True,
+                      parameters_dominate: bool = False) -> None:
     """`require_check_fits` for a model pair: a spec's twins in full, a user's pair by its input size."""
     shape = pair.input_shape if with_input else None
     if pair.spec is not None:
-        require_check_fits(dataclasses.replace(pair.spec, input_shape=shape), command)
+        require_check_fits(dataclasses.replace(pair.spec, input_shape=shape), command, parameters_dominate)
     elif shape is not None:
         refuse_over_budget(input_lower_bound(shape), f"`{command}` with --input-shape {list(shape)}", pair.origin,
                            "--input-shape")

@@ -77,10 +77,12 @@ class JobResult:
 
 
 def run_job(job: CheckJob) -> JobResult:
-    """Check one spec (in a worker or in this process)."""
-    from crossattn.check import check_spec
+    """Check one spec (in a worker or in this process): its memory bound first, then its cases."""
+    from crossattn.bounds import require_pair_fits
+    from crossattn.check import as_pair, check_spec
 
     started = time.perf_counter()
+    require_pair_fits(as_pair(job.spec), "check")  # before anything is built; in parallel with the other jobs
     cases = check_spec(job.spec, job.directions, job.modes, job.tol, job.seed, job.dtype, probes=job.probes)
     return JobResult(job.name, cases, time.perf_counter() - started)
 

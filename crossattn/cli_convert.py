@@ -60,7 +60,7 @@ def convert_command(src: str, dst: str, spec_arg: str | None, torch_model: str |
 
     pair = pair_from_cli(spec_arg, torch_model, paddle_model, model_args, name_map, input_shape, "convert",
                          need_input=False)
-    require_pair_fits(pair, "convert", with_input=verify)
+    require_pair_fits(pair, "convert", with_input=verify, parameters_dominate=True)
     for note in pair.notes:
         click.echo(f"note: {note}")
     report = convert(src, dst, pair, to=to_framework, source=from_framework, key=key,
