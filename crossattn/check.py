@@ -473,7 +473,10 @@ def _running_stats(pair: TwinPair, ref, got, ref64, got64, judged: Judge, notes:
     got_state = _in_source_naming(pair, got.state)
     got_state64 = _in_source_naming(pair, got64.state) if got64 is not None else None
     layers = bn_layers(pair.src_slots)
-    got_start = _in_source_naming(pair, pair.dst_init)
+    # the candidate's running statistics before the step (not its whole state: that is a model's worth of copies)
+    got_start = _in_source_naming(pair, {k: v for k, v in pair.dst_init.items()
+                                         if k in pair.dst_slots and pair.dst_slots[k].kind == "batchnorm"
+                                         and not pair.dst_slots[k].trainable})
     start64 = _as64(pair.src_init) if ref64 is not None else None  # once per case, not once per layer
     got_start64 = _as64(got_start) if ref64 is not None else None
     out = []
