@@ -21,8 +21,21 @@ eval mode (`bn_train=False`).
 float32 runs also step both frameworks in float64 from the same weights and
 judge each tensor by `check`'s float32 rule (crossattn.compare.judge): the two
 float64 trajectories must agree, and neither float32 trajectory may be much
-further from its own float64 trajectory than the other is. The verdict is then
-the same whichever framework is the reference.
+further from its own float64 trajectory than the other is, whichever framework
+is the reference.
+
+That rule is sound for one step from a shared state. Over many free-running
+steps, two equal twins' float32 states can part for no defect: a rounding-level
+difference puts a ReLU input or a max-pool tie on the other side of its kink,
+the gradient jumps, and the optimizer carries it on. So where a float32 step
+fails the rule while the float64 trajectories still agree (after the last step:
+on everything the final state is judged on), the step is redone from the
+reference's float32 state before it (weights, buffers, optimizer state) loaded
+into the other three sides, and judged again: if it passes, the row passes as
+re-anchored and the run continues from there; if not, it is drift. float64 runs
+never re-anchor. A kink crossed by the redone step's own rounding still fails,
+and since the anchor is the reference's state, such a crossing can depend on
+which framework is the reference (docs/training.md).
 """
 
 from __future__ import annotations
@@ -41,8 +54,11 @@ from crossattn.init import initial_state
 from crossattn.tolerances import Tolerance, tolerance_for
 from crossattn.training.config import TrainConfig
 from crossattn.training.schedule import lr_at
+from weight_transfer import optimizer_state
 
 FRAMEWORKS = ("torch", "paddle")
+REANCHOR_NOTE = ("re-anchored: free-running float32 trajectories parted at a non-smooth point; the step from a "
+                 "shared state agrees")
 #: the TrainConfig fields align takes (optimizer, schedule); a schedule's "epoch" is one step here
 CONFIG_KEYS = ("optimizer", "lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "momentum",
                "nesterov", "schedule", "warmup_epochs", "step_epochs", "step_gamma", "min_lr", "bn_stats")
@@ -76,10 +92,23 @@ class StepRow:
     param_norm_rel: float  # ||candidate - reference|| / ||reference|| over all trainable tensors together
     worst: Comparison  # the trainable tensor (or the loss) furthest outside / closest to its bound
     passed: bool
+    #: float32 only: the free-running step's worst comparison where it failed the rule while float64 agreed,
+    #: so the step was redone from the reference's state; `worst` and `passed` are then the redone step's
+    #: (after the last step including the final state's parameters, buffers and moments)
+    parted: Comparison | None = None
+
+    @property
+    def reanchored(self) -> bool:
+        """Passed by the step from a shared state after the free-running trajectories parted."""
+        return self.parted is not None and self.passed
 
     def to_json(self) -> dict:
+        reanchor = None if self.parted is None else {
+            "passed": self.passed, "free_running_worst": self.parted.to_json(),
+            "note": REANCHOR_NOTE if self.passed else "the step from a shared state fails too: drift"}
         return {"step": self.step, "lr": self.lr, "loss": self.loss, "loss_diff": self.loss_diff,
-                "param_norm_rel": self.param_norm_rel, "worst": self.worst.to_json(), "passed": self.passed}
+                "param_norm_rel": self.param_norm_rel, "worst": self.worst.to_json(), "passed": self.passed,
+                "reanchored": reanchor}
 
 
 @dataclasses.dataclass
@@ -100,6 +129,11 @@ class AlignReport:
         return self.first_drift is None and all(c.passed for c in self.final)
 
     @property
+    def reanchors(self) -> int:
+        """Steps passed from a shared state after the float32 trajectories parted."""
+        return sum(row.reanchored for row in self.rows)
+
+    @property
     def worst_final(self) -> Comparison | None:
         return _worst(self.final) if self.final else None
 
@@ -111,6 +145,7 @@ class AlignReport:
                              "target": self.settings.target},
                 "optimizer": {k: getattr(self.config, k) for k in CONFIG_KEYS},
                 "first_drift": None if drift is None else {"step": drift.step, "tensor": drift.worst.tensor},
+                "reanchors": self.reanchors,
                 "steps": [row.to_json() for row in self.rows],
                 "final": [c.to_json() for c in self.final], "notes": self.notes}
 
@@ -161,15 +196,37 @@ class _Side:
     def state(self) -> dict[str, np.ndarray]:
         return self.fw.state(self.model)
 
-    def moments(self) -> Any:
+    def moments(self) -> optimizer_state.OptimizerState:
         return self.loop.optimizer_record(self.model, self.optimizer, self.config, self.steps)
+
+    def snapshot(self) -> tuple[dict[str, np.ndarray], optimizer_state.OptimizerState]:
+        """Model state (weights, BatchNorm buffers) and optimizer state, copied: the optimizer's moments
+        are updated in place by its next step."""
+        record = self.moments()
+        copied = {m: {k: np.array(v) for k, v in values.items()} for m, values in record.moments.items()}
+        return self.state(), dataclasses.replace(record, moments=copied)
+
+    def load_from(self, snapshot: tuple[dict[str, np.ndarray], optimizer_state.OptimizerState], pair: Any) -> None:
+        """Another side's snapshot as this side's own state: weights and buffers through the pair's transfer
+        rules, moments and step count through optimizer_state.translate, all cast to this side's dtype."""
+        state, record = snapshot
+        slots = self.fw.slots(self.model)
+        if record.framework != self.framework:
+            state, _ = pair.transfer(state, record.framework, self.framework,
+                                     context=f"{pair.origin}: re-anchoring {record.framework} -> {self.framework}")
+        record = optimizer_state.translate(record, slots, self.framework, f"{record.framework} optimizer state",
+                                           pair=pair)
+        self.fw.load_state(self.model, {k: np.asarray(v, dtype=slots[k].dtype) for k, v in state.items()})
+        moments = {m: {k: np.asarray(v, dtype=slots[k].dtype) for k, v in values.items()}
+                   for m, values in record.moments.items()}
+        self.loop.load_optimizer_record(self.model, self.optimizer, dataclasses.replace(record, moments=moments))
+        self.steps = record.step
 
 
 def align(pair: Any, config: TrainConfig, settings: AlignSettings,
           progress: Callable[[int, int], None] | None = None) -> AlignReport:
     """Run `settings.steps` optimizer steps of `pair` in both frameworks and judge every step."""
     from crossattn.frameworks import adapter
-    from weight_transfer import optimizer_state
 
     if pair.input_shape is None:
         raise CrossattnError(f"{pair.origin}: no input shape; add `input_shape` to the spec or pass --input-shape")
@@ -199,39 +256,75 @@ def align(pair: Any, config: TrainConfig, settings: AlignSettings,
     src_slots = sides[src].fw.slots(sides[src].model)
     src_slots64 = exact[src].fw.slots(exact[src].model) if exact else src_slots  # float64: no cast on the way
     trainable = [k for k, s in src_slots.items() if s.trainable]
+
+    def judged(losses: dict[str, float], exact_loss: dict[str, float] | None,
+               last: bool) -> tuple[list[Comparison], list[Comparison], dict]:
+        """The loss and every trainable tensor after a step, judged; after the last step also every parameter,
+        buffer and optimizer moment; and the states they were read from."""
+        states = {"ref": sides[src].state(), "cand": _in_source_naming(pair, sides[dst].state(), dst, src, src_slots),
+                  "exact": ({src: exact[src].state(), dst: _in_source_naming(pair, exact[dst].state(), dst, src,
+                                                                             src_slots64)} if exact else None)}
+        ref, cand = states["ref"], states["cand"]
+        results = [judge("loss", "loss", np.array(losses[dst]), np.array(losses[src]), tol,
+                         (np.array(exact_loss[dst]), np.array(exact_loss[src])) if exact_loss else None)]
+        results += [judge(k, "param", cand[k], ref[k], tol, _truths(states["exact"], dst, src, k)) for k in trainable]
+        final = []
+        if last:
+            final = [judge(k, "param" if src_slots[k].trainable else "buffer", cand[k], ref[k], tol,
+                           _truths(states["exact"], dst, src, k)) for k in src_slots if k in cand]
+            final += _moment_comparisons(pair, sides, exact, src, dst, tol)
+        return results, final, states
+
+    def float64_agrees(states: dict, exact_loss: dict[str, float], last: bool) -> bool:
+        """Whether the float64 trajectories agree after a step on what was judged: only then can a float32
+        failure be a kink crossing rather than a difference between the twins."""
+        ref64, cand64 = states["exact"][src], states["exact"][dst]
+        checks = [compare("loss", "loss", np.array(exact_loss[dst]), np.array(exact_loss[src]), tol)]
+        checks += [compare(k, "param", cand64[k], ref64[k], tol) for k in (ref64 if last else trainable) if k in cand64]
+        if last:
+            checks += _moment_comparisons(pair, exact, None, src, dst, tol)  # float64 moments, judged directly
+        return all(c.passed for c in checks)
+
     rows: list[StepRow] = []
     for step in range(settings.steps):
         rng = np.random.default_rng([settings.seed, 7, step])
         x = rng.standard_normal(shape).astype(settings.dtype)
         labels = rng.integers(0, classes, size=label_shape).astype(np.int64)
         lr = lr_at(config, step, 1)
+        last = step == settings.steps - 1
+        # float32, before the first drift: the reference's state before the step, to re-anchor on (the first
+        # step starts from a shared state already)
+        anchor = sides[src].snapshot() if exact and step > 0 and all(row.passed for row in rows) else None
         losses = {fw_name: side.step(x, labels, lr) for fw_name, side in sides.items()}
         exact_loss = {fw_name: side.step(x.astype(np.float64), labels, lr) for fw_name, side in exact.items()} \
             if exact else None
-        ref_state = sides[src].state()
-        cand_state = _in_source_naming(pair, sides[dst].state(), dst, src, src_slots)
-        exact_state = ({src: exact[src].state(), dst: _in_source_naming(pair, exact[dst].state(), dst, src,
-                                                                         src_slots64)} if exact else None)
-
-        def truths(key: str) -> tuple[np.ndarray | None, np.ndarray | None] | None:
-            return (exact_state[dst].get(key), exact_state[src].get(key)) if exact_state else None
-
-        results = [judge("loss", "loss", np.array(losses[dst]), np.array(losses[src]), tol,
-                         (np.array(exact_loss[dst]), np.array(exact_loss[src])) if exact_loss else None)]
-        results += [judge(k, "param", cand_state[k], ref_state[k], tol, truths(k)) for k in trainable]
+        results, final, states = judged(losses, exact_loss, last)
+        ref_state, cand_state = states["ref"], states["cand"]
         diff = math.sqrt(sum(float(np.sum((cand_state[k].astype(np.float64) - ref_state[k]) ** 2))
                              for k in trainable))
         norm = math.sqrt(sum(float(np.sum(ref_state[k].astype(np.float64) ** 2)) for k in trainable))
-        worst = _worst(results)
+        parted = None
+        if anchor is not None and not all(c.passed for c in results + final) and \
+                float64_agrees(states, exact_loss, last):
+            parted = _worst(results + final)
+            for side in (sides[dst], exact[src], exact[dst]):
+                side.load_from(anchor, pair)
+            redone = {src: losses[src], dst: sides[dst].step(x, labels, lr)}  # the reference's step stands
+            exact_loss = {fw_name: side.step(x.astype(np.float64), labels, lr) for fw_name, side in exact.items()}
+            results, final, states = judged(redone, exact_loss, last)
+        verdict = results + final if parted is not None else results  # a redone row answers for what it redid
         rows.append(StepRow(step + 1, lr, {src: losses[src], dst: losses[dst]}, abs(losses[dst] - losses[src]),
-                            diff / norm if norm else (0.0 if diff == 0 else math.inf), worst,
-                            all(c.passed for c in results)))
+                            diff / norm if norm else (0.0 if diff == 0 else math.inf), _worst(verdict),
+                            all(c.passed for c in verdict), parted))
         if progress is not None:
             progress(step + 1, settings.steps)
-    final = [judge(k, "param" if src_slots[k].trainable else "buffer", cand_state[k], ref_state[k], tol,
-                   truths(k)) for k in src_slots if k in cand_state]
-    final += _moment_comparisons(pair, sides, exact, src, dst, tol, optimizer_state)
     return AlignReport(pair.origin, settings, config, rows, final, notes)
+
+
+def _truths(exact_state: dict[str, dict[str, np.ndarray]] | None, dst: str, src: str,
+            key: str) -> tuple[np.ndarray | None, np.ndarray | None] | None:
+    """The (candidate, reference) float64 values of a tensor, for judge; None in float64 runs."""
+    return (exact_state[dst].get(key), exact_state[src].get(key)) if exact_state else None
 
 
 def _output_layout(side: _Side, shape: tuple[int, ...], dtype: str) -> tuple[int, tuple[int, ...]]:
@@ -260,7 +353,7 @@ def _in_source_naming(pair: Any, state: dict[str, np.ndarray], framework: str, s
 
 
 def _moment_comparisons(pair: Any, sides: dict[str, _Side], exact: dict[str, _Side] | None, src: str, dst: str,
-                        tol: Tolerance, optimizer_state: Any) -> list[Comparison]:
+                        tol: Tolerance) -> list[Comparison]:
     slots = sides[src].fw.slots(sides[src].model)
     ref = sides[src].moments()
     cand = optimizer_state.translate(sides[dst].moments(), slots, src, f"{dst} optimizer state", pair=pair)
@@ -294,14 +387,15 @@ def align_config(**values: Any) -> TrainConfig:
 
 
 def table(report: AlignReport) -> str:
-    """One row per step, the first drifting step marked; then the final worst tensors."""
+    """One row per step, the first drifting step and the re-anchored ones marked; then the final worst tensors."""
     from crossattn.report import table as render
 
     src, dst = report.settings.source, report.settings.target
     drift = report.first_drift
     rows = []
     for row in report.rows:
-        mark = "<- first drift" if drift is not None and row.step == drift.step else ""
+        mark = ("<- first drift" if drift is not None and row.step == drift.step else
+                "re-anchored" if row.reanchored else "")
         rows.append([str(row.step), f"{row.lr:.3g}", f"{row.loss[src]:.10g}", f"{row.loss[dst]:.10g}",
                      f"{row.loss_diff:.2e}", f"{row.param_norm_rel:.2e}", row.worst.tensor,
                      f"{row.worst.severity:.2g}", "PASS" if row.passed else "FAIL", mark])
@@ -310,14 +404,19 @@ def table(report: AlignReport) -> str:
     final_fail = [c for c in report.final if not c.passed]
     worst = report.worst_final
     tol = report.settings.tolerance
-    lines = [text, f"after step {len(report.rows)}: {len(report.final)} tensors compared (parameters, buffers, "
-                   f"optimizer moments), {len(final_fail)} outside tolerance"
-                   + (f"; worst {worst.tensor} (max abs {worst.max_abs:.2e}, norm-rel {worst.norm_rel:.2e})"
-                      if worst else "")]
+    lines = [text]
+    if report.reanchors:
+        lines.append(f"{report.reanchors} step(s) {REANCHOR_NOTE} (the float64 trajectories agreed; the run "
+                     f"continued from there)")
+    lines.append(f"after step {len(report.rows)}: {len(report.final)} tensors compared (parameters, buffers, "
+                 f"optimizer moments), {len(final_fail)} outside tolerance"
+                 + (f"; worst {worst.tensor} (max abs {worst.max_abs:.2e}, norm-rel {worst.norm_rel:.2e})"
+                    if worst else ""))
     for c in sorted(final_fail, key=lambda c: -c.severity)[:10]:
         lines.append(f"  FAIL {c.tensor}: max abs {c.max_abs:.2e}, norm-rel {c.norm_rel:.2e}"
                      + (f" ({c.note})" if c.note else ""))
-    verdict = ("PASS: every step within tolerance" if report.passed else
+    verdict = ("PASS: every step within tolerance" + (f", {report.reanchors} re-anchored" if report.reanchors else "")
+               if report.passed else
                f"FAIL: first drift at step {drift.step}, tensor {drift.worst.tensor}" if drift else
                "FAIL: the steps stayed within tolerance, the final state did not")
     lines.append(f"{verdict} ({report.settings.dtype}, atol {tol.atol:g}, rtol {tol.rtol:g}, "
@@ -354,6 +453,8 @@ def plot(report: AlignReport, path: Any) -> bool:
     bottom.semilogy(steps, [max(row.param_norm_rel, tiny) for row in report.rows], "-s", markersize=3,
                     label="parameters, norm-relative")
     bottom.axhline(report.settings.tolerance.rtol, color="grey", linestyle=":", label="rtol")
+    for n, row in enumerate(row for row in report.rows if row.reanchored):
+        bottom.axvline(row.step, color="orange", linestyle=":", alpha=0.7, label="re-anchored" if n == 0 else None)
     drift = report.first_drift
     if drift is not None:
         for axes in (top, bottom):

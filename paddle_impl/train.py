@@ -286,7 +286,7 @@ class Trainer:
     def load_translated(self, model_state: dict[str, np.ndarray], opt: optimizer_state.OptimizerState) -> None:
         """Weights and optimizer state carried over from the other framework (already in paddle's form)."""
         adapter.load_state(self.model, model_state)
-        self.optimizer.set_state_dict(optimizer_state.paddle_state_dict(opt, self.parameter_names()))
+        load_optimizer_record(self.model, self.optimizer, opt)
 
     def dropout_layers(self) -> list[str]:
         return [name for name, m in self.model.named_sublayers()
@@ -310,6 +310,13 @@ def optimizer_record(model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimiz
     content = {"optimizer": optimizer.state_dict(), "step": step, optimizer_state.NAMES_KEY: names,
                optimizer_state.HYPER_KEY: optimizer_state.hyperparameters(config)}
     return optimizer_state.read(optimizer_state.numpy_tree(content), FRAMEWORK)
+
+
+def load_optimizer_record(model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer,
+                          opt: optimizer_state.OptimizerState) -> None:
+    """`opt` (in paddle's naming and layout) into the live optimizer: moments and step count."""
+    names = {name: p.name for name, p in model.named_parameters() if not p.stop_gradient}
+    optimizer.set_state_dict(optimizer_state.paddle_state_dict(opt, names))
 
 
 def set_train_mode(model: paddle.nn.Layer, train: bool) -> list[str]:

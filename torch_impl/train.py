@@ -278,11 +278,7 @@ class Trainer:
     def load_translated(self, model_state: dict[str, np.ndarray], opt: optimizer_state.OptimizerState) -> None:
         """Weights and optimizer state carried over from the other framework (already in torch's form)."""
         adapter.load_state(self.model, model_state)
-        template = self.optimizer.state_dict()["param_groups"]
-        native = optimizer_state.torch_state_dict(opt, self.parameter_names(), template)
-        native["state"] = {i: {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in entry.items()}
-                           for i, entry in native["state"].items()}
-        self.optimizer.load_state_dict(native)
+        load_optimizer_record(self.model, self.optimizer, opt)
 
     def dropout_layers(self) -> list[str]:
         return [name for name, m in self.model.named_modules()
@@ -307,6 +303,18 @@ def optimizer_record(model: torch.nn.Module, optimizer: torch.optim.Optimizer, c
     content = {"optimizer": optimizer.state_dict(), "step": step, optimizer_state.NAMES_KEY: names,
                optimizer_state.HYPER_KEY: optimizer_state.hyperparameters(config)}
     return optimizer_state.read(optimizer_state.numpy_tree(content), FRAMEWORK)
+
+
+def load_optimizer_record(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                          opt: optimizer_state.OptimizerState) -> None:
+    """`opt` (in torch's naming and layout) into the live optimizer: moments and step count."""
+    device = next(model.parameters()).device
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    native = optimizer_state.torch_state_dict(opt, names, optimizer.state_dict()["param_groups"])
+    # np.array, not np.ascontiguousarray: Adam's 0-d step count must stay 0-d to be read back
+    native["state"] = {i: {k: torch.from_numpy(np.array(v, order="C")).to(device) for k, v in entry.items()}
+                       for i, entry in native["state"].items()}
+    optimizer.load_state_dict(native)
 
 
 def set_train_mode(model: torch.nn.Module, train: bool) -> list[str]:
