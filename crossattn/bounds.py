@@ -227,7 +227,8 @@ def require_check_fits(spec: Any, command: str = "check", parameters_dominate: b
     # float64 in both frameworks. Per parameter about ten copies are alive at the peak (each framework's
     # value and gradient, the numpy initial state, state dicts read back and transferred); per forward
     # value two (the value kept for backward and its gradient) in each framework. On SE-ResNet-152 this
-    # predicts 5.7 GB against a measured peak RSS of 5.6 GB.
+    # predicts 5.7 GB against a measured peak RSS of 3.5 GB (an upper bound, since check
+    # shares steps between directions and keeps only the custom tensors of a model as built).
     needed = 8 * (10 * params + 4 * activations) + (input_lower_bound(shape) if shape is not None else 0)
     what = (f"`{command}` ({params:,} parameter values, {activations:,} values computed by the forward"
             f"{' at input_shape ' + str(list(shape)) if shape is not None else ''})")

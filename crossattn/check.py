@@ -33,7 +33,7 @@ import numpy as np
 from crossattn.compare import Comparison, compare, judge
 from crossattn.conventions import replay_running_stats, shared_bn_rule
 from crossattn.frameworks import adapter
-from crossattn.init import initial_state
+from crossattn.init import custom_state, initial_state
 from crossattn.model_pair import ModelPair, renamed_slots
 from crossattn.spec import Spec
 from crossattn.tolerances import Tolerance, tolerance_for
@@ -170,12 +170,13 @@ class BuiltTwins:
         self._built: dict[str, tuple[Any, dict[str, Slot], dict[str, np.ndarray]]] = {}
 
     def get(self, framework: str) -> tuple[Any, dict[str, Slot], dict[str, np.ndarray]]:
-        """(model, slots, state as built): the state feeds the custom parameters' initial values."""
+        """(model, slots, custom tensors as built): they feed the custom parameters' initial values."""
         if framework not in self._built:
             fw = adapter(framework)
             fw.setup("cpu")
             model = fw.to_dtype(self.models.build(framework), self.dtype)
-            self._built[framework] = (model, fw.slots(model), fw.state(model))
+            slots = fw.slots(model)
+            self._built[framework] = (model, slots, custom_state(slots, fw.state(model)))
         return self._built[framework]
 
 

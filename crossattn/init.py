@@ -76,9 +76,16 @@ def _draw(slot: Slot, torch_name: str, shape: tuple[int, ...], weight_shapes: Ma
 STANDARD_KINDS = ("conv", "linear", "embedding", "mha", "batchnorm", "layernorm", "groupnorm", "instancenorm")
 
 
+def custom_state(slots: Mapping[str, Slot], state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The values `initial_state` takes from a model as built: its custom tensors' (standard layers draw all
+    of theirs), so a large model's state as built need not be kept."""
+    return {k: v for k, v in state.items() if k in slots and slots[k].kind not in STANDARD_KINDS}
+
+
 def initial_state(slots: Mapping[str, Slot], native: Mapping[str, np.ndarray], framework: str, seed: int,
                   mode: InitMode = "default", draws: dict | None = None) -> dict[str, np.ndarray]:
-    """Numpy state for a model whose slots are `slots`; `native` supplies custom parameters.
+    """Numpy state for a model whose slots are `slots`; `native` supplies custom parameters (it may hold only
+    those: see `custom_state`).
 
     `draws`, when given, keeps each draw of a standard layer, by everything it depends on, until its
     next use: the other twin's state (the same values) then costs no second draw."""
@@ -95,8 +102,9 @@ def initial_state(slots: Mapping[str, Slot], native: Mapping[str, np.ndarray], f
         if memo is not None and memo in draws:
             value = draws.pop(memo)
         else:
-            value = np.asarray(_draw(slot, torch_name, torch_shape, weight_shapes, np.asarray(native[key]), mode,
-                                     _rng(seed, key_torch)))
+            own = native.get(key) if slot.kind in STANDARD_KINDS else native[key]  # standard layers draw theirs
+            value = np.asarray(_draw(slot, torch_name, torch_shape, weight_shapes,
+                                     None if own is None else np.asarray(own), mode, _rng(seed, key_torch)))
             if memo is not None:
                 draws[memo] = value
         if torch_shape != slot.shape:
