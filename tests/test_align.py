@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import importlib
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -115,10 +116,10 @@ def test_float32_steps_pass_the_float32_rule(tmp_path, optimizer, source):
 PLANTED = "stages.1.0.conv1.weight"
 
 
-def plant_parting(monkeypatch, framework: str, name: str, at_step: int, size: float = 1e-3) -> None:
-    """After its `at_step`-th float32 step, `framework` nudges parameter `name` once by `size` of its norm: what a
-    kink crossing does to a free-running float32 trajectory (a jump far past rounding), while every step, the
-    re-done one included, is computed correctly."""
+def plant_after_steps(monkeypatch, framework: str, name: str, steps: Callable[[int], bool],
+                      change: Callable[[np.ndarray], np.ndarray]) -> None:
+    """After each float32 step k of `framework` for which `steps(k)` holds, parameter `name` is replaced by
+    `change(its value)`; float64 runs are never touched."""
     loop = importlib.import_module(f"{framework}_impl.train")
     real = loop.step_arrays
     taken: collections.Counter = collections.Counter()
@@ -127,18 +128,26 @@ def plant_parting(monkeypatch, framework: str, name: str, at_step: int, size: fl
         loss = real(model, optimizer, x, labels, lr)
         if x.dtype == np.float32:
             taken[id(model)] += 1
-            if taken[id(model)] == at_step:
+            if steps(taken[id(model)]):
                 param = dict(model.named_parameters())[name]
                 value = param.detach().numpy() if framework == "torch" else param.numpy()
-                nudge = size * np.linalg.norm(value) / np.sqrt(value.size)
+                new = np.ascontiguousarray(change(value), dtype=value.dtype)
                 if framework == "torch":
                     with torch.no_grad():
-                        param.add_(nudge)
+                        param.copy_(torch.from_numpy(new))
                 else:
-                    param.set_value((value + nudge).astype(value.dtype))
+                    param.set_value(new)
         return loss
 
     monkeypatch.setattr(loop, "step_arrays", step_arrays)
+
+
+def plant_parting(monkeypatch, framework: str, name: str, at_step: int, size: float = 1e-3) -> None:
+    """After its `at_step`-th float32 step, `framework` nudges parameter `name` once by `size` of its norm: what a
+    kink crossing does to a free-running float32 trajectory (a jump far past rounding), while every step, the
+    re-done one included, is computed correctly."""
+    plant_after_steps(monkeypatch, framework, name, lambda k: k == at_step,
+                      lambda v: v + size * np.linalg.norm(v) / np.sqrt(v.size))
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
@@ -165,24 +174,8 @@ def test_parted_trajectories_are_re_anchored_and_pass(tmp_path, monkeypatch, opt
 def plant_float16_parameter(monkeypatch, framework: str, name: str, from_step: int) -> None:
     """From its `from_step`-th float32 step on, `framework` rounds parameter `name` through float16 after each
     update: a float32-only defect (a parameter kept in half precision) that float64 runs never see."""
-    loop = importlib.import_module(f"{framework}_impl.train")
-    real = loop.step_arrays
-    taken: collections.Counter = collections.Counter()
-
-    def step_arrays(model, optimizer, x, labels, lr):
-        loss = real(model, optimizer, x, labels, lr)
-        if x.dtype == np.float32:
-            taken[id(model)] += 1
-            if taken[id(model)] >= from_step:
-                param = dict(model.named_parameters())[name]
-                if framework == "torch":
-                    with torch.no_grad():
-                        param.copy_(param.half().float())
-                else:
-                    param.set_value(param.astype("float16").astype("float32"))
-        return loss
-
-    monkeypatch.setattr(loop, "step_arrays", step_arrays)
+    plant_after_steps(monkeypatch, framework, name, lambda k: k >= from_step,
+                      lambda v: v.astype(np.float16).astype(np.float32))
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
