@@ -62,6 +62,7 @@ class CheckCase:
     notes: list[str]
     copied: int = 0  # tensors the transfer copied
     probe: str = "normal"  # which input (see PROBES)
+    retried: bool = False  # float32: judged on a second input after the first failed on rounding alone
 
     @property
     def passed(self) -> bool:
@@ -77,7 +78,7 @@ class CheckCase:
 
     def to_json(self) -> dict:
         return {"spec": self.spec, "direction": self.direction, "mode": self.mode, "probe": self.probe,
-                "passed": self.passed,
+                "passed": self.passed, "second_input": self.retried,
                 "transfer": self.transfer, "notes": self.notes,
                 "comparisons": [c.to_json() for c in self.comparisons]}
 
@@ -282,14 +283,54 @@ def check_spec(spec: ModelPair | Spec, directions: Sequence[str] = DIRECTIONS, m
     for pair in pairs[1:]:
         steps.share_states(pair, pairs[0])
     judged: dict[tuple[int, str, str], CheckCase] = {}
+
+    def case(pair: TwinPair, mode: str, probe: str) -> CheckCase:
+        first = _check_case(spec, pair, mode, tol, seed, dtype, probe, truth, steps)
+        if truth is None or first.passed or not all(c.truths_agree for c in first.failures):
+            return first
+        return _second_input(spec, pair, mode, tol, seed, dtype, probe, truth, first)
+
     for mode in modes:  # mode by mode: a step shared between directions is held only until its second use
         for index, pair in enumerate(pairs):
-            judged[index, mode, "normal"] = _check_case(spec, pair, mode, tol, seed, dtype, "normal", truth, steps)
+            judged[index, mode, "normal"] = case(pair, mode, "normal")
     for probe in probes:
-        judged[0, "eval", probe] = _check_case(spec, pairs[0], "eval", tol, seed, dtype, probe, truth, steps)
+        judged[0, "eval", probe] = case(pairs[0], "eval", probe)
     order = [(index, mode, "normal") for index in range(len(pairs)) for mode in modes]
     order[len(modes):len(modes)] = [(0, "eval", probe) for probe in probes]
     return [judged[key] for key in order]
+
+
+#: the seed offset of the second input a float32 case is re-run on (see `_second_input`)
+SECOND_INPUT = 7919
+
+
+def _second_input(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed: int, dtype: str, probe: str,
+                  truth: "Float64Truth", first: CheckCase) -> CheckCase:
+    """A float32 case that failed only on rounding (both frameworks' float64 results agree), run again on a
+    second input of the same probe.
+
+    A float32 result can land on the other side of a non-smooth point than its
+    own float64 result: a ReLU input or a max-pool near-tie within rounding of
+    its kink, so one framework's gradient takes the other branch there (measured
+    on GCNet at 40x40, negative probe: paddle's input gradient 2333x past
+    rounding, traced by `diff` to the ReLU after stages.0.1.bn1, with the
+    float64 results 1.7e-15 apart). Such a near-tie belongs to one input; a
+    float32 defect (half-precision arithmetic, a constant held too coarsely)
+    shows on every input. So the case passes if the second input passes, and
+    the first input's failure is kept in its notes; else the first result stands.
+    """
+    second = _check_case(spec, pair, mode, tol, seed + SECOND_INPUT, dtype, probe, truth, None, shared=False)
+    worst = first.worst
+    said = (f"the first {probe} input failed on float32 rounding alone ({worst.tensor}: "
+            f"{worst.severity:.3g}x its bound; both frameworks' float64 results agree)")
+    if second.passed:
+        second.notes.insert(0, said + "; a second input of the same probe (seed + "
+                            f"{SECOND_INPUT}) passes: a near-tie at a non-smooth point (a ReLU or max-pool kink), "
+                            "not a float32 defect")
+        second.retried = True
+        return second
+    first.notes.insert(0, said + f"; a second input (seed + {SECOND_INPUT}) failed too: {second.worst.tensor}")
+    return first
 
 
 def _same_state(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
@@ -358,16 +399,18 @@ class Judge:
 
 def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed: int, dtype: str,
                 probe: str = "normal", truth: Float64Truth | None = None,
-                steps: "StepCache | None" = None) -> CheckCase:
+                steps: "StepCache | None" = None, shared: bool = True) -> CheckCase:
+    """One direction, mode and probe; `shared` false: its steps are this case's own (a second input)."""
     train = mode == "train"
     x, cotangent = _inputs(spec, seed, dtype, probe)
     steps = steps or StepCache()
-    ref = steps.step(pair.src, pair.src_model, pair.src_fw, pair.src_init, x, cotangent, train, probe)
-    got = steps.step(pair.dst, pair.dst_model, pair.dst_fw, pair.dst_init, x, cotangent, train, probe)
+    key = probe if shared else f"{probe}, second input"  # caches share only "normal" steps
+    ref = steps.step(pair.src, pair.src_model, pair.src_fw, pair.src_init, x, cotangent, train, key)
+    got = steps.step(pair.dst, pair.dst_model, pair.dst_fw, pair.dst_init, x, cotangent, train, key)
     ref64 = got64 = None
     if truth is not None:
-        ref64 = truth.step(pair.src_fw, pair.src_init, x, cotangent, train, probe)
-        got64 = truth.step(pair.dst_fw, pair.dst_init, x, cotangent, train, probe)
+        ref64 = truth.step(pair.src_fw, pair.src_init, x, cotangent, train, key)
+        got64 = truth.step(pair.dst_fw, pair.dst_init, x, cotangent, train, key)
     judged = Judge(tol, truth is not None)
     pick = (lambda result, attr: getattr(result, attr) if result is not None else None)
     comparisons = [judged("output", "output", got.output, ref.output, pick(got64, "output"), pick(ref64, "output")),

@@ -29,6 +29,8 @@ class Comparison:
     rtol: float
     #: error in units of what is allowed: > 1 fails (nan when not a numeric comparison)
     score: float = math.nan
+    #: float32 rule only: whether both frameworks' float64 results agreed (a failure is then float32 rounding's)
+    truths_agree: bool | None = None
 
     def to_json(self) -> dict:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -199,7 +201,7 @@ def judge(name: str, category: str, reference: np.ndarray, candidate: np.ndarray
         parts.append(exact.note)
     truth_score = exact.score if not exact.passed else min(exact.score, 1.0)
     return Comparison(name, category, max_abs, norm_rel, cosine, exact.passed and accuracy <= 1, _join(*parts),
-                      tol.atol, tol.rtol, max(truth_score, accuracy))
+                      tol.atol, tol.rtol, max(truth_score, accuracy), exact.passed)
 
 
 def within_rounding_budget(result: Comparison, candidate: np.ndarray, reference: np.ndarray, exact: np.ndarray,
