@@ -63,6 +63,10 @@ SECOND_BATCH_NOTE = ("the step from the shared state failed on float32 rounding 
                      "batch from that state passes: a near-tie at a non-smooth point of this batch")
 #: seeds the second batch a step from a shared state is judged on (see `align`)
 SECOND_BATCH = 7919
+#: float32: when both float32 trajectories are this far (of scale) from their float64 ones, all four sides
+#: are re-synchronised on the reference's float32 state. The float32 rule compares the two distances, so
+#: left to grow they would let a defect of that size pass; 1e-4 is about 800 float32 epsilons.
+RESYNC_DRIFT = 1e-4
 #: the TrainConfig fields align takes (optimizer, schedule); a schedule's "epoch" is one step here
 CONFIG_KEYS = ("optimizer", "lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "momentum",
                "nesterov", "schedule", "warmup_epochs", "step_epochs", "step_gamma", "min_lr", "bn_stats")
@@ -103,6 +107,8 @@ class StepRow:
     #: float32 only: the worst comparison of the step from the shared state where that failed on rounding
     #: alone and a second batch from the same state passed (`worst` and `passed` are then the second batch's)
     near_tie: Comparison | None = None
+    #: float32 only: after this step all four sides were put on the reference's float32 state (RESYNC_DRIFT)
+    resynced: bool = False
 
     @property
     def reanchored(self) -> bool:
@@ -117,7 +123,7 @@ class StepRow:
             reanchor.update(note=SECOND_BATCH_NOTE, shared_state_worst=self.near_tie.to_json())
         return {"step": self.step, "lr": self.lr, "loss": self.loss, "loss_diff": self.loss_diff,
                 "param_norm_rel": self.param_norm_rel, "worst": self.worst.to_json(), "passed": self.passed,
-                "reanchored": reanchor}
+                "reanchored": reanchor, "resynced": self.resynced}
 
 
 @dataclasses.dataclass
@@ -294,6 +300,16 @@ def align(pair: Any, config: TrainConfig, settings: AlignSettings,
             checks += _moment_comparisons(pair, exact, None, src, dst, tol)  # float64 moments, judged directly
         return all(c.passed for c in checks)
 
+    def drifted(states: dict) -> bool:
+        """Whether both float32 trajectories have left their float64 ones by RESYNC_DRIFT of scale."""
+        ref64, cand64 = states["exact"][src], states["exact"][dst]
+
+        def distance(a: dict, b: dict) -> float:
+            return math.sqrt(sum(float(np.sum((a[k].astype(np.float64) - b[k]) ** 2)) for k in trainable))
+
+        scale = math.sqrt(sum(float(np.sum(ref64[k] ** 2)) for k in trainable)) or 1.0
+        return min(distance(states["ref"], ref64), distance(states["cand"], cand64)) > RESYNC_DRIFT * scale
+
     def _second_batch(step: int, anchor: Any, lr: float, last: bool) -> tuple[list[Comparison], list[Comparison]] | None:
         """The same step from the same shared state on a second batch, when the first failed on float32
         rounding alone: a ReLU input or max-pool near-tie within rounding of its kink belongs to one batch, a
@@ -348,9 +364,15 @@ def align(pair: Any, config: TrainConfig, settings: AlignSettings,
             if second is not None:
                 near_tie, (results, final) = _worst(results + final), second
         verdict = results + final if parted is not None else results  # a redone row answers for what it redid
+        passed = all(c.passed for c in verdict)
+        resync = bool(exact) and passed and not last and all(row.passed for row in rows) and drifted(states)
+        if resync:
+            after = sides[src].snapshot()
+            for side in (sides[dst], exact[src], exact[dst]):
+                side.load_from(after, pair)
         rows.append(StepRow(step + 1, lr, {src: losses[src], dst: losses[dst]}, abs(losses[dst] - losses[src]),
                             diff / norm if norm else (0.0 if diff == 0 else math.inf), _worst(verdict),
-                            all(c.passed for c in verdict), parted, near_tie))
+                            passed, parted, near_tie, resync))
         if progress is not None:
             progress(step + 1, settings.steps)
     return AlignReport(pair.origin, settings, config, rows, final, notes)
@@ -444,6 +466,10 @@ def table(report: AlignReport) -> str:
     if report.reanchors:
         lines.append(f"{report.reanchors} step(s) {REANCHOR_NOTE} (the float64 trajectories agreed; the run "
                      f"continued from there)")
+    synced = [row.step for row in report.rows if row.resynced]
+    if synced:
+        lines.append(f"after step(s) {', '.join(map(str, synced))} both float32 trajectories were {RESYNC_DRIFT:g} of "
+                     f"scale from their float64 ones: all sides re-synchronised on the reference's float32 state")
     ties = [row.step for row in report.rows if row.reanchored and row.near_tie is not None]
     if ties:
         lines.append(f"step(s) {', '.join(map(str, ties))}: {SECOND_BATCH_NOTE}")

@@ -315,3 +315,24 @@ def test_resnet18_non_local_stays_aligned(tmp_path, dtype, optimizer, source):
     report = align(pair_of(RESNET18_NL, tmp_path), align_config(steps=steps, **SLOW_OPTIMIZERS[optimizer]),
                    AlignSettings(steps=steps, batch_size=8, source=source, dtype=dtype))
     assert_aligned(report, steps)
+
+
+@pytest.mark.parametrize("planted", [False, True])
+def test_resynchronised_trajectories_keep_the_verdict(tmp_path, monkeypatch, planted):
+    """Both float32 trajectories far from float64 would weaken the rule (it compares their distances), so past
+    RESYNC_DRIFT all sides are put on the reference's float32 state. Forced after every step here: equal twins
+    still pass, and the float16 defect still fails at its first step."""
+    import crossattn.align as align_module
+
+    monkeypatch.setattr(align_module, "RESYNC_DRIFT", 0.0)
+    if planted:
+        plant_float16_parameter(monkeypatch, "paddle", PLANTED, from_step=3)
+    report = run(pair_of(NON_LOCAL_RESNET, tmp_path), "adam", steps=5, dtype="float32")
+    if planted:
+        assert report.first_drift is not None and report.first_drift.step == 3
+        assert report.first_drift.worst.tensor == PLANTED
+    else:
+        assert_aligned(report, steps=5)
+    assert [row.step for row in report.rows if row.resynced] == ([1, 2] if planted else [1, 2, 3, 4])
+    assert report.to_json()["steps"][0]["resynced"] is True
+    assert "re-synchronised on the reference's float32 state" in table(report)
