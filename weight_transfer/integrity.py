@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import pickletools
 import zipfile
 from collections.abc import Mapping
@@ -80,13 +81,25 @@ def verify_pickle(path: str | os.PathLike) -> bool:
     damaged, or stray bytes) is DamagedCheckpoint: paddle.save writes nothing there.
     """
     path = Path(path)
-    end = _pickle_end(path)
     size = path.stat().st_size
+    if size > TRAILER_LEN:  # a trailer where one is written: its SHA-256 then proves every byte before it
+        with open(path, "rb") as handle:
+            handle.seek(size - TRAILER_LEN - 1)
+            tail = handle.read(TRAILER_LEN + 1)
+        if tail[:1] == pickle.STOP and tail[1:].startswith(TRAILER_MAGIC) and tail.endswith(b"\n"):
+            return _trailer_matches(path, size - TRAILER_LEN, tail[1:])
+    end = _pickle_end(path)  # no trailer at the end: walk the opcodes to tell "none" from stray bytes
     if end == size:
         return False
     with open(path, "rb") as handle:
         handle.seek(end)
         tail = handle.read(TRAILER_LEN + 1)
+    return _trailer_matches(path, end, tail)
+
+
+def _trailer_matches(path: Path, end: int, tail: bytes) -> bool:
+    """The trailer `tail` found at `end` is well formed and holds the SHA-256 of the bytes before it."""
+    size = path.stat().st_size
     recorded = tail[len(TRAILER_MAGIC):-1]
     if len(tail) != TRAILER_LEN or not tail.startswith(TRAILER_MAGIC) or not tail.endswith(b"\n") \
             or not all(c in b"0123456789abcdef" for c in recorded):
