@@ -11,9 +11,10 @@ meta device, paddle's LazyGuard): reading their slots costs no initialisation.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,7 @@ def convert(src: str | Path, dst: str | Path, twins: ModelPair, to: str | None =
     entries = _training_entries(raw, located, target, dst_format, twins, report.notes)
 
     def write_and_verify(tmp: Path) -> None:
+        nonlocal raw, located, entries
         if entries:
             optimizer_state.write_training_checkpoint(tmp, dst_format, out, entries)
         else:
@@ -183,7 +185,9 @@ def convert(src: str | Path, dst: str | Path, twins: ModelPair, to: str | None =
         report.bytes_written = tmp.stat().st_size
         report.seconds = time.perf_counter() - started
         if verify:
-            report.verification = verify_files(twins, located, tmp, dst_format, target, seed, out, full_verify)
+            source, reread = located, _rereader(src, trust_pickle, twins, located)
+            raw = located = entries = None  # the source's arrays now live only in `source`, which verification lets go
+            report.verification = verify_files(twins, source, tmp, dst_format, target, seed, out, full_verify, reread)
             if not report.verification.passed:
                 raise _VerificationFailed(report.verification)
 
@@ -297,29 +301,36 @@ def validated(weights: Mapping[str, np.ndarray], slots: Mapping[str, Slot], fram
 
 def verify_files(twins: ModelPair, located: Located, written: Path, dst_format: str, target: str,
                  seed: int = 0, expected: dict[str, np.ndarray] | None = None,
-                 full: bool = False) -> Verification:
+                 full: bool = False, reread: Callable[[], Mapping[str, np.ndarray]] | None = None) -> Verification:
     """Read the written file back and prove it holds the source's weights, then run both twins on it.
 
     1. Every tensor as read back, mapped back through the transfer rules (and
        the pair's name map), equals bit for bit the source tensor (cast to the
-       twin's dtype, as the transfer casts); tensors the target fills equal
-       what was written (`expected`, which is emptied: the caller has written
-       it). Tensor by tensor: no second copy of the checkpoint is made.
+       twin's dtype, as the transfer casts): compared by SHA-256 digests of
+       dtype, shape and bytes, so the source's arrays are let go before the
+       file is read and the two are never resident together; `reread` gives
+       the source again only to say by how much a tensor that differs differs.
+       Tensors the target fills equal what was written (`expected`, which is
+       emptied: the caller has written it).
     2. Both twins, one with the source's weights and one with the file as
        read back, run forward in eval mode (every weight and running
        statistic in use) on the pair's input in the twins' own dtype; their
-       outputs must agree within that dtype's tolerance. One model is alive at
-       a time and the file's arrays are handed over to the model as it is
-       filled, so memory stays near twice the file. Train mode is left to the
-       float64 forward: in float32 a train-mode BatchNorm over a few values per
-       channel amplifies rounding past any tight bound, and it uses no weight
-       that eval mode does not.
+       outputs must agree within that dtype's tolerance. The source's forward
+       runs before the file is read back, the arrays handed over to the model
+       as it is filled: one checkpoint's worth of arrays is alive at a time.
+       Train mode is left to the float64 forward: in float32 a train-mode
+       BatchNorm over a few values per channel amplifies rounding past any
+       tight bound, and it uses no weight that eval mode does not.
     3. With `full`, both modes again in float64 (tolerance of float64).
+
+    `located.weights` is emptied: the caller holds no other reference to the
+    source's arrays, so their memory goes back before the file is read.
     """
     started = time.perf_counter()
     source_fw = located.framework
     source_slots = twins.slots(source_fw)
     source_state = dict(located.weights)
+    located.weights.clear()
     if source_fw != target:  # the transfer cast each tensor to the twin's dtype: so does the reference
         source_state = {k: _as_slot_dtype(v, source_slots.get(k)) for k, v in source_state.items()}
     for key in optional_keys(source_slots, source_fw) - set(source_state):
@@ -327,31 +338,53 @@ def verify_files(twins: ModelPair, located: Located, written: Path, dst_format: 
     # what was written is checked through the source; keep only what has no source tensor (filled values),
     # so the transposed copies made for writing are gone before the file is read back
     written_keys = set(expected) if expected is not None else None
-    mapped = set(_file_keys(twins, source_slots, source_state, source_fw, target).values())
+    file_keys = _file_keys(twins, source_slots, source_state, source_fw, target)
+    mapped = set(file_keys.values())
     filled = {k: v for k, v in (expected or {}).items() if k not in mapped}
     if expected is not None:
         expected.clear()
-    raw = read_checkpoint(written, fmt=dst_format)  # a temp name: its extension is not its format
-    read_back = dict(locate_weights(raw, twins.slots, [target]).weights)
-    del raw
-    comparisons = [_tensors_as_written(twins, read_back, written_keys, filled, source_state, source_fw, source_slots,
-                                       target)]
+    digests = {key: _digest(source_state[key]) for key in file_keys}
     dtype = _float_dtype(twins.slots(target))
     tol = tolerance_for(dtype) if dtype == "float64" else FLOAT32_DIRECT  # no float64 runs here
     x = np.random.default_rng([seed, 1]).standard_normal(twins.input_shape).astype(dtype)
+    reference64 = _outputs(twins, source_fw, source_state, seed) if full else None
+    reference = _lazy_output(twins, source_fw, source_state, x)  # consumes source_state: the source is let go
+    del source_state
+    release_freed_memory()
+    raw = read_checkpoint(written, fmt=dst_format)  # a temp name: its extension is not its format
+    read_back = dict(locate_weights(raw, twins.slots, [target]).weights)
+    del raw
+    comparisons = [_tensors_as_written(twins, read_back, written_keys, filled, digests, file_keys, source_fw,
+                                       source_slots, target, reread)]
     state64 = dict(read_back) if full else None
     candidate = _lazy_output(twins, target, read_back, x)  # consumes read_back
     del read_back
-    reference = _lazy_output(twins, source_fw, dict(source_state), x)
     comparisons.append(compare(f"output [eval, {dtype}]", "output", candidate, reference, tol))
     if full:
         tol64 = tolerance_for("float64")
         candidate = _outputs(twins, target, state64, seed)
         del state64
-        reference = _outputs(twins, source_fw, source_state, seed)
-        comparisons += [compare(f"output [{mode}, float64]", "output", candidate[mode], reference[mode], tol64)
+        comparisons += [compare(f"output [{mode}, float64]", "output", candidate[mode], reference64[mode], tol64)
                         for mode in MODES]
     return Verification(comparisons, time.perf_counter() - started, tol, "full" if full else "fast")
+
+
+def _digest(value: np.ndarray) -> tuple[str, tuple[int, ...], bytes]:
+    """What bit-for-bit equality compares: dtype, shape and the SHA-256 of the bytes in C order."""
+    value = np.asarray(value)
+    data = np.ascontiguousarray(value).reshape(-1).view(np.uint8) if value.size else b""
+    return value.dtype.str, value.shape, hashlib.sha256(data).digest()
+
+
+def _rereader(src: Path, trust_pickle: bool, twins: ModelPair, located: Located
+              ) -> Callable[[], Mapping[str, np.ndarray]]:
+    """The source's weights read again, as they were found (for the size of a difference only)."""
+    framework, key, prefix = located.framework, located.key, located.prefix
+
+    def reread() -> Mapping[str, np.ndarray]:
+        return locate_weights(read_checkpoint(src, trust_pickle), twins.slots, [framework], key, prefix).weights
+
+    return reread
 
 
 def _file_keys(twins: ModelPair, source_slots: Mapping[str, Slot], source_state: Mapping[str, np.ndarray],
@@ -371,11 +404,12 @@ def _file_keys(twins: ModelPair, source_slots: Mapping[str, Slot], source_state:
 
 
 def _tensors_as_written(twins: ModelPair, read_back: Mapping[str, np.ndarray], written_keys: set[str] | None,
-                        filled: Mapping[str, np.ndarray], source_state: Mapping[str, np.ndarray], source_fw: str,
-                        source_slots: Mapping[str, Slot], target: str) -> Comparison:
+                        filled: Mapping[str, np.ndarray], digests: Mapping[str, tuple], file_keys: Mapping[str, str],
+                        source_fw: str, source_slots: Mapping[str, Slot], target: str,
+                        reread: Callable[[], Mapping[str, np.ndarray]] | None = None) -> Comparison:
     """Bit-for-bit, tensor by tensor (no second copy of the checkpoint): every tensor of the file mapped
-    back through the transfer rules against the source tensor, the tensors the target fills against
-    the values given, and the file's keys against those written."""
+    back through the transfer rules against the source tensor's digest, the tensors the target fills
+    against the values given, and the file's keys against those written."""
     problems: list[tuple[str, float]] = []
     if written_keys is not None:
         problems += [(f"`{k}` not in the file", math.inf) for k in sorted(written_keys) if k not in read_back]
@@ -383,7 +417,8 @@ def _tensors_as_written(twins: ModelPair, read_back: Mapping[str, np.ndarray], w
     for key, value in filled.items():
         if key in read_back and not _same(read_back[key], value):
             problems.append((f"`{key}` differs from what was written", _max_abs(read_back[key], value)))
-    for key, file_key in _file_keys(twins, source_slots, source_state, source_fw, target).items():
+    differing: dict[str, np.ndarray] = {}
+    for key, file_key in file_keys.items():
         if file_key not in read_back:
             continue  # reported above
         if source_fw == target:
@@ -391,11 +426,17 @@ def _tensors_as_written(twins: ModelPair, read_back: Mapping[str, np.ndarray], w
         else:
             back, _ = twins.transfer({file_key: read_back[file_key]}, target, source_fw, {key: source_slots[key]},
                                      complete=False)
-        if key in back and not _same(back[key], source_state[key]):
-            problems.append((f"`{key}` differs from the source", _max_abs(back[key], source_state[key])))
+        if key in back and _digest(back[key]) != digests[key]:
+            differing[key] = back[key]
+    if differing:
+        source = reread() if reread is not None else {}
+        for key, value in differing.items():
+            original = _as_slot_dtype(source[key], source_slots.get(key)) if key in source else None
+            problems.append((f"`{key}` differs from the source",
+                             _max_abs(value, original) if original is not None else math.inf))
     checked = len(read_back)
     if not problems:
-        note = f"{checked} tensors read back, bit-identical to the source"
+        note = f"{checked} tensors read back, bit-identical to the source (SHA-256, tensor by tensor)"
         return Comparison("tensors", "tensors", 0.0, 0.0, 1.0, True, note, 0.0, 0.0)
     worst = max(error for _, error in problems)
     listed = "; ".join(what for what, _ in problems[:5]) + (f"; {len(problems) - 5} more" if len(problems) > 5 else "")

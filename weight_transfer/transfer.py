@@ -140,7 +140,8 @@ def transfer(source: Mapping[str, np.ndarray], source_framework: str, target_slo
         rule = rule_for(kind, name, source_framework) if kind else None
         other = rule and (rule.paddle_name if source_framework == "torch" else rule.torch_name)
         if rule is not None and other is None:
-            report.dropped[source_key] = np.asarray(source[source_key])
+            # a copy: a view would keep the source's whole buffer alive (torch's memory-mapped file)
+            report.dropped[source_key] = np.array(source[source_key], copy=True)
         elif complete:
             problems.append(f"unexpected `{source_key}` (shape {list(np.shape(source[source_key]))}): "
                             f"no {target_framework} tensor takes it")
