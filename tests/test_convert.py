@@ -417,6 +417,18 @@ def test_cli_exit_codes(tmp_path, monkeypatch, capsys):
 
 # --------------------------------------------------------------------------- review regressions
 
+@pytest.mark.parametrize("src_fmt, dst_fmt", [("pt", "pdparams"), ("pdparams", "pt")])
+def test_full_verification_adds_float64_forwards_in_both_modes(src_fmt, dst_fmt, tiny, tmp_path):
+    source = "torch" if src_fmt == "pt" else "paddle"
+    save_native(tmp_path / f"a.{src_fmt}", src_fmt, states(tiny)[source])
+    report = convert(tmp_path / f"a.{src_fmt}", tmp_path / f"b.{dst_fmt}", tiny, full_verify=True)
+    assert report.passed and report.written, report.lines()
+    names = [c.tensor for c in report.verification.comparisons]
+    assert names[:2] == ["tensors", "output [eval, float32]"]
+    assert {"output [train, float64]", "output [eval, float64]"} <= set(names)
+    assert all(c.max_abs <= 1e-9 for c in report.verification.comparisons if "float64" in c.tensor)
+
+
 def test_float64_checkpoint_converts_across_frameworks(tiny, tmp_path):
     """The transfer casts to the twin's float32; verification compares the conversion, not the cast."""
     state = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in states(tiny)["torch"].items()}
