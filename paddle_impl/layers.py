@@ -88,10 +88,16 @@ def layer_norm(shape: list[int], epsilon: float = LN_EPSILON) -> nn.Layer:
 
 
 def zero_init_layer(layer: nn.Layer) -> nn.Layer:
-    """Zero a layer's weight and bias, and mark it so numpy initialisation keeps it zero."""
+    """Zero a layer's weight and bias, and mark it so numpy initialisation keeps it zero.
+
+    Under LazyGuard a parameter has no value to set (as torch's meta tensors have
+    none to zero): a lazily built model gets every value from its state.
+    """
+    from paddle.nn.initializer.lazy_init import lazy_init_helper
+
     for name in ("weight", "bias"):
         param = getattr(layer, name, None)
-        if param is not None:
+        if param is not None and not lazy_init_helper().state:
             param.set_value(paddle.zeros_like(param))
     setattr(layer, ZERO_INIT_ATTR, True)
     return layer

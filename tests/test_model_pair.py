@@ -202,3 +202,18 @@ def test_a_spec_is_a_pair_too():
     pair = pair_from_cli("se_default")
     assert pair.spec is not None and pair.input_shape == pair.spec.input_shape
     assert pair.layer_map("torch", "paddle") == {}
+
+
+@pytest.mark.parametrize("name", ["non_local_embedded_gaussian", "global_context_add", "deform_conv_v2", "gcnet_seg"])
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_zero_initialised_layers_build_without_storage(name, framework):
+    """A layer zeroed at build (a non-local block's last conv, GC's last transform, deformable conv's offsets)
+    builds lazily too: paddle's set_value on a LazyGuard parameter raised, and the whole model was built and
+    initialised for real."""
+    from crossattn.frameworks import adapter
+    from crossattn.spec import load_spec, resolve_spec
+
+    pair = ModelPair.from_spec(load_spec(resolve_spec(name)))
+    with adapter(framework).lazy():
+        model = pair.build(framework)
+    assert adapter(framework).slots(model)
