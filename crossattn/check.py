@@ -22,6 +22,7 @@ is judged by `compare.judge` against both frameworks' float64 results.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from crossattn.frameworks import adapter
 from crossattn.errors import CrossattnError
 from crossattn.init import STANDARD_KINDS, custom_state, initial_state
 from crossattn.model_pair import ModelPair, renamed_slots
+from crossattn.pair_sums import SumsMemo
 from crossattn.spec import Spec
 from crossattn.tolerances import Tolerance, tolerance_for
 from weight_transfer import TransferReport
@@ -137,6 +139,46 @@ def _is_running_mean(slot: Slot) -> bool:
     return slot.kind == "batchnorm" and slot.name in ("running_mean", "_mean")
 
 
+class LoadedStates:
+    """Which state each built model holds, so that a step on the state a model already holds skips loading it.
+
+    A step moves no trainable parameter (no optimizer runs); it can move the
+    other tensors (a train-mode BatchNorm's running statistics, a counter).
+    After every step the state it returns is compared with the state loaded:
+    a model whose tensors moved is loaded again at its next step, one whose
+    tensors did not (an eval-mode step) still holds the loaded state.
+    """
+
+    def __init__(self) -> None:
+        self.held: dict[int, tuple[Any, dict[str, np.ndarray]]] = {}  # id(model) -> (model, state)
+
+    def holds(self, model: Any, state: dict[str, np.ndarray]) -> bool:
+        entry = self.held.get(id(model))
+        return entry is not None and entry[0] is model and entry[1] is state
+
+    def loaded(self, model: Any, state: dict[str, np.ndarray]) -> None:
+        self.held[id(model)] = (model, state)
+
+    def stepped(self, model: Any, after: dict[str, np.ndarray]) -> None:
+        """`after`: the model's untrained tensors after a step; any moved means the loaded state is gone."""
+        entry = self.held.get(id(model))
+        if entry is None:
+            return
+        state = entry[1]
+        if any(key not in state or not np.array_equal(value, state[key]) for key, value in after.items()):
+            del self.held[id(model)]
+
+    def step(self, module: ModuleType, model: Any, state: dict[str, np.ndarray], x: np.ndarray, cotangent,
+             train: bool, prepare: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None):
+        """`module.step` from `state`, loading it (through `prepare`, e.g. a cast) unless the model holds it."""
+        if not self.holds(model, state):
+            module.load_state(model, prepare(state) if prepare else state)
+            self.loaded(model, state)
+        result = module.step(model, x, cotangent, train)
+        self.stepped(model, result.state)
+        return result
+
+
 @dataclasses.dataclass
 class TwinPair:
     """Both models of a pair, cast to the check dtype, with the shared initial state."""
@@ -153,10 +195,16 @@ class TwinPair:
     src_init: dict[str, np.ndarray]
     dst_init: dict[str, np.ndarray]
     report: TransferReport
+    #: the state each model holds (shared with the BuiltTwins the models came from)
+    loads: LoadedStates = dataclasses.field(default_factory=LoadedStates)
+    #: the source slots in each floating dtype results are mapped into (`_in_source_naming`)
+    mapping_slots: dict[str, dict[str, Slot]] = dataclasses.field(default_factory=dict)
 
     def reload(self) -> None:
         self.src.load_state(self.src_model, self.src_init)
+        self.loads.loaded(self.src_model, self.src_init)
         self.dst.load_state(self.dst_model, self.dst_init)
+        self.loads.loaded(self.dst_model, self.dst_init)
 
 
 class BuiltTwins:
@@ -170,33 +218,38 @@ class BuiltTwins:
     def __init__(self, models: ModelPair, dtype: str) -> None:
         self.models, self.dtype = models, dtype
         self._built: dict[str, tuple[Any, dict[str, Slot], dict[str, np.ndarray]]] = {}
+        self.loads = LoadedStates()
 
     def get(self, framework: str) -> tuple[Any, dict[str, Slot], dict[str, np.ndarray]]:
         """(model, slots, custom tensors as built): they feed the custom parameters' initial values."""
         if framework not in self._built:
             fw = adapter(framework)
             fw.setup("cpu")
-            model = fw.to_dtype(built_without_init(self.models, framework), self.dtype)
+            model = built_without_init(self.models, framework, self.dtype)
+            if any(s.dtype != self.dtype and np.issubdtype(np.dtype(s.dtype), np.floating)
+                   for s in fw.slots(model).values()):  # a tensor created with an explicit dtype
+                model = fw.to_dtype(model, self.dtype)
             slots = fw.slots(model)
             custom = any(slot.kind not in STANDARD_KINDS for slot in slots.values())
             self._built[framework] = (model, slots, custom_state(slots, fw.state(model)) if custom else {})
         return self._built[framework]
 
 
-def built_without_init(models: ModelPair, framework: str) -> Any:
+def built_without_init(models: ModelPair, framework: str, dtype: str | None = None) -> Any:
     """The framework's model with storage but without its default initialisation, which check overwrites at
-    once (a quarter of building a large model). Built for real where something needs the built values: a
-    custom tensor (its initial value feeds the draw) or a tensor the state does not cover (a non-persistent
-    buffer)."""
+    once (a quarter of building a large model), built in `dtype` (else the framework's default). Built for
+    real where something needs the built values: a custom tensor (its initial value feeds the draw) or a
+    tensor the state does not cover (a non-persistent buffer)."""
     fw = adapter(framework)
-    model = models.build_lazy(framework)
-    slots = fw.slots(model)
-    if any(slot.kind not in STANDARD_KINDS for slot in slots.values()):
-        return models.build(framework)
-    try:
-        fw.load_lazy(model, {k: np.zeros(s.shape, s.dtype) for k, s in slots.items()}, consume=True)
-    except CrossattnError:
-        return models.build(framework)
+    with fw.default_dtype(dtype) if dtype else contextlib.nullcontext():
+        model = models.build_lazy(framework)
+        slots = fw.slots(model)
+        if any(slot.kind not in STANDARD_KINDS for slot in slots.values()):
+            return models.build(framework)
+        try:
+            fw.load_lazy(model, {k: np.zeros(s.shape, s.dtype) for k, s in slots.items()}, consume=True)
+        except CrossattnError:
+            return models.build(framework)
     return model
 
 
@@ -216,7 +269,7 @@ def prepare_pair(models: ModelPair | Spec, direction: str, dtype: str = "float64
     if after_transfer is not None:
         after_transfer(dst_init)
     pair = TwinPair(models, src_fw, dst_fw, src, dst, src_model, dst_model, src_slots, dst_slots, src_init, dst_init,
-                    report)
+                    report, built.loads)
     if load:
         pair.reload()
     return pair
@@ -252,8 +305,8 @@ class Float64Truth:
             return self.cache.pop(key)
         module = adapter(framework)
         model = self.built.get(framework)[0]
-        module.load_state(model, _as64(state))
-        result = module.step(model, x.astype(np.float64), lambda shape: cotangent(shape).astype(np.float64), train)
+        result = self.built.loads.step(module, model, state, x.astype(np.float64),
+                                       lambda shape: cotangent(shape).astype(np.float64), train, prepare=_as64)
         if probe == "normal":  # probes run in one direction only: nothing to share
             self.cache[key] = result
         return result
@@ -284,17 +337,27 @@ def check_spec(spec: ModelPair | Spec, directions: Sequence[str] = DIRECTIONS, m
         steps.share_states(pair, pairs[0])
     judged: dict[tuple[int, str, str], CheckCase] = {}
 
+    # directions whose states are the same objects share their steps, and so the arrays they compare
+    memo = SumsMemo() if len(pairs) > 1 and pairs[1].src_init is pairs[0].dst_init and \
+        pairs[1].dst_init is pairs[0].src_init else None
+
     def case(pair: TwinPair, mode: str, probe: str) -> CheckCase:
-        first = _check_case(spec, pair, mode, tol, seed, dtype, probe, truth, steps)
+        first = _check_case(spec, pair, mode, tol, seed, dtype, probe, truth, steps,
+                            memo=memo if probe == "normal" else None)
         if truth is None or first.passed or not all(c.truths_agree for c in first.failures):
             return first
         return _second_input(spec, pair, mode, tol, seed, dtype, probe, truth, first)
 
-    for mode in modes:  # mode by mode: a step shared between directions is held only until its second use
+    # mode by mode: a step shared between directions is held only until its second use. Eval first: an eval
+    # step moves no state, so each model is loaded once for its eval steps and its train step (LoadedStates)
+    for mode in sorted(modes, key=lambda m: m != "eval"):
         for index, pair in enumerate(pairs):
             judged[index, mode, "normal"] = case(pair, mode, "normal")
-    for probe in probes:
-        judged[0, "eval", probe] = case(pairs[0], "eval", probe)
+        if memo is not None:
+            memo.clear()
+        if mode == "eval":
+            for probe in probes:
+                judged[0, "eval", probe] = case(pairs[0], "eval", probe)
     order = [(index, mode, "normal") for index in range(len(pairs)) for mode in modes]
     order[len(modes):len(modes)] = [(0, "eval", probe) for probe in probes]
     return [judged[key] for key in order]
@@ -365,53 +428,56 @@ class StepCache:
     @staticmethod
     def share_states(pair: TwinPair, first: TwinPair) -> None:
         """Let `pair` hold `first`'s state objects where they are equal, so one state is kept, not two."""
-        for name in ("src_init", "dst_init"):
-            own = getattr(pair, name)
-            for other in (first.src_init, first.dst_init):
-                if _same_state(own, other):
-                    setattr(pair, name, other)
-                    break
+        held = {first.src_fw: first.src_init, first.dst_fw: first.dst_init}
+        for name, framework in (("src_init", pair.src_fw), ("dst_init", pair.dst_fw)):
+            other = held.get(framework)  # the same framework's state (two frameworks' may be equal too)
+            if other is not None and _same_state(getattr(pair, name), other):
+                setattr(pair, name, other)
 
     def step(self, module: ModuleType, model: Any, framework: str, state: dict[str, np.ndarray], x: np.ndarray,
-             cotangent, train: bool, probe: str):
+             cotangent, train: bool, probe: str, loads: LoadedStates | None = None):
         key = (framework, train, probe, id(state))
         if key in self.entries:
             return self.entries.pop(key)
-        module.load_state(model, state)
-        result = module.step(model, x, cotangent, train)
+        result = (loads or LoadedStates()).step(module, model, state, x, cotangent, train)
         if probe == "normal":  # probes run in one direction only: nothing to share
             self.entries[key] = result
         return result
 
 
 class Judge:
-    """Judges tensors of one case: `compare` in float64, `judge` (float32 rule) when float64 truths exist."""
+    """Judges tensors of one case: `compare` in float64, `judge` (float32 rule) when float64 truths exist.
 
-    def __init__(self, tol: Tolerance, truthful: bool) -> None:
-        self.tol, self.truthful = tol, truthful
+    `memo` (shared by the cases of both directions when they share their steps)
+    gives the second direction the sums of the same arrays the first compared.
+    """
+
+    def __init__(self, tol: Tolerance, truthful: bool, memo: SumsMemo | None = None) -> None:
+        self.tol, self.truthful, self.memo = tol, truthful, memo
 
     def __call__(self, name: str, category: str, candidate, reference, candidate64=None, reference64=None,
                  note: str = "", scale: float | None = None) -> Comparison:
         if self.truthful and candidate64 is not None and reference64 is not None:
-            return judge(name, category, reference, candidate, reference64, candidate64, self.tol, note, scale)
-        return compare(name, category, candidate, reference, self.tol, note, scale)
+            return judge(name, category, reference, candidate, reference64, candidate64, self.tol, note, scale,
+                         self.memo)
+        return compare(name, category, candidate, reference, self.tol, note, scale, self.memo)
 
 
 def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed: int, dtype: str,
                 probe: str = "normal", truth: Float64Truth | None = None,
-                steps: "StepCache | None" = None, shared: bool = True) -> CheckCase:
+                steps: "StepCache | None" = None, shared: bool = True, memo: SumsMemo | None = None) -> CheckCase:
     """One direction, mode and probe; `shared` false: its steps are this case's own (a second input)."""
     train = mode == "train"
     x, cotangent = _inputs(spec, seed, dtype, probe)
     steps = steps or StepCache()
     key = probe if shared else f"{probe}, second input"  # caches share only "normal" steps
-    ref = steps.step(pair.src, pair.src_model, pair.src_fw, pair.src_init, x, cotangent, train, key)
-    got = steps.step(pair.dst, pair.dst_model, pair.dst_fw, pair.dst_init, x, cotangent, train, key)
+    ref = steps.step(pair.src, pair.src_model, pair.src_fw, pair.src_init, x, cotangent, train, key, pair.loads)
+    got = steps.step(pair.dst, pair.dst_model, pair.dst_fw, pair.dst_init, x, cotangent, train, key, pair.loads)
     ref64 = got64 = None
     if truth is not None:
         ref64 = truth.step(pair.src_fw, pair.src_init, x, cotangent, train, key)
         got64 = truth.step(pair.dst_fw, pair.dst_init, x, cotangent, train, key)
-    judged = Judge(tol, truth is not None)
+    judged = Judge(tol, truth is not None, memo)
     pick = (lambda result, attr: getattr(result, attr) if result is not None else None)
     comparisons = [judged("output", "output", got.output, ref.output, pick(got64, "output"), pick(ref64, "output")),
                    judged("input.grad", "input_grad", got.input_grad, ref.input_grad, pick(got64, "input_grad"),
@@ -442,16 +508,28 @@ def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed
 def _in_source_naming(pair: TwinPair, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Candidate tensors under the reference's names and layouts (the transfer rules, backwards).
 
-    Mapped into float64 slots: the transfer casts to its target slots' dtype, and a
-    float64 result must not be rounded to the float32 twin's dtype on the way.
+    Mapped into slots of the values' own floating dtype: the transfer casts to its
+    target slots' dtype, and a float64 result must not be rounded to the float32
+    twin's dtype on the way (nor a float32 one copied into float64: a model's worth
+    of copies per case, which the comparison widens block by block anyway).
     """
-    mapped, _ = pair.models.transfer(values, pair.dst_fw, pair.src_fw, widened(pair.src_slots), complete=False)
+    dtype = _floating_dtype(values)
+    if dtype not in pair.mapping_slots:  # one set per dtype: a large model has thousands of slots
+        pair.mapping_slots[dtype] = widened(pair.src_slots, dtype)
+    mapped, _ = pair.models.transfer(values, pair.dst_fw, pair.src_fw, pair.mapping_slots[dtype], complete=False)
     return mapped
 
 
-def widened(slots: dict[str, Slot]) -> dict[str, Slot]:
-    """The same slots with every floating tensor float64, so mapping through them loses nothing."""
-    return {k: dataclasses.replace(s, dtype="float64") if np.issubdtype(np.dtype(s.dtype), np.floating) else s
+def _floating_dtype(values: dict[str, np.ndarray]) -> str:
+    """The one floating dtype of `values`, else float64 (none, or several)."""
+    kinds = {np.dtype(v.dtype) for v in values.values() if np.issubdtype(np.dtype(v.dtype), np.floating)}
+    return str(kinds.pop()) if len(kinds) == 1 else "float64"
+
+
+def widened(slots: dict[str, Slot], dtype: str = "float64") -> dict[str, Slot]:
+    """The same slots with every floating tensor in `dtype` (float64 by default), so mapping through them
+    loses nothing."""
+    return {k: dataclasses.replace(s, dtype=dtype) if np.issubdtype(np.dtype(s.dtype), np.floating) else s
             for k, s in slots.items()}
 
 

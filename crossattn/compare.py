@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from crossattn.pair_sums import PairSums, SumsMemo, judged_sums, pair_sums
 from crossattn.tolerances import ACCURACY_FACTOR, FLOAT32_CONSTANT_OFFSET, FLOAT32_ROUNDING_FLOOR, Tolerance
 
 
@@ -67,25 +68,29 @@ class _Measured:
     ref_norm: float  # ||b||
 
 
-def _measure(a: np.ndarray, b: np.ndarray) -> _Measured:
-    """One subtraction and four BLAS reductions: the comparison of a large model is mostly this."""
-    if not a.size:
-        return _Measured(0.0, 0.0, 1.0, 0.0, 0.0)
-    fa, fb = a.ravel(), b.ravel()
-    diff = fa - fb
-    error = math.sqrt(float(np.dot(diff, diff)))
-    max_abs = max(float(diff.max()), -float(diff.min()))
-    ref_norm = math.sqrt(float(np.dot(fb, fb)))
-    na = math.sqrt(float(np.dot(fa, fa)))
+def _measured(sums: PairSums) -> _Measured:
+    error, ref_norm, na = math.sqrt(sums.diff_sq), math.sqrt(sums.b_sq), math.sqrt(sums.a_sq)
     norm_rel = error / ref_norm if ref_norm > 0 else (0.0 if error == 0 else math.inf)
-    cosine = float(np.dot(fa, fb)) / (na * ref_norm) if na > 0 and ref_norm > 0 else (1.0 if na == ref_norm else 0.0)
-    return _Measured(max_abs, norm_rel, cosine, error, ref_norm)
+    cosine = sums.dot / (na * ref_norm) if na > 0 and ref_norm > 0 else (1.0 if na == ref_norm else 0.0)
+    return _Measured(sums.max_abs, norm_rel, cosine, error, ref_norm)
+
+
+def _measure(a: np.ndarray, b: np.ndarray) -> _Measured:
+    """Every sum from one blocked pass over a and b (`pair_sums`): the comparison of a large model is mostly
+    this."""
+    return _measured(pair_sums(a, b))
 
 
 def _stats(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     """(max abs, norm-relative to b, cosine) of a against b."""
     m = _measure(a, b)
     return m.max_abs, m.norm_rel, m.cosine
+
+
+def _numeric(value) -> np.ndarray:
+    """A floating array as it is (blocks are widened to float64 as they are summed); anything else as float64."""
+    array = np.asarray(value)
+    return array if array.dtype.kind == "f" else np.asarray(array, dtype=np.float64)
 
 
 def _precheck(name: str, category: str, a: np.ndarray, b: np.ndarray, tol: Tolerance, note: str):
@@ -117,6 +122,7 @@ def allowed_error(reference: np.ndarray, tol: Tolerance, scale: float | None = N
 
 def uniform_offset(candidate: np.ndarray, reference: np.ndarray, rtol: float) -> float | None:
     """c - 1 when candidate = c * reference to within rtol (a constant factor), else None."""
+    candidate, reference = np.asarray(candidate, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     denom = float(np.dot(reference.ravel(), reference.ravel()))
     if denom == 0:
         return None
@@ -126,18 +132,23 @@ def uniform_offset(candidate: np.ndarray, reference: np.ndarray, rtol: float) ->
 
 
 def compare(name: str, category: str, candidate: np.ndarray, reference: np.ndarray, tol: Tolerance,
-            note: str = "", scale: float | None = None) -> Comparison:
+            note: str = "", scale: float | None = None, memo: SumsMemo | None = None) -> Comparison:
     """Compare `candidate` with `reference` in one dtype: ||diff|| <= rtol * scale of the reference.
 
     A float64 difference that is one uniform factor within a float32 ulp of 1
     is a framework holding a constant in float32 (not a port bug): it passes,
-    and the note says so.
+    and the note says so. `memo` reuses the sums of the same arrays compared the other way round.
     """
-    a = np.asarray(candidate, dtype=np.float64)
-    b = np.asarray(reference, dtype=np.float64)
+    a, b = _numeric(candidate), _numeric(reference)
     if a.shape != b.shape:
         return _precheck(name, category, a, b, tol, note)
-    m = _measure(a, b)
+    return _verdict(name, category, a, b, _measured(memo.pair(a, b) if memo else pair_sums(a, b)), tol, note,
+                    scale)
+
+
+def _verdict(name: str, category: str, a: np.ndarray, b: np.ndarray, m: _Measured, tol: Tolerance, note: str,
+             scale: float | None) -> Comparison:
+    """`compare`'s verdict on a against b (same shape), given their measurements."""
     if not (math.isfinite(m.error) and math.isfinite(m.ref_norm)):  # a NaN or inf somewhere, or a huge value
         early = _precheck(name, category, a, b, tol, note)
         if early is not None:
@@ -159,7 +170,8 @@ def compare(name: str, category: str, candidate: np.ndarray, reference: np.ndarr
 
 
 def judge(name: str, category: str, reference: np.ndarray, candidate: np.ndarray, reference64: np.ndarray,
-          candidate64: np.ndarray, tol: Tolerance, note: str = "", scale: float | None = None) -> Comparison:
+          candidate64: np.ndarray, tol: Tolerance, note: str = "", scale: float | None = None,
+          memo: SumsMemo | None = None) -> Comparison:
     """The float32 verdict on one tensor, sound in both directions.
 
     `reference`/`candidate` are the two frameworks' float32 results;
@@ -172,26 +184,38 @@ def judge(name: str, category: str, reference: np.ndarray, candidate: np.ndarray
          its own float64 result than the other is (or than rtol * scale):
          whichever framework rounds worse, the verdict is the same in both
          directions, and float32-only arithmetic defects still fail.
-    The reported max abs / norm rel are the float32 difference a user sees.
+    The reported max abs / norm rel are the float32 difference a user sees. `memo`
+    reuses the sums of the same arrays compared the other way round.
     """
-    a, b = np.asarray(candidate, dtype=np.float64), np.asarray(reference, dtype=np.float64)
-    a64, b64 = np.asarray(candidate64, dtype=np.float64), np.asarray(reference64, dtype=np.float64)
-    early = _precheck(name, category, a, b, tol, note)
+    a, b, a64, b64 = (_numeric(v) for v in (candidate, reference, candidate64, reference64))
+    early = _precheck(name, category, a, b, tol, note) if a.shape != b.shape else None
     if early is not None:
         return early
-    max_abs, norm_rel, cosine = _stats(a, b)
-    exact = compare(name, category, a64, b64, tol, scale=scale)
+    if a64.shape != b64.shape or a64.shape != a.shape:
+        exact = compare(name, category, a64, b64, tol, scale=scale)
+        if not exact.shape_mismatch:
+            exact = _precheck(name, category, a64, a, tol, "")
+        return dataclasses.replace(exact, note=_join(note, "float64 results: " + exact.note))
+    sums = memo.judged(a, b, a64, b64) if memo else judged_sums(a, b, a64, b64)
+    single = _measured(sums.single)
+    if not (math.isfinite(single.error) and math.isfinite(single.ref_norm)):
+        early = _precheck(name, category, a, b, tol, note)
+        if early is not None:
+            return early
+    max_abs, norm_rel, cosine = single.max_abs, single.norm_rel, single.cosine
+    double = _measured(sums.double)
+    exact = _verdict(name, category, a64, b64, double, tol, "", scale)
     if exact.shape_mismatch or not math.isfinite(exact.score):
         return dataclasses.replace(exact, max_abs=max_abs, norm_rel=norm_rel, cosine=cosine,
                                    note=_join(note, "float64 results: " + exact.note))
-    e_ref, e_cand = _norm(b - b64), _norm(a - a64)
-    floor, _ = allowed_error(b64, tol, scale)
-    floor = max(floor, FLOAT32_ROUNDING_FLOOR * max(_norm(b64), scale or 0.0))
+    e_ref, e_cand = sums.reference_rounding, sums.candidate_rounding
+    floor, _ = allowed_error(b64, tol, scale, double.ref_norm)
+    floor = max(floor, FLOAT32_ROUNDING_FLOOR * max(double.ref_norm, scale or 0.0))
     worse, better = max(e_ref, e_cand), min(e_ref, e_cand)
     budget = ACCURACY_FACTOR * max(better, floor)
     accuracy = worse / budget if budget > 0 else (0.0 if worse == 0 else math.inf)
-    size = max(_norm(b64), scale or 0.0) or 1.0
-    parts = [note, f"float64 results differ by {_norm(a64 - b64) / size:.1e} of scale (allowed {tol.rtol:.1e})",
+    size = max(double.ref_norm, scale or 0.0) or 1.0
+    parts = [note, f"float64 results differ by {double.error / size:.1e} of scale (allowed {tol.rtol:.1e})",
              f"float32 rounding: reference {e_ref / size:.1e}, candidate {e_cand / size:.1e}"]
     if accuracy > 1:
         side = "candidate" if e_cand >= e_ref else "reference"

@@ -289,6 +289,17 @@ def _first_tensor(output):
 
 
 @contextlib.contextmanager
+def default_dtype(dtype: str) -> Iterator[None]:
+    """Floating tensors created inside are `dtype`: a model built in the dtype it is checked in needs no cast."""
+    previous = paddle.get_default_dtype()
+    paddle.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        paddle.set_default_dtype(previous)
+
+
+@contextlib.contextmanager
 def lazy() -> Iterator[None]:
     """Layers built inside defer their parameters' initialisation (LazyGuard): slots cost nothing."""
     with paddle.LazyGuard():

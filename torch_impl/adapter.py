@@ -275,6 +275,17 @@ def _first_tensor(output):
 
 
 @contextlib.contextmanager
+def default_dtype(dtype: str) -> Iterator[None]:
+    """Floating tensors created inside are `dtype`: a model built in the dtype it is checked in needs no cast."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@contextlib.contextmanager
 def lazy() -> Iterator[None]:
     """Models built inside have shapes and dtypes but no storage (the meta device): slots cost nothing."""
     with torch.device("meta"):
