@@ -488,7 +488,8 @@ def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed
     scale = max((float(np.linalg.norm(g)) for g in reference_grads.values()), default=0.0)
     for key, slot in pair.src_slots.items():
         if slot.trainable:
-            missing = np.zeros(slot.shape)
+            lost = key not in got_grads or (got64 is not None and key not in got_grads64)
+            missing = np.zeros(slot.shape) if lost else None  # a gradient the candidate lost
             comparisons.append(judged(f"{key}.grad", "param_grad", got_grads.get(key, missing), ref.param_grads[key],
                                       got_grads64.get(key, missing) if got64 is not None else None,
                                       ref64.param_grads[key] if ref64 is not None else None, scale=scale))
@@ -618,7 +619,9 @@ def _running_stats(pair: TwinPair, ref, got, ref64, got64, judged: Judge, notes:
     got_start = _in_source_naming(pair, {k: v for k, v in pair.dst_init.items()
                                          if k in pair.dst_slots and pair.dst_slots[k].kind == "batchnorm"
                                          and not pair.dst_slots[k].trainable})
-    start64 = _as64(pair.src_init) if ref64 is not None else None  # once per case, not once per layer
+    stat_keys = [key for keys in layers.values() for key in keys.values()]
+    # once per case, not once per layer; the statistics only, not a model's worth of copies
+    start64 = _as64({k: pair.src_init[k] for k in stat_keys}) if ref64 is not None else None
     got_start64 = _as64(got_start) if ref64 is not None else None
     out = []
     for layer, keys in layers.items():
