@@ -1,7 +1,8 @@
 """Run the equivalence check of many specs on every core, with progress on a terminal.
 
-One spec is one job: its twins are built once and serve all its cases. Jobs go
-to worker processes (spawned, so each imports the frameworks afresh), largest
+One spec is one job: its twins are built once and serve all its cases. The
+memory bounds of all jobs are checked first, in this process, while the workers
+start. Jobs go to worker processes (spawned, so each imports the frameworks afresh), largest
 first so the long ones do not finish last alone. Each worker runs torch, paddle
 and numpy on one thread: on a small machine one process per core beats
 threads, and two frameworks' thread pools in one process fight for the cores.
@@ -39,6 +40,7 @@ class CheckJob:
     seed: int
     dtype: str
     probes: tuple[str, ...] = ("positive", "negative")  # crossattn.check.EXTRA_PROBES
+    bounded: bool = False  # its memory bound was already checked (by the parent of a pool)
 
     @property
     def cases(self) -> int:
@@ -82,7 +84,8 @@ def run_job(job: CheckJob) -> JobResult:
     from crossattn.check import as_pair, check_spec
 
     started = time.perf_counter()
-    require_pair_fits(as_pair(job.spec), "check")  # before anything is built; in parallel with the other jobs
+    if not job.bounded:
+        require_pair_fits(as_pair(job.spec), "check")  # before anything is built
     cases = check_spec(job.spec, job.directions, job.modes, job.tol, job.seed, job.dtype, probes=job.probes)
     return JobResult(job.name, cases, time.perf_counter() - started)
 
@@ -219,16 +222,32 @@ class _Pool:
                 if index is not None:
                     self.queue.insert(0, index)
 
+    def bound_all(self) -> None:
+        """Every job's memory bound, here, while the workers import the frameworks: a spec too large is
+        refused before any work, and only this process pays the first meta-device forward (it imports
+        torch._dynamo, about 2 s)."""
+        from crossattn.bounds import require_pair_fits
+        from crossattn.check import as_pair
+
+        for index in self.queue:
+            require_pair_fits(as_pair(self.jobs[index].spec), "check")
+            self.progress.tick()
+        self.jobs = [dataclasses.replace(job, bounded=True) for job in self.jobs]
+
     def run(self) -> list[JobResult]:
         context = multiprocessing.get_context("spawn")
         saved_threads = _own_threads(1)
+        started = []  # (process, pipe) of every worker, for the cleanup
         workers = []
         try:
-            for who in range(1, self.workers):
+            for _ in range(1, self.workers):
                 parent, child = context.Pipe()
                 process = context.Process(target=_worker_main, args=(child,), daemon=True)
                 process.start()
                 child.close()
+                started.append((process, parent))
+            self.bound_all()  # before any worker is served a job
+            for who, (process, parent) in enumerate(started, start=1):
                 ready = threading.Event()
                 thread = threading.Thread(target=self.serve, args=(who, process, parent, ready), daemon=True)
                 thread.start()
@@ -248,7 +267,7 @@ class _Pool:
             for process, parent, thread, ready in workers:
                 process.join(timeout=10)  # told to stop: let it exit by itself
         finally:
-            for process, parent, thread, ready in workers:
+            for process, parent in started:
                 if process.is_alive():  # interrupted, or stuck: SIGKILL (paddle reports a SIGTERM at length)
                     process.kill()
                 process.join(timeout=5)

@@ -65,6 +65,31 @@ def test_a_crash_in_a_worker_names_the_spec_and_keeps_its_traceback():
         run_checks(jobs, workers=2, show_progress=False)
 
 
+def test_a_pool_refuses_a_spec_over_its_memory_bound_before_any_job_runs(monkeypatch):
+    from crossattn.bounds import LIMIT_ENV, TooLarge
+
+    ran = []
+    monkeypatch.setattr(check_runner, "_run_reporting", lambda job: ran.append(job.name) or ("ok", None))
+    big = dataclasses.replace(load_spec(resolve_spec("se_default")), input_shape=(64, 64, 256, 256))
+    jobs = _jobs(["eca_default"]) + [CheckJob(big, ("torch->paddle",), ("eval",), tolerance_for("float64"), 0,
+                                              "float64")]
+    monkeypatch.setenv(LIMIT_ENV, "1G")
+    with pytest.raises(TooLarge, match="input_shape"):
+        run_checks(jobs, workers=2, show_progress=False)
+    assert ran == []  # not even the small job: the bounds come first
+
+
+def test_jobs_checked_by_the_pool_are_not_bounded_again(monkeypatch):
+    import crossattn.bounds
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("bound checked twice")
+
+    job = dataclasses.replace(_jobs(["eca_default"], ("torch->paddle",), ("eval",))[0], bounded=True)
+    monkeypatch.setattr(crossattn.bounds, "require_pair_fits", refuse)
+    assert check_runner.run_job(job).cases[0].passed
+
+
 def test_user_errors_travel_as_user_errors(monkeypatch):
     def refuse(job):
         raise CrossattnError("input_shape: expected 4 dimensions")
