@@ -99,8 +99,9 @@ def validate_command(specs: tuple[str, ...]) -> None:
 @click.option("--layers", is_flag=True, help="Also trace every layer and mark the first that diverges.")
 @click.option("--single-step", is_flag=True, help="With --layers: feed each layer the reference's input.")
 @click.option("--probes/--no-probes", default=True, show_default=True,
-              help="Also feed large all-positive and all-negative inputs (eval mode, first direction), which "
-                   "reach clipped and saturated regions a standard-normal input never does.")
+              help="Also feed a large input, all positive in even samples and all negative in odd ones (eval "
+                   "mode, first direction), which reaches clipped and saturated regions a standard-normal input "
+                   "never does (a batch of one: the two signs as two probes).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Processes checking specs in parallel (0: one per core).")
 @pair_options
@@ -115,14 +116,14 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     Each spec is built in both frameworks; weights are initialised in one and
     transferred to the other; the same input goes through both in train and
     eval mode. Compared: output, input gradient, every parameter gradient and
-    the running statistics of both sides; large all-positive and
-    all-negative probes follow. In float32 each tensor is also judged on both
+    the running statistics of both sides; a large probe (all-positive and
+    all-negative samples) follows. In float32 each tensor is also judged on both
     models' float64 results (docs/equivalence.md). Your own pair: --torch-model,
     --paddle-model, --input-shape and, where names differ, --name-map.
     Exit status 0 only if every tensor passes.
     """
     from crossattn.atomic import atomic_write_text
-    from crossattn.check import DIRECTIONS, EXTRA_PROBES, MODES
+    from crossattn.check import DIRECTIONS, MODES
     from crossattn.check_runner import CheckJob, run_checks
     from crossattn.frameworks import require
     from crossattn.report import failure_details, summary_table, to_json
@@ -162,7 +163,7 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     directions = DIRECTIONS if direction == "both" else (direction,)
     modes = MODES if mode == "both" else (mode,)
     started = time.perf_counter()
-    jobs = [CheckJob(pair, tuple(directions), tuple(modes), tol, seed, dtype, EXTRA_PROBES if probes else ())
+    jobs = [CheckJob(pair, tuple(directions), tuple(modes), tol, seed, dtype, None if probes else ())
             for pair in pairs]
     results = run_checks(jobs, workers, show_progress=sys.stderr.isatty() and json_path != "-")
     cases = [case for result in results for case in result.cases]
@@ -194,7 +195,7 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     if json_path:
         settings = {"dtype": dtype, "atol": tol.atol, "rtol": tol.rtol, "seed": seed,
                     "directions": list(directions), "modes": list(modes),
-                    "probes": ["normal", *(EXTRA_PROBES if probes else ())]}
+                    "probes": ["normal", *dict.fromkeys(p for job in jobs for p in job.probe_names)]}
         atomic_write_text(json_path, to_json(cases, settings, [r.to_json() for r in layer_reports]))
         click.echo(f"wrote {json_path}")
     if passed != len(cases):
@@ -216,8 +217,9 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
 @click.option("--atol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--probe", type=click.Choice(["normal", "positive", "negative"]), default="normal", show_default=True,
-              help="The input: standard normal, or the large all-positive / all-negative probes of `check`.")
+@click.option("--probe", type=click.Choice(["normal", "large", "positive", "negative"]), default="normal",
+              show_default=True, help="The input: standard normal, or `check`'s large probe (both signs, one "
+                                      "batch), or one sign alone (all positive / all negative).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @problems_to_json
 def diff_command(spec: str | None, direction: str, mode: str, single_step: bool, torch_model: str | None,

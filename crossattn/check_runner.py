@@ -39,12 +39,20 @@ class CheckJob:
     tol: Any  # crossattn.tolerances.Tolerance
     seed: int
     dtype: str
-    probes: tuple[str, ...] = ("positive", "negative")  # crossattn.check.EXTRA_PROBES
+    probes: tuple[str, ...] | None = None  # None: crossattn.check.default_probes of the input
     bounded: bool = False  # its memory bound was already checked (by the parent of a pool)
 
     @property
+    def probe_names(self) -> tuple[str, ...]:
+        if self.probes is not None:
+            return self.probes
+        from crossattn.check import default_probes
+
+        return default_probes(self.spec.input_shape)
+
+    @property
     def cases(self) -> int:
-        return len(self.directions) * len(self.modes) + (len(self.probes) if "eval" in self.modes else 0)
+        return len(self.directions) * len(self.modes) + (len(self.probe_names) if "eval" in self.modes else 0)
 
     @property
     def name(self) -> str:

@@ -148,3 +148,20 @@ def test_a_gradient_cut_in_the_candidate_is_a_divergence():
     report = diff_models(("torch", tmodel), ("paddle", pmodel), x, {"backbone": "features"}, mode="train")
     assert report.first_output is None  # forward is the same
     assert report.first_grad is not None and report.first_grad.startswith("backbone")
+
+
+def test_the_large_probe_holds_both_signs_in_one_batch():
+    from crossattn.check import PROBE_SCALE, default_probes, probe_input
+
+    x, _ = probe_input((4, 3, 5, 5), 0, "float64", "large")
+    assert (x[0::2] >= PROBE_SCALE).all() and (x[1::2] <= -PROBE_SCALE).all()
+    assert default_probes((2, 3, 5, 5)) == ("large",)
+    assert default_probes((1, 3, 5, 5)) == ("positive", "negative")  # one sample cannot hold both signs
+
+
+def test_a_batch_of_one_gets_the_two_signs_as_two_probes():
+    spec = dataclasses.replace(load_spec(resolve_spec("se_default")), input_shape=(1, 32, 6, 5))
+    cases = check_spec(spec, directions=("torch->paddle",), modes=("eval",))
+    assert [c.probe for c in cases] == ["normal", "positive", "negative"] and all(c.passed for c in cases)
+    two = check_spec(load_spec(resolve_spec("se_default")), directions=("torch->paddle",), modes=("eval",))
+    assert [c.probe for c in two] == ["normal", "large"]

@@ -118,4 +118,4 @@ def test_cli_check_takes_workers(monkeypatch, capsys):
         cli.main()
         raise SystemExit(0)
     assert exit_info.value.code in (0, None)
-    assert "4 passed, 0 failed" in capsys.readouterr().out  # 2 directions + 2 input probes
+    assert "3 passed, 0 failed" in capsys.readouterr().out  # 2 directions + the large input probe

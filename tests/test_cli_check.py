@@ -14,7 +14,7 @@ def test_check_prints_a_table_and_writes_json(tmp_path):
     result = CliRunner().invoke(cli.cli, ["check", "non_local_dot_product", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "non_local_dot_product" in result.output and "PASS" in result.output
-    assert "6 passed, 0 failed" in result.output  # 2 directions x 2 modes + 2 input probes
+    assert "5 passed, 0 failed" in result.output  # 2 directions x 2 modes + the large input probe
     data = json.loads(out.read_text())
     assert data["passed"] is True and data["settings"]["dtype"] == "float64"
     tensors = {c["tensor"] for case in data["cases"] for c in case["comparisons"]}
@@ -50,9 +50,10 @@ def test_a_bug_only_a_probe_reaches_fails_and_diff_traces_that_probe(monkeypatch
     relu6.apply(monkeypatch)
     result = CliRunner().invoke(cli.cli, ["check", "se_default", "--direction", "torch2paddle", "--mode", "eval"])
     assert result.exit_code == 1, result.output
-    assert "eval, x negative" in result.output and "--probe negative" in result.output
+    assert "eval, x large" in result.output and "--probe large" in result.output
     skipped = CliRunner().invoke(cli.cli, ["check", "se_default", "--direction", "torch2paddle", "--mode", "eval",
                                            "--no-probes"])
     assert skipped.exit_code == 0  # what one standard-normal input proves
-    traced = CliRunner().invoke(cli.cli, ["diff", "se_default", "--probe", "negative"])
+    traced = CliRunner().invoke(cli.cli, ["diff", "se_default", "--probe", "large"])
     assert traced.exit_code == 1 and "forward error first appears in `(model)`" in traced.output, traced.output
+
