@@ -1,6 +1,6 @@
 """`python -m crossattn` runs the same click group as the `crossattn` script."""
 
-from cli import main
+from cli import console
 
 if __name__ == "__main__":
-    main()
+    console()

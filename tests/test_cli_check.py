@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from click.testing import CliRunner
 
@@ -57,3 +58,16 @@ def test_a_bug_only_a_probe_reaches_fails_and_diff_traces_that_probe(monkeypatch
     traced = CliRunner().invoke(cli.cli, ["diff", "se_default", "--probe", "large"])
     assert traced.exit_code == 1 and "forward error first appears in `(model)`" in traced.output, traced.output
 
+
+def test_the_console_script_flushes_its_output_and_keeps_the_exit_status():
+    """`python -m crossattn` ends without the interpreter's teardown: what it wrote must still arrive."""
+    import subprocess
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "crossattn", *args], capture_output=True, text=True,
+                              timeout=300)
+
+    done = run("check", "se_default", "--mode", "eval", "--direction", "torch2paddle", "--no-probes")
+    assert done.returncode == 0 and "1 passed, 0 failed" in done.stdout, done.stdout + done.stderr
+    wrong = run("check", "se_defualt")
+    assert wrong.returncode == 2 and "se_default" in wrong.stderr and "Traceback" not in wrong.stderr
