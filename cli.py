@@ -125,7 +125,7 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     """
     from crossattn.atomic import atomic_write_text
     from crossattn.check import DIRECTIONS, MODES
-    from crossattn.check_runner import CheckJob, run_checks
+    from crossattn.check_runner import CheckJob, run_checks, start_workers
     from crossattn.frameworks import require
     from crossattn.report import failure_details, summary_table, to_json
     from crossattn.model_pair import ModelPair
@@ -141,6 +141,10 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
                              "--paddle-model MODULE:FACTORY --input-shape N,C,H,W); see `crossattn specs`")
     if single_step and not layers:
         raise CrossattnError("--single-step applies to the layer trace: add --layers (or use `crossattn diff`)")
+    early = None
+    if not user_pair and (all_specs or len(specs) > 1) and workers != 1:
+        early = start_workers(workers)  # they import the frameworks while this process does the same
+        click.get_current_context().call_on_close(early.close)
     for framework in ("torch", "paddle"):  # what the run needs is checked before any work starts
         require(framework)
     if user_pair:
@@ -166,7 +170,7 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     started = time.perf_counter()
     jobs = [CheckJob(pair, tuple(directions), tuple(modes), tol, seed, dtype, None if probes else ())
             for pair in pairs]
-    results = run_checks(jobs, workers, show_progress=sys.stderr.isatty() and json_path != "-")
+    results = run_checks(jobs, workers, show_progress=sys.stderr.isatty() and json_path != "-", started=early)
     cases = [case for result in results for case in result.cases]
     elapsed = time.perf_counter() - started
     click.echo(summary_table(cases, full))

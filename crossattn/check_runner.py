@@ -124,8 +124,9 @@ def _worker_main(conn: Any) -> None:
     conn.send("ready")
     while True:
         job = conn.recv()
-        if job is None:
-            return
+        if job is None:  # told to stop: results are sent, nothing is left to tear down (torch's and paddle's
+            conn.close()  # module teardown takes about 0.8 s, which the pool would wait for)
+            os._exit(0)
         conn.send(_run_reporting(job))
 
 
@@ -147,11 +148,52 @@ def default_workers() -> int:
         return max(os.cpu_count() or 1, 1)
 
 
-def run_checks(jobs: Sequence[CheckJob], workers: int = 0, show_progress: bool | None = None) -> list[JobResult]:
+class Workers:
+    """Worker processes started before the caller imports the frameworks, so that their imports (about 3 s
+    each) run beside the caller's own instead of after them. `run_checks` takes them over."""
+
+    def __init__(self, count: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.started: list[tuple[Any, Any]] = []  # (process, pipe)
+        for _ in range(count):
+            parent, child = context.Pipe()
+            process = context.Process(target=_worker_main, args=(child,), daemon=True)
+            process.start()
+            child.close()
+            self.started.append((process, parent))
+
+    def take(self, count: int) -> list[tuple[Any, Any]]:
+        """Up to `count` of the workers, for a pool; the rest are stopped."""
+        taken, rest = self.started[:count], self.started[count:]
+        self.started = []
+        for process, parent in rest:
+            _stop(process, parent)
+        return taken
+
+    def close(self) -> None:
+        """Stop every worker not taken (a run that ended before its jobs, a user error)."""
+        self.take(0)
+
+
+def _stop(process: Any, parent: Any) -> None:
+    if process.is_alive():  # interrupted, stuck, or never used: SIGKILL (paddle reports a SIGTERM at length)
+        process.kill()
+    process.join(timeout=5)
+    parent.close()
+
+
+def start_workers(workers: int = 0) -> Workers:
+    """The spawned workers a pool of `workers` (0: one per core) will use, started now."""
+    return Workers(max((workers or default_workers()) - 1, 0))
+
+
+def run_checks(jobs: Sequence[CheckJob], workers: int = 0, show_progress: bool | None = None,
+               started: Workers | None = None) -> list[JobResult]:
     """Every job's result, in the order of `jobs`.
 
     `workers` 0 means one per core; `show_progress` None means: on a terminal
     (stderr). User errors raised in a worker are raised here as CrossattnError.
+    `started`: workers already started (`start_workers`), used first.
     """
     jobs = list(jobs)
     workers = min(workers or default_workers(), len(jobs))
@@ -159,6 +201,7 @@ def run_checks(jobs: Sequence[CheckJob], workers: int = 0, show_progress: bool |
         workers = 1  # a user's own pair is checked here
     if show_progress is None:
         show_progress = sys.stderr.isatty()
+    early = started.take(workers - 1) if started is not None else []
     progress = _Progress(sum(j.cases for j in jobs), show_progress)
     try:
         if workers <= 1:
@@ -172,7 +215,7 @@ def run_checks(jobs: Sequence[CheckJob], workers: int = 0, show_progress: bool |
             finally:
                 _restore_threads(saved)
             return results
-        return _Pool(jobs, workers, progress).run()
+        return _Pool(jobs, workers, progress, early).run()
     finally:
         progress.close()
 
@@ -180,18 +223,24 @@ def run_checks(jobs: Sequence[CheckJob], workers: int = 0, show_progress: bool |
 class _Pool:
     """This process and `workers - 1` spawned ones take jobs, largest first, from one queue.
 
-    This process starts at once; a worker asks for its first job only when it
-    has imported the frameworks, so a short run never waits for one, and a
-    worker still starting when the queue is empty is stopped.
+    This process first checks every job's memory bound, in queue order; a
+    worker that has imported the frameworks takes a job as soon as that job's
+    bound is checked, and this process joins in when all are. A spec too large
+    is refused before it is built and before any result is reported (a job a
+    worker already runs is stopped). A worker still starting when the queue is
+    empty is stopped, so a short run never waits for one.
     """
 
-    def __init__(self, jobs: list[CheckJob], workers: int, progress: "_Progress") -> None:
+    def __init__(self, jobs: list[CheckJob], workers: int, progress: "_Progress",
+                 started: list[tuple[Any, Any]] | None = None) -> None:
         self.jobs, self.workers, self.progress = jobs, workers, progress
         self.queue = sorted(range(len(jobs)), key=lambda i: -jobs[i].weight)
         self.results: list[JobResult | None] = [None] * len(jobs)
         self.running: dict[int, str] = {}
         self.error: BaseException | None = None
         self.lock = threading.Lock()
+        self.early = list(started or [])
+        self.bounded = [threading.Event() for _ in jobs]  # set when the job's bound is checked (or on an error)
 
     def take(self, who: int) -> int | None:
         with self.lock:
@@ -220,6 +269,9 @@ class _Pool:
             conn.recv()  # "ready"
             ready.set()
             while (index := self.take(who)) is not None:
+                self.bounded[index].wait()
+                if self.error is not None:
+                    break
                 conn.send(self.jobs[index].portable())
                 self.finish(who, index, *conn.recv())
                 index = None
@@ -231,35 +283,43 @@ class _Pool:
                     self.queue.insert(0, index)
 
     def bound_all(self) -> None:
-        """Every job's memory bound, here, while the workers import the frameworks: a spec too large is
-        refused before any work, and only this process pays the first meta-device forward (it imports
-        torch._dynamo, about 2 s)."""
+        """Every job's memory bound, here, in queue order, each job released to the workers once checked;
+        only this process pays the first meta-device forward (it imports torch._dynamo, about 1 s)."""
         from crossattn.bounds import require_pair_fits
         from crossattn.check import as_pair
 
-        for index in self.queue:
-            require_pair_fits(as_pair(self.jobs[index].spec), "check")
-            self.progress.tick()
-        self.jobs = [dataclasses.replace(job, bounded=True) for job in self.jobs]
+        try:
+            for index in list(self.queue):
+                require_pair_fits(as_pair(self.jobs[index].spec), "check")
+                self.jobs[index] = dataclasses.replace(self.jobs[index], bounded=True)
+                self.bounded[index].set()
+                self.progress.tick()
+        except BaseException as exc:
+            with self.lock:
+                self.error = self.error or exc
+            raise
+        finally:
+            for event in self.bounded:  # on an error, waiting threads wake to see it
+                event.set()
 
     def run(self) -> list[JobResult]:
         context = multiprocessing.get_context("spawn")
         saved_threads = _own_threads(1)
-        started = []  # (process, pipe) of every worker, for the cleanup
+        started = self.early  # (process, pipe) of every worker, for the cleanup
         workers = []
         try:
-            for _ in range(1, self.workers):
+            for _ in range(len(started) + 1, self.workers):
                 parent, child = context.Pipe()
                 process = context.Process(target=_worker_main, args=(child,), daemon=True)
                 process.start()
                 child.close()
                 started.append((process, parent))
-            self.bound_all()  # before any worker is served a job
             for who, (process, parent) in enumerate(started, start=1):
                 ready = threading.Event()
                 thread = threading.Thread(target=self.serve, args=(who, process, parent, ready), daemon=True)
                 thread.start()
                 workers.append((process, parent, thread, ready))
+            self.bound_all()  # a worker takes each job once its bound is checked
             while (index := self.take(0)) is not None:
                 self.finish(0, index, *_run_reporting(self.jobs[index]))
             for process, parent, thread, ready in workers:
@@ -276,10 +336,7 @@ class _Pool:
                 process.join(timeout=10)  # told to stop: let it exit by itself
         finally:
             for process, parent in started:
-                if process.is_alive():  # interrupted, or stuck: SIGKILL (paddle reports a SIGTERM at length)
-                    process.kill()
-                process.join(timeout=5)
-                parent.close()
+                _stop(process, parent)
             _restore_threads(saved_threads)
         if self.error is not None:
             raise self.error

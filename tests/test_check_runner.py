@@ -119,3 +119,32 @@ def test_cli_check_takes_workers(monkeypatch, capsys):
         raise SystemExit(0)
     assert exit_info.value.code in (0, None)
     assert "3 passed, 0 failed" in capsys.readouterr().out  # 2 directions + the large input probe
+
+
+def test_workers_started_early_serve_the_pool_and_are_stopped_after():
+    started = check_runner.Workers(1)
+    processes = [process for process, _ in started.started]
+    results = run_checks(_jobs(NAMES, ("torch->paddle",), ("eval",)), workers=2, show_progress=False,
+                         started=started)
+    assert [r.name for r in results] == NAMES and all(c.passed for r in results for c in r.cases)
+    assert started.started == [] and not any(p.is_alive() for p in processes)
+
+
+def test_workers_started_for_a_run_that_never_comes_are_stopped():
+    started = check_runner.Workers(1)
+    processes = [process for process, _ in started.started]
+    started.close()  # as the CLI does when a spec name turns out wrong
+    assert not any(p.is_alive() for p in processes)
+
+
+def test_an_early_worker_takes_no_job_past_a_refused_bound(monkeypatch):
+    from crossattn.bounds import LIMIT_ENV, TooLarge
+
+    big = dataclasses.replace(load_spec(resolve_spec("se_default")), input_shape=(64, 64, 256, 256))
+    jobs = [CheckJob(big, ("torch->paddle",), ("eval",), tolerance_for("float64"), 0, "float64")] + _jobs(NAMES)
+    monkeypatch.setenv(LIMIT_ENV, "1G")
+    started = check_runner.Workers(1)
+    processes = [process for process, _ in started.started]
+    with pytest.raises(TooLarge, match="input_shape"):
+        run_checks(jobs, workers=2, show_progress=False, started=started)
+    assert not any(p.is_alive() for p in processes)

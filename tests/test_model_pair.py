@@ -155,7 +155,7 @@ def test_the_installed_script_imports_from_the_current_folder(tmp_path):
                            "mypkg.nets:build_paddle", "--input-shape", "1,3,6,6", "--mode", "eval"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "3 passed, 0 failed" in done.stdout  # 2 directions + the large input probe
+    assert "4 passed, 0 failed" in done.stdout  # 2 directions + a batch of one's two probes, one sign each
 
 
 @pytest.mark.parametrize("args, words", [
