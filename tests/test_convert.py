@@ -493,3 +493,25 @@ def test_bfloat16_checkpoints_are_upcast_exactly(tiny, tmp_path, fmt):
     assert report.passed, report.lines()
     written = load_native(tmp_path / "out.pdparams", "pdparams")
     assert np.array_equal(written["conv.weight"], state["conv.weight"].float().numpy())
+
+
+def test_a_written_pdparams_carries_the_sha256_of_its_pickle(tmp_path):
+    """The digest is taken while the pickle is written (on a second thread), not by reading the file back."""
+    import hashlib
+
+    import paddle
+
+    from weight_transfer.checkpoints import write_checkpoint
+    from weight_transfer.integrity import TRAILER_LEN, TRAILER_MAGIC, verify_pickle
+
+    rng = np.random.default_rng(0)
+    tensors = {f"layer{i}.weight": rng.standard_normal((64, 3 + i, 3, 3)) for i in range(9)}
+    tensors["big"] = rng.standard_normal((512, 1024)).astype(np.float32)  # several MiB: written in one piece
+    path = tmp_path / "model.pdparams"
+    write_checkpoint(path, "paddle", tensors, "paddle", "test")
+    data = path.read_bytes()
+    body, trailer = data[:-TRAILER_LEN], data[-TRAILER_LEN:]
+    assert trailer == TRAILER_MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n"
+    assert verify_pickle(path)
+    loaded = paddle.load(str(path))
+    assert loaded.keys() == tensors.keys() and all(np.array_equal(loaded[k], tensors[k]) for k in tensors)

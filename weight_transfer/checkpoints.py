@@ -33,6 +33,7 @@ import numpy as np
 from crossattn.errors import CrossattnError
 from weight_transfer.integrity import (
     METADATA_KEY,
+    HashingWriter,
     recorded_digest,
     seal_pickle,
     tensors_digest,
@@ -580,10 +581,12 @@ def _write_paddle(path: Path, tensors: Mapping[str, np.ndarray], framework: str,
     """
     state = {k: _contiguous(v) for k, v in tensors.items()}
     with open(path, "wb") as fh:
-        pickler = pickle.Pickler(fh, protocol=4)
+        hashed = HashingWriter(fh)
+        pickler = pickle.Pickler(hashed, protocol=4)
         pickler.fast = True
         pickler.dump(state)
-    seal_pickle(path)  # a SHA-256 trailer after STOP: paddle.load and pickle stop before it
+        digest = hashed.hexdigest()
+    seal_pickle(path, digest)  # a SHA-256 trailer after STOP: paddle.load and pickle stop before it
 
 
 def _write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], framework: str, spec_type: str) -> None:
