@@ -24,7 +24,7 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from crossattn.errors import CrossattnError, OptionError
@@ -83,8 +83,8 @@ def input_lower_bound(shape: Sequence[int], itemsize: int = 8) -> int:
 FORWARD_GATE = 1 << 26
 
 
-def meta_footprint(spec: Any, input_shape: Sequence[int] | None,
-                   parameters_dominate: bool = False) -> tuple[int, int] | None:
+def meta_footprint(spec: Any, input_shape: Sequence[int] | None, parameters_dominate: bool = False,
+                   built: Callable[[Any], None] | None = None) -> tuple[int, int] | None:
     """(parameter + buffer elements, elements of every tensor the forward creates) from a torch meta build.
 
     None when torch is not installed. The forward is run on the meta device only for
@@ -94,6 +94,7 @@ def meta_footprint(spec: Any, input_shape: Sequence[int] | None,
     framework cannot even represent raises TooLarge. `parameters_dominate` (convert: one
     forward without a graph) lets a small input skip the forward whatever the model's size:
     the first meta forward in a process costs about 1.4 s, most of a conversion's time.
+    `built` is given the torch model built on the meta device (its slots cost no second build).
     """
     try:
         import torch
@@ -112,6 +113,8 @@ def meta_footprint(spec: Any, input_shape: Sequence[int] | None,
         raise TooLarge(f"{where}, key `{largest_option(spec.options)}`: the options give tensors the framework "
                        f"cannot create ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
                        f"use smaller sizes") from None
+    if built is not None:
+        built(model)
     params = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
     if input_shape is None:
         return params, 0
@@ -221,14 +224,16 @@ def _forward_elements(torch: Any, model: Any, shape: tuple[int, ...], where: str
     return Count.total
 
 
-def require_check_fits(spec: Any, command: str = "check", parameters_dominate: bool = False) -> None:
-    """Refuse a spec whose float64 twins, input and gradients cannot fit in memory (check, diff, convert)."""
+def require_check_fits(spec: Any, command: str = "check", parameters_dominate: bool = False,
+                       built: Callable[[Any], None] | None = None) -> None:
+    """Refuse a spec whose float64 twins, input and gradients cannot fit in memory (check, diff, convert);
+    `built` as in `meta_footprint`."""
     where = spec.path or spec.name
     shape = spec.input_shape
     if shape is not None:
         refuse_over_budget(input_lower_bound(shape), f"`{command}` with input_shape {list(shape)}", where,
                            "input_shape")
-    found = meta_footprint(spec, shape, parameters_dominate)
+    found = meta_footprint(spec, shape, parameters_dominate, built)
     if found is None:
         return
     params, activations = found
@@ -323,7 +328,8 @@ def require_pair_fits(pair: Any, command: str = "check", with_input: bool = True
     """`require_check_fits` for a model pair: a spec's twins in full, a user's pair by its input size."""
     shape = pair.input_shape if with_input else None
     if pair.spec is not None:
-        require_check_fits(dataclasses.replace(pair.spec, input_shape=shape), command, parameters_dominate)
+        require_check_fits(dataclasses.replace(pair.spec, input_shape=shape), command, parameters_dominate,
+                           lambda model: pair.remember_slots("torch", model))
     elif shape is not None:
         refuse_over_budget(input_lower_bound(shape), f"`{command}` with --input-shape {list(shape)}", pair.origin,
                            "--input-shape")

@@ -126,6 +126,13 @@ class ModelPair:
             release_freed_memory()
         return self._slots[framework]
 
+    def remember_slots(self, framework: str, model: Any) -> None:
+        """Take the slots from a model built without storage elsewhere (the memory bound's meta build)."""
+        if framework not in self._slots:
+            from crossattn.frameworks import adapter
+
+            self._slots[framework] = adapter(framework).slots(model)
+
     # ----------------------------------------------------------------- names
 
     def layer_map(self, source: str, target: str) -> dict[str, str]:
