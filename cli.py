@@ -126,7 +126,7 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     from crossattn.atomic import atomic_write_text
     from crossattn.check import DIRECTIONS, MODES
     from crossattn.check_runner import CheckJob, run_checks, start_workers
-    from crossattn.frameworks import require
+    from crossattn.frameworks import require, require_installed
     from crossattn.report import failure_details, summary_table, to_json
     from crossattn.model_pair import ModelPair
     from crossattn.spec import load_spec, resolve_spec, shipped_spec_paths
@@ -145,8 +145,10 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     if not user_pair and (all_specs or len(specs) > 1) and workers != 1:
         early = start_workers(workers)  # they import the frameworks while this process does the same
         click.get_current_context().call_on_close(early.close)
-    for framework in ("torch", "paddle"):  # what the run needs is checked before any work starts
-        require(framework)
+    # what the run needs is checked before any work starts; paddle is imported where a job first needs it
+    # (this process checks the memory bounds first, which need torch only)
+    require("torch")
+    require_installed("paddle")
     if user_pair:
         pairs = [pair_from_cli(None, torch_model, paddle_model, model_args, name_map, input_shape, "check")]
     else:

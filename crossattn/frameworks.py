@@ -51,3 +51,22 @@ def available(framework: str) -> bool:
     except FrameworkMissing:
         return False
     return True
+
+
+def require_installed(framework: str) -> None:
+    """Say how to install `framework` if it is absent, without importing it (a command that imports it
+    later, in another process or after other work, fails early on a missing install all the same)."""
+    import importlib.util
+    import sys
+
+    if framework not in _MODULES:
+        raise FrameworkMissing(f"unknown framework {framework!r}; expected one of: torch, paddle")
+    if sys.modules.get(_MODULES[framework]) is not None:
+        return
+    try:
+        found = importlib.util.find_spec(_MODULES[framework]) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise FrameworkMissing(f"this command needs {framework}, which is not installed; install it with: "
+                               f"{_HINTS[framework]}")

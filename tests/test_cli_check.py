@@ -71,3 +71,10 @@ def test_the_console_script_flushes_its_output_and_keeps_the_exit_status():
     assert done.returncode == 0 and "1 passed, 0 failed" in done.stdout, done.stdout + done.stderr
     wrong = run("check", "se_defualt")
     assert wrong.returncode == 2 and "se_default" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_a_missing_framework_is_named_before_any_work(monkeypatch):
+    monkeypatch.setitem(sys.modules, "paddle", None)  # imports of paddle fail as if it were not installed
+    result = CliRunner().invoke(cli.cli, ["check", "se_default", "eca_default"], standalone_mode=False)
+    assert "needs paddle, which is not installed" in str(result.exception)
+    assert "paddlepaddle" in str(result.exception)

@@ -582,10 +582,12 @@ def _write_paddle(path: Path, tensors: Mapping[str, np.ndarray], framework: str,
     state = {k: _contiguous(v) for k, v in tensors.items()}
     with open(path, "wb") as fh:
         hashed = HashingWriter(fh)
-        pickler = pickle.Pickler(hashed, protocol=4)
-        pickler.fast = True
-        pickler.dump(state)
-        digest = hashed.hexdigest()
+        try:
+            pickler = pickle.Pickler(hashed, protocol=4)
+            pickler.fast = True
+            pickler.dump(state)
+        finally:  # a failed write (a full disk) still ends the hashing thread
+            digest = hashed.hexdigest()
     seal_pickle(path, digest)  # a SHA-256 trailer after STOP: paddle.load and pickle stop before it
 
 
