@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 
 from crossattn.errors import CrossattnError, OptionError, SpecError, shown
@@ -34,11 +34,22 @@ class LineDict(dict):
         self.line: int | None = None
 
 
-class _LineLoader(yaml.SafeLoader):
-    """Safe YAML loader whose mappings record key lines and reject duplicate keys."""
+@functools.cache
+def _line_loader() -> type:
+    """Safe YAML loader whose mappings record key lines and reject duplicate keys (made at first use: `yaml` is
+    imported only by commands that read YAML, not by `crossattn specs` or `--help`)."""
+    import yaml
+
+    class LineLoader(yaml.SafeLoader):
+        pass
+
+    LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+    return LineLoader
 
 
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
+def _construct_mapping(loader: Any, node: Any) -> LineDict:
+    import yaml
+
     loader.flatten_mapping(node)
     mapping = LineDict()
     mapping.line = node.start_mark.line + 1
@@ -56,8 +67,6 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
         mapping.lines[key] = line
     return mapping
 
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,6 +276,8 @@ def read_text_file(path: str | Path, missing_hint: str, limit: int = MAX_YAML_BY
 
 def _check_depth(text: str, file: str) -> None:
     """Refuse deep nesting from the token stream (iterative), before the recursive parser sees it."""
+    import yaml
+
     depth = 0
     starts = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockSequenceStartToken,
               yaml.BlockMappingStartToken)
@@ -284,11 +295,13 @@ def _check_depth(text: str, file: str) -> None:
 
 def read_yaml(path: str | Path, missing_hint: str) -> Any:
     """Load a YAML file with key lines recorded; every failure is a SpecError naming the file (and line)."""
+    import yaml
+
     file = str(path)
     text = read_text_file(path, missing_hint)
     try:
         _check_depth(text, file)
-        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_line_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None

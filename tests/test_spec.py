@@ -123,6 +123,8 @@ def test_help_and_validation_import_no_framework(tmp_path):
         import cli
         runner = CliRunner()
         assert runner.invoke(cli.cli, ["--help"]).exit_code == 0
+        assert runner.invoke(cli.cli, ["specs"]).exit_code == 0
+        assert "yaml" not in sys.modules  # listing reads no YAML
         result = runner.invoke(cli.cli, ["validate", {str(path)!r}])
         assert result.exit_code == 0, result.output
         assert runner.invoke(cli.cli, ["specs"]).exit_code == 0
