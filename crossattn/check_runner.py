@@ -1,9 +1,11 @@
 """Run the equivalence check of many specs on every core, with progress on a terminal.
 
 One spec is one job: its twins are built once and serve all its cases. The
-memory bounds of all jobs are checked first, in this process, while the workers
-start. Jobs go to worker processes (spawned, so each imports the frameworks afresh), largest
-first so the long ones do not finish last alone. Each worker runs torch, paddle
+workers (spawned, so each imports the frameworks afresh) can be started before
+the caller imports anything heavy (`start_workers`). This process checks the
+memory bound of every job, in queue order, before it takes a job itself; a
+worker takes each job as soon as its bound is checked. Jobs go largest first so
+the long ones do not finish last alone. Each worker runs torch, paddle
 and numpy on one thread: on a small machine one process per core beats
 threads, and two frameworks' thread pools in one process fight for the cores.
 A single job runs in this process: starting a worker would cost more than it
