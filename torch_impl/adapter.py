@@ -16,7 +16,7 @@ from torch import nn
 
 from crossattn.errors import CrossattnError, TransferError
 from crossattn.tracing import LayerTrace, call_key
-from torch_impl.float64_conv import channels_last_convs
+from torch_impl.conv_layout import channels_last_convs
 from torch_impl.layers import ZERO_INIT_ATTR
 from weight_transfer.slots import Slot, join, state_problems
 
@@ -133,10 +133,10 @@ def _bn_batch_hooks(model, batches: dict[str, list]) -> list:
 
 def _forward_backward(model: nn.Module, x: np.ndarray,
                       cotangent: Callable[[tuple[int, ...]], np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward `x`, then backward sum(output * cotangent); returns (input, output) tensors. In float64 the
-    convolutions that are faster in channels-last layout run in it (`torch_impl.float64_conv`)."""
+    """Forward `x`, then backward sum(output * cotangent); returns (input, output) tensors. The convolutions
+    for which torch's own kernel choice is slow run in channels-last layout (`torch_impl.conv_layout`)."""
     inputs = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
-    with channels_last_convs() if inputs.dtype == torch.float64 else contextlib.nullcontext():
+    with channels_last_convs():
         output = model(inputs)
     if not torch.is_tensor(output):
         raise CrossattnError(f"the model returns {type(output).__name__}, not one tensor; check and diff compare "
