@@ -515,3 +515,20 @@ def test_a_written_pdparams_carries_the_sha256_of_its_pickle(tmp_path):
     assert verify_pickle(path)
     loaded = paddle.load(str(path))
     assert loaded.keys() == tensors.keys() and all(np.array_equal(loaded[k], tensors[k]) for k in tensors)
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", bytes(range(256)) * 3, b"\x80\x02\x8a\x0a"])
+def test_a_torch_file_that_is_not_a_pickle_is_called_damaged_not_unsafe(content, tmp_path):
+    """Random bytes fail torch's weights-only unpickler too; they are reported as what they are."""
+    (tmp_path / "bad.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a (readable )?torch checkpoint") as info:
+        read_checkpoint(tmp_path / "bad.pt")
+    assert not isinstance(info.value, UnsafeCheckpointError)
+
+
+def test_a_legacy_torch_file_needing_code_is_still_refused_as_unsafe(tmp_path):
+    torch.save({"w": torch.zeros(2), "extra": Custom()}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeCheckpointError, match="needs `.*Custom`.*--trust-pickle"):
+        read_checkpoint(tmp_path / "legacy.pt")
+    torch.save({"w": torch.ones(2)}, tmp_path / "plain.pt", _use_new_zipfile_serialization=False)
+    np.testing.assert_array_equal(read_checkpoint(tmp_path / "plain.pt").content["w"], np.ones(2, np.float32))

@@ -147,9 +147,15 @@ def _read_torch(path: Path, trust_pickle: bool) -> RawCheckpoint:
     try:
         content = _torch_load(torch, path, weights_only=True)
     except pickle.UnpicklingError as exc:
+        damage = _not_a_pickle(path)
+        if damage is not None:  # random bytes are not "more than tensors": say what the file is
+            raise CheckpointError(f"{path}: not a torch checkpoint: neither a zip archive (torch.save's format) nor "
+                                  f"a whole pickle ({damage}); it is damaged, cut short or another kind of "
+                                  f"file") from None
         if not trust_pickle:
             needed = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-            first = (f"it needs `{needed.group(1)}`" if needed else
+            reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+            first = (f"it needs `{needed.group(1)}`" if needed else reason.group(1).strip() if reason else
                      str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             raise UnsafeCheckpointError(
                 f"{path}: refused: the file needs more than tensors and plain containers to load "
@@ -162,6 +168,26 @@ def _read_torch(path: Path, trust_pickle: bool) -> RawCheckpoint:
     if isinstance(content, torch.nn.Module):  # a whole pickled model (only with trust_pickle)
         content = content.state_dict()
     return RawCheckpoint(path, "torch", content)
+
+
+def _not_a_pickle(path: Path) -> str | None:
+    """Why a file that is no zip archive is not a pickle stream either (None: it is one, or a zip).
+
+    torch's legacy format is a sequence of pickles, the first a magic number;
+    its opcodes are read here, none executed, so damage is told apart from a
+    well-formed pickle that needs code to load.
+    """
+    import pickletools
+
+    if zipfile.is_zipfile(path):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            for _ in pickletools.genops(fh):
+                pass
+    except Exception as exc:  # noqa: BLE001 - unknown opcodes, truncation: all mean the same here
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _torch_load(torch: Any, path: Path, weights_only: bool) -> Any:
