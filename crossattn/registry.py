@@ -8,6 +8,7 @@ never imports torch or paddle.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import pkgutil
 from typing import Any, Literal
@@ -65,8 +66,19 @@ def entry(type_name: Any, key: str = "type") -> Entry:
     _discover()
     if not isinstance(type_name, str) or type_name not in _ENTRIES:
         known = ", ".join(sorted(_ENTRIES))
-        raise OptionError(key, f"unknown type {shown(type_name)}; known types: {known}")
+        close = _closest_type(type_name) if isinstance(type_name, str) else None
+        hint = f"did you mean `{close}`? " if close else ""
+        raise OptionError(key, f"unknown type {shown(type_name)}; {hint}known types: {known}")
     return _ENTRIES[type_name]
+
+
+def _closest_type(name: str) -> str | None:
+    """A misspelt type, or a known one with a word added (`se_block` for `se`)."""
+    close = difflib.get_close_matches(name, sorted(_ENTRIES), n=1)
+    if close:
+        return close[0]
+    extended = [known for known in _ENTRIES if name.startswith(known + "_")]
+    return max(extended, key=len) if extended else None
 
 
 def twin_class(type_name: str, framework: str) -> type:

@@ -86,6 +86,13 @@ def test_unknown_block_type_lists_known_types(tmp_path):
     assert "non_local" in err.message and "known types" in err.message
 
 
+@pytest.mark.parametrize("written, meant", [("nonlocal", "non_local"), ("selective_kernal", "selective_kernel"),
+                                            ("se_block", "se"), ("global_context_block", "global_context")])
+def test_a_misspelt_or_extended_type_gets_did_you_mean(tmp_path, written, meant):
+    err = _error(tmp_path, f"type: {written}\noptions: {{}}\n")
+    assert f"did you mean `{meant}`?" in err.message
+
+
 def test_missing_required_option(tmp_path):
     err = _error(tmp_path, "type: non_local\noptions:\n  mode: gaussian\n")
     assert err.key == "options.in_channels" and "required" in err.message
