@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import click
 
@@ -287,6 +288,9 @@ _register_subcommands()
 
 def main() -> None:
     """Entry point: user mistakes print one paragraph and exit 2, never a traceback."""
+    # paddle warns at import that ccache is missing (it concerns building C++ extensions only); a user's own
+    # model module may import paddle before crossattn does
+    warnings.filterwarnings("ignore", message="No ccache found")
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import reprlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 _SHORT = reprlib.Repr()
@@ -71,3 +73,34 @@ class TrainingDiverged(CrossattnError):
     """Training met a non-finite loss, gradient or weight; the last good checkpoint is kept."""
 
     exit_code = 3
+
+
+class ForwardError(CrossattnError):
+    """A model's forward that fails on the input it was given: most often a shape the model does not take."""
+
+
+#: what a forward raises on an input it cannot take (a shape, a channel count, a missing argument)
+_INPUT_MISTAKES = (RuntimeError, ValueError, TypeError, IndexError, AssertionError)
+
+
+def _summary(exc: BaseException) -> str:
+    """The framework's own one-line reason (paddle's messages run to a C++ stack: its error line is kept)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if "Error:" in line and not line.startswith(("File ", "[Hint"))]
+    line = named[0] if named else lines[0] if lines else ""
+    line = line if len(line) <= 300 else line[:297] + "..."
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+@contextlib.contextmanager
+def forward_of(framework: str, shape: Sequence[int]) -> Iterator[None]:
+    """Within: a forward that fails on its input is reported as a mistake in the input shape, with the
+    framework's reason, instead of a traceback."""
+    try:
+        yield
+    except CrossattnError:
+        raise
+    except _INPUT_MISTAKES as exc:
+        raise ForwardError(f"the {framework} model's forward failed on an input of shape {list(shape)} "
+                           f"({_summary(exc)}); if that shape is not what the model takes, give the right one "
+                           f"(--input-shape for your own pair, or the spec's input_shape)") from exc

@@ -13,7 +13,7 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from crossattn.errors import CrossattnError, TransferError
+from crossattn.errors import CrossattnError, TransferError, forward_of
 from crossattn.tracing import LayerTrace, call_key
 from paddle_impl.layers import ZERO_INIT_ATTR
 from weight_transfer.slots import Slot, join, state_problems
@@ -148,7 +148,8 @@ def _forward_backward(model: nn.Layer, x: np.ndarray,
                       cotangent: Callable[[tuple[int, ...]], np.ndarray]) -> tuple[paddle.Tensor, paddle.Tensor]:
     """Forward `x`, then backward sum(output * cotangent); returns (input, output) tensors."""
     inputs = paddle.to_tensor(np.ascontiguousarray(x), stop_gradient=False)
-    output = model(inputs)
+    with forward_of("paddle", x.shape):
+        output = model(inputs)
     if not isinstance(output, paddle.Tensor):
         raise CrossattnError(f"the model returns {type(output).__name__}, not one tensor; check and diff compare "
                              f"a single output (wrap the model to return the tensor to compare)")
@@ -336,7 +337,8 @@ def forward(model: nn.Layer, x: np.ndarray, train: bool) -> np.ndarray:
     """The output alone (no graph kept): what a conversion's verification compares."""
     model.train() if train else model.eval()
     with paddle.no_grad():
-        output = model(paddle.to_tensor(np.ascontiguousarray(x)))
+        with forward_of("paddle", x.shape):
+            output = model(paddle.to_tensor(np.ascontiguousarray(x)))
     if not isinstance(output, paddle.Tensor):
         raise CrossattnError(f"the model returns {type(output).__name__}, not one tensor")
     return output.numpy().copy()

@@ -217,3 +217,16 @@ def test_zero_initialised_layers_build_without_storage(name, framework):
     with adapter(framework).lazy():
         model = pair.build(framework)
     assert adapter(framework).slots(model)
+
+
+@pytest.mark.parametrize("command", [["check"], ["check", "--direction", "paddle2torch"], ["diff"]])
+def test_an_input_shape_the_model_cannot_take_is_a_user_error_naming_it(command, name_map_file):
+    """5 channels into a 3-channel conv: the framework's reason and --input-shape, not a traceback."""
+    args = [a if a != "2,3,6,6" else "2,5,6,6" for a in USER]
+    result = run([*command, *args, "--name-map", name_map_file])
+    assert isinstance(result.exception, CrossattnError), result.output
+    message = str(result.exception)
+    assert "forward failed on an input of shape [2, 5, 6, 6]" in message and "--input-shape" in message
+    assert "channels" in message  # the framework's own reason is kept
+    assert "Traceback" not in message and "\n" not in message
+

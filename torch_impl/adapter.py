@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossattn.errors import CrossattnError, TransferError
+from crossattn.errors import CrossattnError, TransferError, forward_of
 from crossattn.tracing import LayerTrace, call_key
 from torch_impl.conv_layout import channels_last_convs
 from torch_impl.layers import ZERO_INIT_ATTR
@@ -137,7 +137,8 @@ def _forward_backward(model: nn.Module, x: np.ndarray,
     for which torch's own kernel choice is slow run in channels-last layout (`torch_impl.conv_layout`)."""
     inputs = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
     with channels_last_convs():
-        output = model(inputs)
+        with forward_of("torch", x.shape):
+            output = model(inputs)
     if not torch.is_tensor(output):
         raise CrossattnError(f"the model returns {type(output).__name__}, not one tensor; check and diff compare "
                              f"a single output (wrap the model to return the tensor to compare)")
@@ -325,7 +326,8 @@ def forward(model: nn.Module, x: np.ndarray, train: bool) -> np.ndarray:
     """The output alone (no graph kept): what a conversion's verification compares."""
     model.train(train)
     with torch.no_grad():
-        output = model(torch.from_numpy(np.ascontiguousarray(x)))
+        with forward_of("torch", x.shape):
+            output = model(torch.from_numpy(np.ascontiguousarray(x)))
     if not torch.is_tensor(output):
         raise CrossattnError(f"the model returns {type(output).__name__}, not one tensor")
     return output.numpy().copy()
