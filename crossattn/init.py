@@ -10,7 +10,8 @@ Two modes:
   zero-initialised (the identity start of residual attention) kept at zero.
 - "check": every tensor random, norms and running statistics included, so an
   equivalence check exercises every path (a zero-initialised branch would hide
-  a wrong implementation behind a zero output).
+  a wrong implementation behind a zero output). float32 tensors are drawn in
+  float32 (the same for both twins, as every draw).
 """
 
 from __future__ import annotations
@@ -46,27 +47,44 @@ def _fan_in(slot: Slot, weight_shape: tuple[int, ...]) -> int:
     return int(np.prod(weight_shape[1:]))
 
 
+def _single(slot: Slot, mode: InitMode) -> bool:
+    """Whether a check draws this tensor in float32: a float32 slot holds no more, and the draw takes half the
+    time and memory (a full-size model's draws were a tenth of its float32 check). Training ("default")
+    draws stay float64, as they always were."""
+    return mode == "check" and np.dtype(slot.dtype) in (np.dtype(np.float32), np.dtype(np.float16))
+
+
+def _uniform(rng: np.random.Generator, low: float, high: float, shape: tuple[int, ...], single: bool) -> np.ndarray:
+    if not single:
+        return rng.uniform(low, high, size=shape)
+    values = rng.random(shape, dtype=np.float32)
+    values *= np.float32(high - low)
+    values += np.float32(low)
+    return values
+
+
 def _draw(slot: Slot, torch_name: str, shape: tuple[int, ...], weight_shapes: Mapping[str, tuple[int, ...]],
           native: np.ndarray, mode: InitMode, rng: np.random.Generator) -> np.ndarray:
     kind, name = slot.kind, torch_name
+    single = _single(slot, mode)
     if kind in ("conv", "linear", "embedding", "mha"):  # mha: attention projections, drawn as Linear
         if slot.zero_init and mode == "default":
             return np.zeros(shape)
         if kind == "embedding":
-            return rng.standard_normal(shape)
+            return rng.standard_normal(shape, dtype=np.float32 if single else np.float64)
         weight_shape = weight_shapes.get(slot.layer, shape)
         bound = 1.0 / np.sqrt(max(_fan_in(slot, weight_shape), 1))
-        return rng.uniform(-bound, bound, size=shape)
+        return _uniform(rng, -bound, bound, shape, single)
     if kind in ("batchnorm", "layernorm", "groupnorm", "instancenorm"):
         if mode == "default":
             if slot.zero_init and name in ("weight", "bias"):
                 return np.zeros(shape)
             return np.ones(shape) if name in ("weight", "running_var", "_variance") else np.zeros(shape)
         if name in ("weight", "running_var", "_variance"):
-            return rng.uniform(0.5, 1.5, size=shape)
+            return _uniform(rng, 0.5, 1.5, shape, single)
         if name == "num_batches_tracked":
             return np.zeros(shape)
-        return rng.uniform(-0.5, 0.5, size=shape)
+        return _uniform(rng, -0.5, 0.5, shape, single)
     # other kinds: custom parameters keep the twin's constant initial value by default
     if mode == "default" or not np.issubdtype(native.dtype, np.floating):
         return native
@@ -98,7 +116,7 @@ def initial_state(slots: Mapping[str, Slot], native: Mapping[str, np.ndarray], f
         memo = None
         if draws is not None and slot.kind in STANDARD_KINDS:
             memo = (seed, mode, key_torch, slot.kind, slot.zero_init, torch_shape,
-                    weight_shapes.get(slot.layer, torch_shape))
+                    weight_shapes.get(slot.layer, torch_shape), _single(slot, mode))
         if memo is not None and memo in draws:
             value = draws.pop(memo)
         else:

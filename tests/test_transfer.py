@@ -133,3 +133,19 @@ def test_default_init_starts_norm_scales_at_one_in_both_frameworks(nets):
     state = initial_state(paddle_adapter.slots(pnet), paddle_adapter.state(pnet), "paddle", seed=0)
     np.testing.assert_array_equal(state["inorm.scale"], 1)
     np.testing.assert_array_equal(state["act._weight"], 0.25)  # PReLU keeps its constant start
+
+
+def test_check_draws_follow_the_slot_dtype_within_the_same_bounds(nets):
+    """float32 tensors are drawn in float32 (half the time and memory); float64 ones keep float64 draws."""
+    tnet, _ = nets
+    single = initial_state(torch_adapter.slots(tnet), torch_adapter.state(tnet), "torch", seed=3, mode="check")
+    tnet.double()
+    double = initial_state(torch_adapter.slots(tnet), torch_adapter.state(tnet), "torch", seed=3, mode="check")
+    bound = 1 / np.sqrt(6)
+    for state, dtype in ((single, np.float32), (double, np.float64)):
+        assert state["fc.weight"].dtype == dtype
+        assert np.abs(state["fc.weight"]).max() <= bound and np.abs(state["fc.weight"]).max() > 0.5 * bound
+        assert 0.5 <= state["bn.weight"].min() and state["bn.weight"].max() < 1.5
+    # float64 draws carry more than float32 holds
+    assert not np.array_equal(double["fc.weight"].astype(np.float32).astype(np.float64), double["fc.weight"])
+    assert single["fc.weight"].std() > 0 and double["fc.weight"].std() > 0
