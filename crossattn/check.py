@@ -168,6 +168,18 @@ class LoadedStates:
 
     def __init__(self) -> None:
         self.held: dict[int, tuple[Any, dict[str, np.ndarray]]] = {}  # id(model) -> (model, state)
+        #: models built without storage (`built_lazily`): their first state becomes their storage
+        self.without_storage: dict[int, Any] = {}
+
+    def load(self, module: ModuleType, model: Any, state: dict[str, np.ndarray], private: bool = False) -> None:
+        """Load `state` into `model`; `private`: the arrays are this load's own (a cast), and a model without
+        storage may keep them as its storage instead of a copy."""
+        if self.without_storage.get(id(model)) is model:
+            module.load_lazy(model, state, consume=private)
+            del self.without_storage[id(model)]
+        else:
+            module.load_state(model, state)
+        self.loaded(model, state)
 
     def holds(self, model: Any, state: dict[str, np.ndarray]) -> bool:
         entry = self.held.get(id(model))
@@ -189,8 +201,11 @@ class LoadedStates:
              train: bool, prepare: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None):
         """`module.step` from `state`, loading it (through `prepare`, e.g. a cast) unless the model holds it."""
         if not self.holds(model, state):
-            module.load_state(model, prepare(state) if prepare else state)
-            self.loaded(model, state)
+            if prepare is None:
+                self.load(module, model, state)
+            else:
+                self.load(module, model, prepare(state), private=True)
+                self.loaded(model, state)
         result = module.step(model, x, cotangent, train)
         self.stepped(model, result.state)
         return result
@@ -218,10 +233,8 @@ class TwinPair:
     mapping_slots: dict[str, dict[str, Slot]] = dataclasses.field(default_factory=dict)
 
     def reload(self) -> None:
-        self.src.load_state(self.src_model, self.src_init)
-        self.loads.loaded(self.src_model, self.src_init)
-        self.dst.load_state(self.dst_model, self.dst_init)
-        self.loads.loaded(self.dst_model, self.dst_init)
+        self.loads.load(self.src, self.src_model, self.src_init)
+        self.loads.load(self.dst, self.dst_model, self.dst_init)
 
 
 class BuiltTwins:
@@ -242,32 +255,38 @@ class BuiltTwins:
         if framework not in self._built:
             fw = adapter(framework)
             fw.setup("cpu")
-            model = built_without_init(self.models, framework, self.dtype)
-            if any(s.dtype != self.dtype and np.issubdtype(np.dtype(s.dtype), np.floating)
-                   for s in fw.slots(model).values()):  # a tensor created with an explicit dtype
-                model = fw.to_dtype(model, self.dtype)
+            model, has_storage = built_lazily(self.models, framework, self.dtype)
             slots = fw.slots(model)
+            if any(s.dtype != self.dtype and np.issubdtype(np.dtype(s.dtype), np.floating)
+                   for s in slots.values()):  # a tensor created with an explicit dtype
+                if not has_storage:
+                    fw.load_lazy(model, _zeros(slots), consume=True)
+                    has_storage = True
+                model = fw.to_dtype(model, self.dtype)
+                slots = fw.slots(model)
+            if not has_storage:
+                self.loads.without_storage[id(model)] = model
             custom = any(slot.kind not in STANDARD_KINDS for slot in slots.values())
             self._built[framework] = (model, slots, custom_state(slots, fw.state(model)) if custom else {})
         return self._built[framework]
 
 
-def built_without_init(models: ModelPair, framework: str, dtype: str | None = None) -> Any:
-    """The framework's model with storage but without its default initialisation, which check overwrites at
-    once (a quarter of building a large model), built in `dtype` (else the framework's default). Built for
-    real where something needs the built values: a custom tensor (its initial value feeds the draw) or a
-    tensor the state does not cover (a non-persistent buffer)."""
+def built_lazily(models: ModelPair, framework: str, dtype: str | None = None) -> tuple[Any, bool]:
+    """(model, whether it has storage): built without storage and without the framework's default
+    initialisation, which check overwrites at once (a quarter of building a large model), in `dtype` (else the
+    framework's default); its first load gives it storage (`LoadedStates.load`), so no zeros are written
+    first. Built for real where something needs the built values: a custom tensor (its initial value feeds
+    the draw) or a tensor the state does not cover (a non-persistent buffer)."""
     fw = adapter(framework)
     with fw.default_dtype(dtype) if dtype else contextlib.nullcontext():
         model = models.build_lazy(framework)
-        slots = fw.slots(model)
-        if any(slot.kind not in STANDARD_KINDS for slot in slots.values()):
-            return models.build(framework)
-        try:
-            fw.load_lazy(model, {k: np.zeros(s.shape, s.dtype) for k, s in slots.items()}, consume=True)
-        except CrossattnError:
-            return models.build(framework)
-    return model
+        if any(slot.kind not in STANDARD_KINDS for slot in fw.slots(model).values()) or fw.uncovered(model):
+            return models.build(framework), True
+    return model, False
+
+
+def _zeros(slots: dict[str, Slot]) -> dict[str, np.ndarray]:
+    return {k: np.zeros(s.shape, s.dtype) for k, s in slots.items()}
 
 
 def prepare_pair(models: ModelPair | Spec, direction: str, dtype: str = "float64", seed: int = 0,

@@ -307,6 +307,12 @@ def lazy() -> Iterator[None]:
         yield
 
 
+def uncovered(model: nn.Layer) -> list[str]:
+    """Parameters of a lazily built model that no state can initialise (not in its state dict)."""
+    state = model.state_dict()
+    return [name for name, _ in model.named_parameters() if name not in state]
+
+
 def load_lazy(model: nn.Layer, values: MutableMapping[str, np.ndarray], consume: bool = False) -> nn.Layer:
     """Initialise a lazily built model from `values`, tensor by tensor.
 
@@ -320,9 +326,9 @@ def load_lazy(model: nn.Layer, values: MutableMapping[str, np.ndarray], consume:
     if problems:
         raise TransferError(problems, "loading paddle state")
     state = model.state_dict()
-    uncovered = [name for name, _ in model.named_parameters() if name not in state]
-    if uncovered:  # checked before anything is consumed, so the caller can still build the model for real
-        raise CrossattnError(f"parameters {', '.join(uncovered[:5])} are not in the model's state dict")
+    left_out = [name for name, _ in model.named_parameters() if name not in state]
+    if left_out:  # checked before anything is consumed, so the caller can still build the model for real
+        raise CrossattnError(f"parameters {', '.join(left_out[:5])} are not in the model's state dict")
     for key, tensor in state.items():
         tensor.set_value(_c_order(values[key]))
         if consume:

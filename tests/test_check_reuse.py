@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from crossattn import pair_sums
-from crossattn.check import LoadedStates, check_spec
+from crossattn.check import BuiltTwins, LoadedStates, as_pair, check_spec
 from crossattn.compare import compare, judge
 from crossattn.frameworks import adapter
 from crossattn.pair_sums import SumsMemo, judged_sums
@@ -104,14 +104,43 @@ def test_check_loads_each_model_once_and_still_judges_every_case(monkeypatch, sp
     loaded = {"torch": 0, "paddle": 0}
     for framework in loaded:
         module = adapter(framework)
-        original = module.load_state
+        for name in ("load_state", "load_lazy"):  # a model built without storage takes its first state lazily
+            original = getattr(module, name)
 
-        def counting(model, values, framework=framework, original=original):
-            loaded[framework] += 1
-            return original(model, values)
+            def counting(model, values, *args, framework=framework, original=original, **kwargs):
+                loaded[framework] += 1
+                return original(model, values, *args, **kwargs)
 
-        monkeypatch.setattr(module, "load_state", counting)
+            monkeypatch.setattr(module, name, counting)
     cases = check_spec(load_spec(resolve_spec(spec_name)))
     assert len(cases) == 5 and all(c.passed for c in cases)
     # eval steps (normal and the large probe) and then the train step, from one load per framework
     assert loaded == {"torch": 1, "paddle": 1}
+
+
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_a_model_built_without_storage_takes_its_first_state_and_never_writes_a_state_back(framework):
+    fw = adapter(framework)
+    pair = as_pair(load_spec(resolve_spec("se_conv")))
+    built = BuiltTwins(pair, "float64")
+    model, slots, _ = built.get(framework)
+    assert built.loads.without_storage.get(id(model)) is model  # nothing zeroed or copied yet
+    rng = np.random.default_rng(0)
+    first = {k: rng.standard_normal(s.shape) for k, s in slots.items()}
+    kept = {k: v.copy() for k, v in first.items()}
+    built.loads.load(fw, model, first)
+    assert not built.loads.without_storage
+    second = {k: v + 1.0 for k, v in first.items()}
+    built.loads.load(fw, model, second)  # into the model's storage, not into the arrays of `first`
+    assert all(np.array_equal(first[k], kept[k]) for k in kept)
+    assert all(np.array_equal(v, second[k]) for k, v in fw.state(model).items())
+
+
+def test_a_private_cast_becomes_the_torch_models_storage():
+    fw = adapter("torch")
+    built = BuiltTwins(as_pair(load_spec(resolve_spec("se_conv"))), "float64")
+    model, slots, _ = built.get("torch")
+    state = {k: np.random.default_rng(1).standard_normal(s.shape) for k, s in slots.items()}
+    built.loads.load(fw, model, dict(state), private=True)
+    name, parameter = next(iter(model.named_parameters()))
+    assert parameter.detach().numpy().ctypes.data == state[name].ctypes.data  # shared, not copied

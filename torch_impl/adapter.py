@@ -296,14 +296,21 @@ def lazy() -> Iterator[None]:
         yield
 
 
-def load_lazy(model: nn.Module, values: MutableMapping[str, np.ndarray], consume: bool = False) -> nn.Module:
-    """Give a lazily built model the storage of `values`: parameters share the arrays, buffers are copies.
+def uncovered(model: nn.Module) -> list[str]:
+    """Tensors of a lazily built model that no state can give storage to (non-persistent buffers)."""
+    keys = set(model.state_dict())
+    return [n for n, _ in list(model.named_parameters()) + list(model.named_buffers()) if n not in keys]
 
-    Parameters are not written by a forward, so sharing costs no memory;
-    buffers (running statistics) move in a train-mode forward and are copied
-    so `values` stays as it was. `consume` is accepted for symmetry with paddle
-    (sharing already holds one copy only). Raises CrossattnError if a tensor
-    the state does not cover is left without storage.
+
+def load_lazy(model: nn.Module, values: MutableMapping[str, np.ndarray], consume: bool = False) -> nn.Module:
+    """Give a lazily built model the storage of `values`.
+
+    With `consume` the arrays are handed over: parameters share them (a
+    forward does not write parameters, so a checkpoint costs no second copy);
+    without it every tensor is a copy, so nothing the model is later loaded
+    with reaches `values`. Buffers (running statistics, which a train-mode
+    forward moves) are always copies. Raises CrossattnError if a tensor the
+    state does not cover is left without storage.
     """
     own = slots(model)
     problems = state_problems(own, values)
@@ -312,7 +319,7 @@ def load_lazy(model: nn.Module, values: MutableMapping[str, np.ndarray], consume
     buffers = {name for name, _ in model.named_buffers()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # read-only arrays (memory-mapped files): parameters are only read
-        tensors = {k: torch.from_numpy(np.array(v) if k in buffers else _c_order(v))
+        tensors = {k: torch.from_numpy(np.array(v) if k in buffers or not consume else _c_order(v))
                    for k, v in values.items()}
         model.load_state_dict(tensors, strict=True, assign=True)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
