@@ -185,16 +185,35 @@ def _forward_elements(torch: Any, model: Any, shape: tuple[int, ...], where: str
     from torch.utils._pytree import tree_flatten
 
     aten = torch.ops.aten
+    reductions = {aten.mean.dim, aten.sum.dim_IntList}
     batch_norms = {aten.native_batch_norm.default, aten._native_batch_norm_legit.default,
                    aten._native_batch_norm_legit.no_stats, aten._native_batch_norm_legit_no_training.default}
 
     class Count(TorchDispatchMode):
         total = 0
 
+        @classmethod
+        def _should_skip_dynamo(cls) -> bool:  # else torch wraps __torch_dispatch__ in dynamo's disable, whose
+            return False                        # first call imports torch._dynamo (about 1 s): nothing compiles here
+
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func in batch_norms:  # its meta kernel is a slow Python decomposition (1 s of SE-ResNet-152's
                 x = args[0]          # forward); the outputs are the input's shape and two per-channel vectors
                 out = (torch.empty_like(x), x.new_empty((x.shape[1],)), x.new_empty((x.shape[1],)))
+            elif func is aten.addmm.default:  # a Linear layer. This and the ops below have Python meta kernels
+                out = args[1].new_empty((args[1].shape[0], args[2].shape[1]))
+            elif func is aten.native_layer_norm.default:
+                x, kept = args[0], args[0].dim() - len(args[1])
+                stats = (*x.shape[:kept], *[1] * len(args[1]))
+                out = (torch.empty_like(x), x.new_empty(stats), x.new_empty(stats))
+            elif func in reductions and args[0].is_floating_point():
+                out = args[0].new_empty(_reduced_shape(args[0].shape, *args[1:3], **(kwargs or {})))
+            elif torch.Tag.pointwise in func.tags and _same_dtype_pointwise(torch, func, args):
+                # torch's meta kernels of these are Python references whose first call imports
+                # torch._dynamo (about 1 s); the result is the inputs' broadcast shape, or the input in place
+                tensors = [a for a in args if isinstance(a, torch.Tensor)]
+                out = args[0] if func._schema.name.endswith("_") else \
+                    tensors[0].new_empty(torch.broadcast_shapes(*(t.shape for t in tensors)))
             else:
                 out = func(*args, **(kwargs or {}))
             Count.total += sum(t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
@@ -222,6 +241,30 @@ def _forward_elements(torch: Any, model: Any, shape: tuple[int, ...], where: str
     except Exception:  # noqa: BLE001 - meta tensors do not support every op; the parameters still count
         return 0
     return Count.total
+
+
+def _reduced_shape(shape: Sequence[int], dims: Sequence[int] | None = None, keepdim: bool = False,
+                   **_: Any) -> tuple[int, ...]:
+    """The shape of a sum or mean over `dims` (None or empty: all)."""
+    axes = {d % len(shape) for d in dims} if dims else set(range(len(shape)))
+    return tuple(1 if i in axes else n for i, n in enumerate(shape) if keepdim or i not in axes)
+
+
+#: pointwise ops whose result is not of their inputs' floating dtype
+_NOT_SAME_DTYPE = ("eq", "ne", "lt", "le", "gt", "ge", "logical_", "bitwise_", "is", "signbit", "where", "copysign")
+
+
+def _same_dtype_pointwise(torch: Any, func: Any, args: Sequence[Any]) -> bool:
+    """A pointwise op on floating tensors of one dtype whose result has that dtype (relu, add, mul, sigmoid),
+    in place only where it returns its first argument; anything else runs torch's meta kernel."""
+    name = func._schema.name.split("::")[-1]
+    written = [a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments]
+    if name.startswith(_NOT_SAME_DTYPE) or any(written[1:]) or (written and written[0]) != name.endswith("_"):
+        return False
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    return bool(tensors) and isinstance(args[0], torch.Tensor) and all(
+        t.dtype == tensors[0].dtype and t.is_floating_point() for t in tensors) and not any(
+        isinstance(a, (list, tuple)) for a in args)
 
 
 def require_check_fits(spec: Any, command: str = "check", parameters_dominate: bool = False,
