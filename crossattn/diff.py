@@ -32,8 +32,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from crossattn.conventions import shared_bn_rule
-from crossattn.check import (Judge, _as64, _build, _in_source_naming, _inputs, bn_layers, prepare_pair,
-                             probe_input, running_stat_comparisons, widened)
+from crossattn.check import (Judge, _as64, _build, _in_source_naming, _inputs, bn_layers, few_values_per_channel,
+                             prepare_pair, probe_input, running_stat_comparisons, widened)
 from crossattn.compare import Comparison
 from crossattn.errors import CrossattnError
 from crossattn.model_pair import ModelPair
@@ -320,7 +320,8 @@ def diff_spec(spec: Spec | ModelPair, direction: str = "torch->paddle", mode: st
     judged = Judge(tol, ref64 is not None)
     rows = compare_traces(ref, got, name_map, tol, ref64, got64, single_step)
     report = DiffReport(pair.models.name, direction, mode, single_step, *rows[:5], forward=rows[5], backward=rows[6],
-                        rounding=rows[7], end_to_end=_end_to_end(judged, ref, unfed, ref64, unfed64))
+                        rounding=pair.models.conventions + rows[7],
+                        end_to_end=_end_to_end(judged, ref, unfed, ref64, unfed64))
     if train:
         report.buffers = _buffers(ref, _in_source_naming(pair, got.state_after),
                                   _in_source_naming(pair, got.state_before), pair.src_slots, pair.src_fw,
@@ -328,6 +329,8 @@ def diff_spec(spec: Spec | ModelPair, direction: str = "torch->paddle", mode: st
                                   _in_source_naming(pair, got64.state_after) if got64 is not None else None,
                                   _in_source_naming(pair, got64.state_before) if got64 is not None else None,
                                   shared_bn_rule(pair.models.spec))
+        if not report.passed:
+            report.rounding += few_values_per_channel(ref.bn_batches)
     return report
 
 
@@ -364,8 +367,10 @@ def diff_user_pair(models: ModelPair, direction: str = "torch->paddle", mode: st
         transfer_by_name_map(ref_fw, built[ref_fw], got_fw, built[got_fw], oriented)
     x, _ = probe_input(tuple(models.input_shape), seed, dtype, probe)
     try:
-        return diff_models((ref_fw, built[ref_fw]), (got_fw, built[got_fw]), x, oriented, mode, single_step, tol,
-                           seed, title=models.name)
+        report = diff_models((ref_fw, built[ref_fw]), (got_fw, built[got_fw]), x, oriented, mode, single_step, tol,
+                             seed, title=models.name)
+        report.rounding[:0] = models.conventions
+        return report
     except CrossattnError:
         raise
     except (RuntimeError, ValueError) as exc:  # a shape the models cannot take, as the frameworks word it
@@ -453,4 +458,6 @@ def diff_models(reference: tuple[str, object], candidate: tuple[str, object], x:
         report.buffers = _buffers(ref, mapped(got, "state_after", got_model), mapped(got, "state_before", got_model),
                                   ref_slots, ref_fw, got_fw, judged, ref64,
                                   mapped(got64, "state_after", got_model), mapped(got64, "state_before", got_model))
+        if not report.passed:
+            report.rounding += few_values_per_channel(ref.bn_batches)
     return report

@@ -39,6 +39,8 @@ class ModelPair:
     notes: list[str] = dataclasses.field(default_factory=list)
     #: how the user named the pair, for reports (`--torch-model a:b --paddle-model c:d`)
     origin: str = ""
+    #: what building the models changed to make them compare as the frameworks compute (reported with results)
+    conventions: list[str] = dataclasses.field(default_factory=list)
     _slots: dict[str, dict] = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -95,7 +97,21 @@ class ModelPair:
         require(framework)
         model = self.builders[framework]()
         _require_model(model, framework, self.origin)
+        if framework == "torch":
+            self._held_as_paddle(model)
         return model
+
+    def _held_as_paddle(self, model: Any) -> None:
+        """torch's norm epsilons as paddle holds them (`torch_impl.layers.epsilons_as_paddle_holds`), noted once."""
+        from torch_impl.layers import epsilons_as_paddle_holds
+
+        changed = epsilons_as_paddle_holds(model)
+        if changed and not self.conventions:
+            name, built, used = changed[0]
+            self.conventions.append(
+                f"torch's BatchNorm/InstanceNorm/LayerNorm epsilons are used as paddle holds them, in float32 "
+                f"({len(changed)} layer(s), e.g. `{name or 'the model'}`: {built:g} -> {used:.9g}); paddle "
+                f"cannot apply a value in between, and in float64 the difference shows where a variance is small")
 
     def build_lazy(self, framework: str) -> Any:
         """The framework's model with shapes and dtypes but no values (torch's meta device, paddle's LazyGuard).

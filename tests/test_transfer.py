@@ -149,3 +149,15 @@ def test_check_draws_follow_the_slot_dtype_within_the_same_bounds(nets):
     # float64 draws carry more than float32 holds
     assert not np.array_equal(double["fc.weight"].astype(np.float32).astype(np.float64), double["fc.weight"])
     assert single["fc.weight"].std() > 0 and double["fc.weight"].std() > 0
+
+
+def test_torch_norm_epsilons_take_the_float32_value_paddle_applies():
+    from torch_impl.layers import epsilons_as_paddle_holds
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.InstanceNorm2d(3, eps=1e-6), torch.nn.LayerNorm([3]),
+                                torch.nn.GroupNorm(1, 3), torch.nn.BatchNorm1d(3, eps=float(np.float32(1e-3))))
+    changed = epsilons_as_paddle_holds(model)
+    assert [name for name, _, _ in changed] == ["0", "1", "2"]  # GroupNorm: paddle keeps float64; 4: already float32
+    assert model[0].eps == float(np.float32(1e-5)) and model[1].eps == float(np.float32(1e-6))
+    assert model[3].eps == 1e-5
+    assert epsilons_as_paddle_holds(model) == []

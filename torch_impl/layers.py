@@ -14,6 +14,26 @@ from crossattn.resample import adaptive_pool_matrix, bilinear_matrix
 ZERO_INIT_ATTR = "crossattn_zero_init"
 
 
+def epsilons_as_paddle_holds(model: nn.Module) -> list[tuple[str, float, float]]:
+    """Give the model's BatchNorm, InstanceNorm and LayerNorm epsilons the float32 value paddle applies.
+
+    paddle keeps those epsilons as float32 attributes in any dtype (measured:
+    1e-5 acts as 9.99999975e-06 in float64; its GroupNorm keeps float64, and is
+    left alone). Where a channel's variance is small (a few values per channel
+    in a train-mode step) a float64 comparison sees that rounding as a
+    difference above 1e-9 between models that are the same. Rounding torch's
+    epsilon can hide nothing: paddle cannot hold a value in between. Returns
+    (layer, epsilon as built, as used) for each layer changed.
+    """
+    kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
+    changed = []
+    for name, module in model.named_modules():
+        if isinstance(module, kinds) and isinstance(module.eps, float) and as_paddle_holds(module.eps) != module.eps:
+            changed.append((name, module.eps, as_paddle_holds(module.eps)))
+            module.eps = as_paddle_holds(module.eps)
+    return changed
+
+
 def conv_nd(dimension: int) -> type[nn.Module]:
     return {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dimension]
 
