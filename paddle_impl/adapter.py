@@ -32,6 +32,8 @@ class StepResult:
     state: dict[str, np.ndarray]
     #: per BatchNorm, per call: (batch mean, biased batch variance, values per channel)
     bn_batches: dict[str, list[tuple[np.ndarray, np.ndarray, int]]]
+    #: constants given the float32 value paddle applies: none here (the torch twin's field)
+    rounded: list[str] = dataclasses.field(default_factory=list)
 
 
 def setup(device: str = "cpu") -> None:

@@ -16,7 +16,7 @@ from torch import nn
 
 from crossattn.errors import CrossattnError, TransferError, forward_of
 from crossattn.tracing import LayerTrace, call_key
-from torch_impl.conv_layout import channels_last_convs
+from torch_impl.comparison_calls import comparison_calls
 from torch_impl.layers import ZERO_INIT_ATTR
 from weight_transfer.slots import Slot, join, state_problems
 
@@ -34,6 +34,8 @@ class StepResult:
     state: dict[str, np.ndarray]
     #: per BatchNorm, per call: (batch mean, biased batch variance, values per channel)
     bn_batches: dict[str, list[tuple[np.ndarray, np.ndarray, int]]]
+    #: constants of the model's calls given the float32 value paddle applies (`torch_impl.paddle_constants`)
+    rounded: list[str] = dataclasses.field(default_factory=list)
 
 
 def setup(device: str = "cpu") -> None:
@@ -131,12 +133,13 @@ def _bn_batch_hooks(model, batches: dict[str, list]) -> list:
     return handles
 
 
-def _forward_backward(model: nn.Module, x: np.ndarray,
-                      cotangent: Callable[[tuple[int, ...]], np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward_backward(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray],
+                      rounded: set[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward `x`, then backward sum(output * cotangent); returns (input, output) tensors. The convolutions
-    for which torch's own kernel choice is slow run in channels-last layout (`torch_impl.conv_layout`)."""
+    for which torch's own kernel choice is slow run in channels-last layout (`torch_impl.conv_layout`), and
+    constants paddle holds in float32 take that value (`torch_impl.paddle_constants`, noted in `rounded`)."""
     inputs = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
-    with channels_last_convs():
+    with comparison_calls(rounded):
         with forward_of("torch", x.shape):
             output = model(inputs)
     if not torch.is_tensor(output):
@@ -164,15 +167,17 @@ def step(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]],
     """One forward in train or eval mode and a backward of sum(output * cotangent)."""
     model.train(train)
     batches: dict[str, list] = {}
+    rounded: set[str] = set()
     handles = _bn_batch_hooks(model, batches) if train else []
     try:
-        inputs, output = _forward_backward(model, x, cotangent)
+        inputs, output = _forward_backward(model, x, cotangent, rounded)
     finally:
         for handle in handles:
             handle.remove()
     grads = _take_grads(model, x.dtype)
     input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
-    return StepResult(output.detach().numpy().copy(), input_grad, grads, _untrained_state(model), batches)
+    return StepResult(output.detach().numpy().copy(), input_grad, grads, _untrained_state(model), batches,
+                      sorted(rounded))
 
 
 def trace(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray], train: bool,

@@ -49,7 +49,7 @@ FLOAT32_MAX_POSITIONS, FLOAT32_MIN_WEIGHTS = 36, 512 * 512
 #: torch gives a 1x1 convolution of stride 1 its unfolded kernel below this batch (on one thread)
 UNFOLDED_BELOW_BATCH = 16
 
-_CONV2D = {F.conv2d, torch.conv2d}
+CONV2D = {F.conv2d, torch.conv2d}
 
 
 def _is_one(value: Any) -> bool:
@@ -82,25 +82,30 @@ def _argument(args: tuple, kwargs: dict, index: int, name: str, default: Any) ->
     return args[index] if len(args) > index else kwargs.get(name, default)
 
 
+def convolution(func: Any, args: tuple, kwargs: dict) -> Any:
+    """A conv2d call (`CONV2D`), in channels-last layout where that is faster; called from inside a torch
+    function mode's handler, where the mode is off the stack and these calls are not intercepted again."""
+    if len(args) >= 2:
+        groups = _argument(args, kwargs, 6, "groups", 1)
+        x, weight = args[0], args[1]
+        if isinstance(groups, int) and _faster_channels_last(
+                x, weight, groups, _argument(args, kwargs, 3, "stride", 1), _argument(args, kwargs, 5, "dilation", 1)):
+            channels_last = torch.channels_last
+            out = func(x.contiguous(memory_format=channels_last), weight.contiguous(memory_format=channels_last),
+                       *args[2:], **kwargs)
+            return out.contiguous()
+    return func(*args, **kwargs)
+
+
 class _ChannelsLastConv(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _CONV2D and len(args) >= 2:
-            groups = _argument(args, kwargs, 6, "groups", 1)
-            x, weight = args[0], args[1]
-            if isinstance(groups, int) and _faster_channels_last(
-                    x, weight, groups, _argument(args, kwargs, 3, "stride", 1),
-                    _argument(args, kwargs, 5, "dilation", 1)):
-                # inside its own handler the mode is off the stack: these calls are not intercepted again
-                channels_last = torch.channels_last
-                out = func(x.contiguous(memory_format=channels_last), weight.contiguous(memory_format=channels_last),
-                           *args[2:], **kwargs)
-                return out.contiguous()
-        return func(*args, **kwargs)
+        return convolution(func, args, kwargs) if func in CONV2D else func(*args, **kwargs)
 
 
 @contextlib.contextmanager
 def channels_last_convs() -> Iterator[None]:
-    """Within: CPU conv2d calls that are faster in channels-last layout run in it."""
+    """Within: CPU conv2d calls that are faster in channels-last layout run in it (`comparison_calls` does this
+    and more, in one mode)."""
     with _ChannelsLastConv():
         yield

@@ -1,0 +1,38 @@
+"""The torch calls a comparison step rewrites, in one torch function mode (one Python call per op, not two).
+
+Convolutions whose kernel choice is slow run in channels-last layout
+(`conv_layout`); calls whose constants paddle holds in float32 take those
+values (`paddle_constants`). Everything else runs as the model wrote it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from torch.overrides import TorchFunctionMode
+
+from torch_impl.conv_layout import CONV2D, convolution
+from torch_impl.paddle_constants import HELD_CALLS, held_call
+
+
+class _ComparisonCalls(TorchFunctionMode):
+    def __init__(self, rounded: set[str]) -> None:
+        super().__init__()
+        self.rounded = rounded
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in CONV2D:
+            return convolution(func, args, kwargs)
+        if func in HELD_CALLS:
+            return held_call(func, args, kwargs, self.rounded)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def comparison_calls(rounded: set[str] | None = None) -> Iterator[set[str]]:
+    """Within: both rewrites; `rounded` collects the constants given paddle's float32 values."""
+    rounded = set() if rounded is None else rounded
+    with _ComparisonCalls(rounded):
+        yield rounded

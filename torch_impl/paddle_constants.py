@@ -1,0 +1,82 @@
+"""torch calls whose constants paddle applies in float32, given those float32 values in a comparison.
+
+paddle keeps the scalar attributes of some ops as float32 even on float64
+tensors (measured, paddle 3.3.1): ELU's and CELU's alpha, Hardtanh's bounds,
+Softshrink's lambda, the exponent of pow, hardsigmoid's slope. An equal pair
+then differs by up to 4e-8 of scale, over a float64 check's 1e-9 and the
+float32 rule's 1e-8 on the float64 results. Within `paddle_held_constants`,
+torch gets the float32 value of each such constant, so both frameworks apply
+the same one. That hides no difference: paddle cannot apply a value between
+two float32 numbers. (paddle's SELU also holds its constants in float32, but
+its backward differs from its forward's derivative by 2e-8: left alone.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+#: function -> (position, keyword) of each float argument paddle holds in float32
+_HELD = {
+    F.elu: ((1, "alpha"),), F.celu: ((1, "alpha"),), F.softshrink: ((1, "lambd"),),
+    F.hardtanh: ((1, "min_val"), (2, "max_val")),
+    torch.pow: ((1, "exponent"),), torch.Tensor.pow: ((1, "exponent"),), torch.Tensor.pow_: ((1, "exponent"),),
+    torch.Tensor.__pow__: ((1, "exponent"),), torch.Tensor.__ipow__: ((1, "exponent"),),
+}
+SIXTH = float(np.float32(1.0 / 6.0))
+
+
+def _held(value: object) -> object:
+    return float(np.float32(value)) if type(value) is float else value
+
+
+def _name(func: object) -> str:
+    return getattr(func, "__name__", str(func)).strip("_")
+
+
+def held_call(func: Any, args: tuple, kwargs: dict, rounded: set[str]) -> Any:
+    """A call of `HELD_CALLS` with paddle's float32 constants; what was changed goes into `rounded`. Called from
+    inside a torch function mode's handler (the mode is off the stack there)."""
+    if func is F.hardsigmoid:
+        if args and isinstance(args[0], torch.Tensor):
+            rounded.add(f"hardsigmoid slope 1/6 -> {SIXTH:.9g}")
+            return torch.clamp(args[0] * SIXTH + 0.5, 0.0, 1.0)
+        return func(*args, **kwargs)
+    args, kwargs = list(args), dict(kwargs)
+    for index, keyword in _HELD[func]:
+        where, key = (args, index) if len(args) > index else (kwargs, keyword)
+        if isinstance(where, list) or key in where:
+            value = where[key]
+            if _held(value) != value:
+                where[key] = _held(value)
+                rounded.add(f"{_name(func)} {keyword} {value:g} -> {_held(value):.9g}")
+    return func(*args, **kwargs)
+
+
+#: the calls `held_call` rewrites
+HELD_CALLS = frozenset(_HELD) | {F.hardsigmoid}
+
+
+class _PaddleHeldConstants(TorchFunctionMode):
+    def __init__(self, rounded: set[str]) -> None:
+        super().__init__()
+        self.rounded = rounded
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        return held_call(func, args, kwargs, self.rounded) if func in HELD_CALLS else func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def paddle_held_constants(rounded: set[str] | None = None) -> Iterator[set[str]]:
+    """Within: the calls above take paddle's float32 constants; `rounded` collects what was changed
+    (`comparison_calls` does this and more, in one mode)."""
+    rounded = set() if rounded is None else rounded
+    with _PaddleHeldConstants(rounded):
+        yield rounded
