@@ -542,11 +542,35 @@ def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed
     comparisons += _trainable_flags(pair, tol)
     if train:
         comparisons += _other_buffers(pair, ref, got, ref64, got64, judged)
+        comparisons += _dropout_rates(pair, ref, got, tol, notes)
         if not all(c.passed for c in comparisons):
             notes += few_values_per_channel(ref.bn_batches)
     direction = f"{pair.src_fw}->{pair.dst_fw}"
     return CheckCase(spec.name, direction, mode, comparisons, pair.report.summary(), notes, pair.report.copied,
                      probe)
+
+
+def _dropout_rates(pair: TwinPair, ref, got, tol: Tolerance, notes: list[str]) -> list[Comparison]:
+    """Dropout is held off (identity) in a train-mode step, as no two frameworks draw the same masks; what is
+    left to compare is each layer's rate, by name (a layer dropped on one side only fails too)."""
+    from weight_transfer.transfer import map_layer_name
+
+    reference = getattr(ref, "held_dropout", {})
+    oriented = pair.models.layer_map(pair.dst_fw, pair.src_fw)
+    candidate = {map_layer_name(name, oriented): rate for name, rate in getattr(got, "held_dropout", {}).items()}
+    if not reference and not candidate:
+        return []
+    notes.append(f"dropout held off (identity) in both frameworks in train mode ({len(reference)} layer(s)): "
+                 f"its masks come from each framework's own generator; each layer's rate is compared")
+    out = []
+    for name in sorted(set(reference) | set(candidate)):
+        a, b = candidate.get(name), reference.get(name)
+        same = a is not None and b is not None and a == b
+        how = (f"rate {a:g} vs reference {b:g}" if a is not None and b is not None else
+               f"dropout in {pair.src_fw if a is None else pair.dst_fw} only")
+        out.append(Comparison(f"{name}.p", "dropout", 0.0 if same else math.inf, 0.0 if same else math.inf,
+                              1.0 if same else math.nan, same, how, tol.atol, tol.rtol, 0.0 if same else math.inf))
+    return out
 
 
 #: values per channel at or below which a train-mode BatchNorm makes a step ill-conditioned

@@ -34,6 +34,8 @@ class StepResult:
     bn_batches: dict[str, list[tuple[np.ndarray, np.ndarray, int]]]
     #: constants given the float32 value paddle applies: none here (the torch twin's field)
     rounded: list[str] = dataclasses.field(default_factory=list)
+    #: dropout layers held off (identity) in a train-mode step, with their rates (`set_train_mode`)
+    held_dropout: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def setup(device: str = "cpu") -> None:
@@ -172,10 +174,22 @@ def _take_grads(model: nn.Layer, dtype: np.dtype) -> dict[str, np.ndarray]:
     return grads
 
 
+def set_train_mode(model: nn.Layer, train: bool) -> dict[str, float]:
+    """Train or eval mode with dropout always off (identity): its masks come from each framework's own
+    generator, and no two frameworks draw the same. Returns each dropout layer so held, with its rate."""
+    model.train() if train else model.eval()
+    held = {}
+    for name, layer in model.named_sublayers():
+        if isinstance(layer, (nn.Dropout, nn.Dropout2D, nn.Dropout3D, nn.AlphaDropout)):
+            layer.eval()
+            held[name] = float(layer.p)
+    return held
+
+
 def step(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray],
          train: bool) -> StepResult:
-    """One forward in train or eval mode and a backward of sum(output * cotangent)."""
-    model.train() if train else model.eval()
+    """One forward in train or eval mode (dropout held off) and a backward of sum(output * cotangent)."""
+    held = set_train_mode(model, train)
     batches: dict[str, list] = {}
     handles = _bn_batch_hooks(model, batches) if train else []
     try:
@@ -185,7 +199,8 @@ def step(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], 
             handle.remove()
     grads = _take_grads(model, x.dtype)
     input_grad = inputs.grad.numpy() if inputs.grad is not None else np.zeros_like(x)
-    return StepResult(output.numpy(), input_grad, grads, _untrained_state(model), batches)
+    return StepResult(output.numpy(), input_grad, grads, _untrained_state(model), batches,
+                      held_dropout=held if train else {})
 
 
 def trace(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray], train: bool,
@@ -202,7 +217,7 @@ def trace(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]],
     exact identity node, so the gradient a layer's backward sends to it is
     recorded separately from other consumers of the same tensor.
     """
-    model.train() if train else model.eval()
+    set_train_mode(model, train)
     record = LayerTrace(state_before=state(model))
     calls: dict[str, int] = {}
     stack: list[str] = []

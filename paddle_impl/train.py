@@ -319,12 +319,6 @@ def load_optimizer_record(model: paddle.nn.Layer, optimizer: paddle.optimizer.Op
     optimizer.set_state_dict(optimizer_state.paddle_state_dict(opt, names))
 
 
-def set_train_mode(model: paddle.nn.Layer, train: bool) -> list[str]:
+def set_train_mode(model, train: bool) -> list[str]:
     """Train or eval mode, dropout always off (identity); returns the dropout layers so held."""
-    model.train() if train else model.eval()
-    held = []
-    for name, layer in model.named_sublayers():
-        if isinstance(layer, (paddle.nn.Dropout, paddle.nn.Dropout2D, paddle.nn.Dropout3D, paddle.nn.AlphaDropout)):
-            layer.eval()
-            held.append(name)
-    return held
+    return list(adapter.set_train_mode(model, train))

@@ -36,6 +36,8 @@ class StepResult:
     bn_batches: dict[str, list[tuple[np.ndarray, np.ndarray, int]]]
     #: constants of the model's calls given the float32 value paddle applies (`torch_impl.paddle_constants`)
     rounded: list[str] = dataclasses.field(default_factory=list)
+    #: dropout layers held off (identity) in a train-mode step, with their rates (`set_train_mode`)
+    held_dropout: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def setup(device: str = "cpu") -> None:
@@ -162,10 +164,22 @@ def _take_grads(model: nn.Module, dtype: np.dtype) -> dict[str, np.ndarray]:
     return grads
 
 
+def set_train_mode(model: nn.Module, train: bool) -> dict[str, float]:
+    """Train or eval mode with dropout always off (identity): its masks come from each framework's own
+    generator, and no two frameworks draw the same. Returns each dropout layer so held, with its rate."""
+    model.train(train)
+    held = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.eval()
+            held[name] = float(module.p)
+    return held
+
+
 def step(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray],
          train: bool) -> StepResult:
-    """One forward in train or eval mode and a backward of sum(output * cotangent)."""
-    model.train(train)
+    """One forward in train or eval mode (dropout held off) and a backward of sum(output * cotangent)."""
+    held = set_train_mode(model, train)
     batches: dict[str, list] = {}
     rounded: set[str] = set()
     handles = _bn_batch_hooks(model, batches) if train else []
@@ -177,7 +191,7 @@ def step(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]],
     grads = _take_grads(model, x.dtype)
     input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
     return StepResult(output.detach().numpy().copy(), input_grad, grads, _untrained_state(model), batches,
-                      sorted(rounded))
+                      sorted(rounded), held if train else {})
 
 
 def trace(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray], train: bool,
@@ -194,7 +208,7 @@ def trace(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]]
     exact identity node, so the gradient a layer's backward sends to it is
     recorded separately from other consumers of the same tensor.
     """
-    model.train(train)
+    set_train_mode(model, train)
     record = LayerTrace(state_before=state(model))
     calls: dict[str, int] = {}
     stack: list[str] = []

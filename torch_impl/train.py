@@ -317,12 +317,6 @@ def load_optimizer_record(model: torch.nn.Module, optimizer: torch.optim.Optimiz
     optimizer.load_state_dict(native)
 
 
-def set_train_mode(model: torch.nn.Module, train: bool) -> list[str]:
+def set_train_mode(model, train: bool) -> list[str]:
     """Train or eval mode, dropout always off (identity); returns the dropout layers so held."""
-    model.train(train)
-    held = []
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
-            module.eval()
-            held.append(name)
-    return held
+    return list(adapter.set_train_mode(model, train))

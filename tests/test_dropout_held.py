@@ -1,0 +1,50 @@
+"""Dropout in a user's pair: held off (identity) in train-mode steps in both frameworks, its rate compared."""
+
+from __future__ import annotations
+
+import paddle
+import pytest
+import torch
+
+from crossattn.check import check_spec
+from crossattn.model_pair import ModelPair
+
+
+class TorchNet(torch.nn.Module):
+    def __init__(self, rate: float = 0.5) -> None:
+        super().__init__()
+        self.fc1, self.drop, self.fc2 = torch.nn.Linear(12, 16), torch.nn.Dropout(rate), torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(self.drop(torch.relu(self.fc1(x))))
+
+
+class PaddleNet(paddle.nn.Layer):
+    def __init__(self, rate: float | None = 0.5) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = paddle.nn.Linear(12, 16), paddle.nn.Linear(16, 4)
+        self.drop = paddle.nn.Dropout(rate) if rate is not None else paddle.nn.Identity()
+
+    def forward(self, x):
+        return self.fc2(self.drop(paddle.nn.functional.relu(self.fc1(x))))
+
+
+def _cases(paddle_rate, dtype="float64"):
+    pair = ModelPair.from_factories(f"{__name__}:TorchNet", f"{__name__}:PaddleNet",
+                                    {"torch": {}, "paddle": {"rate": paddle_rate}}, input_shape=(4, 12))
+    return check_spec(pair, modes=("train",), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_an_equal_pair_with_dropout_passes_in_train_mode(dtype):
+    cases = _cases(0.5, dtype)
+    assert len(cases) == 2 and all(c.passed for c in cases)
+    assert any("dropout held off (identity)" in note for note in cases[0].notes)
+    assert [c.tensor for c in cases[0].comparisons if c.category == "dropout"] == ["drop.p"]
+
+
+@pytest.mark.parametrize("paddle_rate, said", [(0.3, "rate 0.3 vs reference 0.5"), (None, "dropout in torch only")])
+def test_a_different_rate_or_a_missing_dropout_fails(paddle_rate, said):
+    first = _cases(paddle_rate)[0]  # torch -> paddle
+    assert [(c.tensor, c.passed) for c in first.failures] == [("drop.p", False)]
+    assert said in first.failures[0].note
