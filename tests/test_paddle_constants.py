@@ -1,5 +1,6 @@
 """Constants paddle applies in float32 (ELU alpha, Hardtanh bounds, Softshrink lambda, pow exponent, hardsigmoid
-slope): an equal pair passes in both dtypes because torch is given the same float32 values, a different one fails."""
+slope, a functional norm's epsilon): an equal pair passes in both dtypes because torch is given the same float32
+values, a different one fails."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class TorchNet(torch.nn.Module):
     def forward(self, x):
         y = self.act(self.conv(x))
         y = self.clip(y) + torch.nn.functional.softshrink(y, 0.3) + y.abs() ** 0.7
+        y = y + torch.nn.functional.layer_norm(y * 1e-3, [8, 8, 8], eps=1e-5)  # a variance far below eps
         return self.fc((y * self.gate(y * 4)).mean((2, 3)))
 
 
@@ -39,6 +41,7 @@ class PaddleNet(paddle.nn.Layer):
         F = paddle.nn.functional
         y = F.elu(self.conv(x), self.alpha)
         y = F.hardtanh(y, -0.3, 0.3) + F.softshrink(y, 0.3) + y.abs() ** 0.7
+        y = y + F.layer_norm(y * 1e-3, [8, 8, 8], epsilon=1e-5)
         return self.fc((y * F.hardsigmoid(y * 4, slope=self.slope, offset=0.5)).mean((2, 3)))
 
 
@@ -53,7 +56,7 @@ def test_an_equal_pair_passes_and_says_which_constants_were_rounded(dtype):
     assert len(cases) == 5 and all(c.passed for c in cases), [c.worst for c in cases]
     notes = " ".join(cases[0].notes)
     for said in ("elu alpha 0.7 -> 0.699999988", "hardtanh min_val -0.3", "softshrink lambd 0.3",
-                 "pow exponent 0.7", "hardsigmoid slope 1/6"):
+                 "pow exponent 0.7", "hardsigmoid slope 1/6", "layer_norm eps 1e-05 -> 9.99999975e-06"):
         assert said in notes
 
 

@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-#: function -> (position, keyword) of each float argument paddle holds in float32
+#: function -> (position, keyword) of each float argument paddle holds in float32 (norm epsilons too, for a
+#: norm called as a function; a norm layer's own is set when crossattn builds the model: `layers.py`)
 _HELD = {
     F.elu: ((1, "alpha"),), F.celu: ((1, "alpha"),), F.softshrink: ((1, "lambd"),),
+    F.batch_norm: ((7, "eps"),), F.instance_norm: ((7, "eps"),), F.layer_norm: ((4, "eps"),),
     F.hardtanh: ((1, "min_val"), (2, "max_val")),
     torch.pow: ((1, "exponent"),), torch.Tensor.pow: ((1, "exponent"),), torch.Tensor.pow_: ((1, "exponent"),),
     torch.Tensor.__pow__: ((1, "exponent"),), torch.Tensor.__ipow__: ((1, "exponent"),),

@@ -27,6 +27,7 @@ from crossattn.training.augment import CropFlip
 from crossattn.training.config import TrainConfig
 from weight_transfer import optimizer_state
 from torch_impl import adapter
+from torch_impl.comparison_calls import comparison_calls
 from torch_impl.layers import apply_bn_stats, bilinear_resize
 from torch_impl import finite
 
@@ -290,9 +291,12 @@ class Trainer:
 
 def step_arrays(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: np.ndarray, labels: np.ndarray,
                 lr: float) -> float:
-    """train_step on numpy inputs; the loss as a float."""
+    """train_step on numpy inputs (`crossattn align`'s), under check's torch function mode: constants paddle
+    holds in float32 take that value (`torch_impl.paddle_constants`); the loss as a float."""
     device = next(model.parameters()).device
-    loss, _ = train_step(model, optimizer, torch.from_numpy(x).to(device), torch.from_numpy(labels).to(device), lr)
+    with comparison_calls():
+        loss, _ = train_step(model, optimizer, torch.from_numpy(x).to(device), torch.from_numpy(labels).to(device),
+                             lr)
     return float(loss.detach().double())
 
 
