@@ -20,6 +20,7 @@ import yaml
 from click.testing import CliRunner
 
 import cli
+import torch.nn.functional as F
 from crossattn.compare import compare
 from crossattn.init import initial_state
 from crossattn.model_pair import ModelPair
@@ -27,6 +28,7 @@ from crossattn.tolerances import tolerance_for
 from paddle_impl import adapter as paddle_adapter
 from tests.fixtures import torch_vision_defs
 from torch_impl import adapter as torch_adapter
+from torch_impl import comparison_calls
 
 DEFS = "tests.fixtures.torch_vision_defs"
 SHAPE = (2, 3, 64, 64)  # batch 2: a train-mode BatchNorm needs two values per channel
@@ -143,10 +145,15 @@ def test_paddle_float32_batchnorm_epsilon_is_given_to_torch(monkeypatch, model_a
     output = ok(run(["check", *pair]))
     assert "5 passed, 0 failed" in output
     assert "epsilons are used as paddle holds them, in float32 (56 layer(s)" in output
-    monkeypatch.setattr(ModelPair, "_held_as_paddle", lambda self, model: None)  # torch's own 1e-5
-    strict = run(["check", "--mode", "train", "--direction", "paddle2torch", *pair])
+    monkeypatch.setattr(ModelPair, "_held_as_paddle", lambda self, model: None)  # the layers keep 1e-5 ...
+    step = ["check", "--mode", "train", "--direction", "paddle2torch", *pair]
+    called = ok(run(step))  # ... and the step's function mode gives F.batch_norm paddle's value instead
+    assert "1 passed, 0 failed" in called and "batch_norm eps 1e-05 -> 9.99999975e-06" in called
+    # torch's own 1e-5: neither the layers' epsilons nor the functional call's are given paddle's value
+    monkeypatch.setattr(comparison_calls, "HELD_CALLS", comparison_calls.HELD_CALLS - {F.batch_norm})
+    strict = run(step)
     assert "0 passed, 1 failed" in strict.output, strict.output
-    assert "epsilons are used" not in strict.output
+    assert "epsilons are used" not in strict.output and "batch_norm eps" not in strict.output
 
 
 def test_a_train_step_over_two_values_per_channel_is_named_when_it_fails(model_args):
