@@ -531,10 +531,10 @@ def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed
                                       got_grads64.get(key, missing) if got64 is not None else None,
                                       ref64.param_grads[key] if ref64 is not None else None, scale=scale))
     notes: list[str] = list(pair.models.conventions)
-    rounded = sorted({r for result in (ref, got) for r in getattr(result, "rounded", ())})
+    rounded = sorted({r for result in (ref, got, ref64, got64) for r in getattr(result, "rounded", ())})
     if rounded:
-        notes.append(f"torch's calls given the float32 constants paddle applies (`torch_impl.paddle_constants`): "
-                     f"{', '.join(rounded)}")
+        notes.append(f"torch's calls given the float32 values paddle applies (`torch_impl.paddle_constants`, "
+                     f"`torch_impl.paddle_interpolate`): {', '.join(rounded)}")
     if truth is not None:
         notes.append(FLOAT32_RULE)
     if train:

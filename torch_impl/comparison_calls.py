@@ -2,7 +2,8 @@
 
 Convolutions whose kernel choice is slow run in channels-last layout
 (`conv_layout`); calls whose constants paddle holds in float32 take those
-values (`paddle_constants`). Everything else runs as the model wrote it.
+values (`paddle_constants`), and float64 interpolation paddle's weights
+(`paddle_interpolate`). Everything else runs as the model wrote it.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from torch_impl.conv_layout import CONV2D, convolution
 from torch_impl.paddle_constants import HELD_CALLS, held_call
+from torch_impl.paddle_interpolate import interpolate_as_paddle
 
 
 class _ComparisonCalls(TorchFunctionMode):
@@ -27,6 +30,8 @@ class _ComparisonCalls(TorchFunctionMode):
             return convolution(func, args, kwargs)
         if func in HELD_CALLS:
             return held_call(func, args, kwargs, self.rounded)
+        if func is F.interpolate:
+            return interpolate_as_paddle(args, kwargs, self.rounded)
         return func(*args, **kwargs)
 
 
