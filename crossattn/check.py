@@ -533,8 +533,8 @@ def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed
     notes: list[str] = list(pair.models.conventions)
     rounded = sorted({r for result in (ref, got, ref64, got64) for r in getattr(result, "rounded", ())})
     if rounded:
-        notes.append(f"torch's calls given the float32 values paddle applies (`torch_impl.paddle_constants`, "
-                     f"`torch_impl.paddle_interpolate`): {', '.join(rounded)}")
+        notes.append(f"torch's calls given the float32 values paddle applies (`torch_impl.comparison_calls`): "
+                     f"{', '.join(rounded)}")
     if truth is not None:
         notes.append(FLOAT32_RULE)
     if train:

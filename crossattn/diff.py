@@ -320,7 +320,7 @@ def diff_spec(spec: Spec | ModelPair, direction: str = "torch->paddle", mode: st
     judged = Judge(tol, ref64 is not None)
     rows = compare_traces(ref, got, name_map, tol, ref64, got64, single_step)
     report = DiffReport(pair.models.name, direction, mode, single_step, *rows[:5], forward=rows[5], backward=rows[6],
-                        rounding=pair.models.conventions + rows[7],
+                        rounding=pair.models.conventions + _rewritten(ref, got, ref64, got64) + rows[7],
                         end_to_end=_end_to_end(judged, ref, unfed, ref64, unfed64))
     if train:
         report.buffers = _buffers(ref, _in_source_naming(pair, got.state_after),
@@ -332,6 +332,13 @@ def diff_spec(spec: Spec | ModelPair, direction: str = "torch->paddle", mode: st
         if not report.passed:
             report.rounding += few_values_per_channel(ref.bn_batches)
     return report
+
+
+def _rewritten(*traces: LayerTrace | None) -> list[str]:
+    """The calls a torch trace gave paddle's float32 values, as one note (none when nothing was changed)."""
+    rounded = sorted({r for trace in traces if trace is not None for r in trace.rounded})
+    return [f"torch's calls given the float32 values paddle applies (`torch_impl.comparison_calls`): "
+            f"{', '.join(rounded)}"] if rounded else []
 
 
 def transfer_by_name_map(ref_fw: str, ref_model, got_fw: str, got_model, name_map: Mapping[str, str]):
@@ -446,7 +453,8 @@ def diff_models(reference: tuple[str, object], candidate: tuple[str, object], x:
     judged = Judge(tol, ref64 is not None)
     rows = compare_traces(ref, got, name_map, tol, ref64, got64, single_step)
     report = DiffReport(title, f"{ref_fw}->{got_fw}", mode, single_step, *rows[:5], forward=rows[5],
-                        backward=rows[6], rounding=rows[7], end_to_end=_end_to_end(judged, ref, unfed, ref64, unfed64))
+                        backward=rows[6], rounding=_rewritten(ref, got, ref64, got64) + rows[7],
+                        end_to_end=_end_to_end(judged, ref, unfed, ref64, unfed64))
     if train:
         ref_slots = ref_adapter.slots(ref_model)
 

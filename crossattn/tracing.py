@@ -33,6 +33,8 @@ class LayerTrace:
     state_after: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     output: np.ndarray | None = None
     input_grad: np.ndarray | None = None
+    #: calls a torch trace gave the float32 values paddle applies (`torch_impl.comparison_calls`)
+    rounded: list[str] = dataclasses.field(default_factory=list)
 
 
 def call_key(name: str, call: int) -> str:

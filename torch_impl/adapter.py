@@ -271,11 +271,13 @@ def trace(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]]
         handles.append(module.register_forward_hook(lambda m, a, o, name=name: post_hook(m, a, o, name)))
     if train:  # registered after the feeding hooks: a fed BatchNorm records the statistics it normalised with
         handles += _bn_batch_hooks(model, record.bn_batches)
+    rounded: set[str] = set()
     try:
-        inputs, output = _forward_backward(model, x, cotangent)
+        inputs, output = _forward_backward(model, x, cotangent, rounded)
     finally:
         for handle in handles:
             handle.remove()
+    record.rounded = sorted(rounded)
     record.output = output.detach().numpy().copy()
     record.input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
     record.state_after = state(model)

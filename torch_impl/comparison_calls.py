@@ -2,8 +2,9 @@
 
 Convolutions whose kernel choice is slow run in channels-last layout
 (`conv_layout`); calls whose constants paddle holds in float32 take those
-values (`paddle_constants`), and float64 interpolation paddle's weights
-(`paddle_interpolate`). Everything else runs as the model wrote it.
+values (`paddle_constants`), float64 interpolation paddle's weights
+(`paddle_interpolate`) and float64 average pools paddle's backward
+(`paddle_pool_grads`). Everything else runs as the model wrote it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch.overrides import TorchFunctionMode
 from torch_impl.conv_layout import CONV2D, convolution
 from torch_impl.paddle_constants import HELD_CALLS, held_call
 from torch_impl.paddle_interpolate import interpolate_as_paddle
+from torch_impl.paddle_pool_grads import AVERAGE_POOLS, pool_as_paddle
 
 
 class _ComparisonCalls(TorchFunctionMode):
@@ -32,6 +34,8 @@ class _ComparisonCalls(TorchFunctionMode):
             return held_call(func, args, kwargs, self.rounded)
         if func is F.interpolate:
             return interpolate_as_paddle(args, kwargs, self.rounded)
+        if func in AVERAGE_POOLS:
+            return pool_as_paddle(func, args, kwargs, self.rounded)
         return func(*args, **kwargs)
 
 
