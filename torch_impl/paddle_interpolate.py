@@ -71,9 +71,10 @@ def paddle_weights(mode: str, axis: int, in_size: int, out_size: int, align_corn
         forward = paddle.nn.functional.interpolate(ones, **options).numpy().reshape(in_size, -1).T
     if forward.shape[0] != out_size:
         return None
-    x = paddle.to_tensor(np.ones(shape(out_size, in_size)), stop_gradient=False)
-    y = paddle.nn.functional.interpolate(x, **options)
-    y.backward(paddle.to_tensor(np.eye(out_size).reshape(shape(out_size, out_size))))
+    with paddle.enable_grad():
+        x = paddle.to_tensor(np.ones(shape(out_size, in_size)), stop_gradient=False)
+        y = paddle.nn.functional.interpolate(x, **options)
+        y.backward(paddle.to_tensor(np.eye(out_size).reshape(shape(out_size, out_size))))
     backward = x.grad.numpy().reshape(out_size, in_size)
     forward, backward = np.ascontiguousarray(forward), np.ascontiguousarray(backward)
     forward.setflags(write=False)

@@ -78,11 +78,12 @@ class _PaddleBackward(torch.autograd.Function):
         import paddle
 
         (x,) = ctx.saved_tensors
-        inputs = paddle.to_tensor(np.zeros(tuple(x.shape)), stop_gradient=False)  # a linear map: any values
-        output = ctx.paddle_call(inputs)
-        if tuple(output.shape) == tuple(grad.shape):
-            output.backward(paddle.to_tensor(np.ascontiguousarray(grad.numpy())))
-            return torch.from_numpy(inputs.grad.numpy()), None, None
+        with paddle.enable_grad():
+            inputs = paddle.to_tensor(np.zeros(tuple(x.shape)), stop_gradient=False)  # a linear map: any values
+            output = ctx.paddle_call(inputs)
+            if tuple(output.shape) == tuple(grad.shape):
+                output.backward(paddle.to_tensor(np.ascontiguousarray(grad.numpy())))
+                return torch.from_numpy(inputs.grad.numpy()), None, None
         with torch.enable_grad():
             again = x.detach().requires_grad_(True)
             return torch.autograd.grad(ctx.torch_call(again), again, grad)[0], None, None
