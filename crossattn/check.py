@@ -562,15 +562,31 @@ def _dropout_rates(pair: TwinPair, ref, got, tol: Tolerance, notes: list[str]) -
         return []
     notes.append(f"dropout held off (identity) in both frameworks in train mode ({len(reference)} layer(s)): "
                  f"its masks come from each framework's own generator; each layer's rate is compared")
+    matched = [(name, name, candidate[name], reference[name]) for name in reference if name in candidate]
+    ref_only = [name for name in reference if name not in candidate]
+    got_only = [name for name in candidate if name not in reference]
+    if ref_only and len(ref_only) == len(got_only):  # layers without tensors have no name in a structural map
+        matched += [(name, other, candidate[other], reference[name]) for name, other in zip(ref_only, got_only)]
+        notes.append(f"dropout layers whose names do not map matched in the order the models register them: "
+                     + ", ".join(f"`{name}` -> `{other}`" for name, other in zip(ref_only[:3], got_only[:3]))
+                     + (f" and {len(ref_only) - 3} more" if len(ref_only) > 3 else ""))
+        ref_only = got_only = []
     out = []
-    for name in sorted(set(reference) | set(candidate)):
-        a, b = candidate.get(name), reference.get(name)
-        same = a is not None and b is not None and a == b
-        how = (f"rate {a:g} vs reference {b:g}" if a is not None and b is not None else
-               f"dropout in {pair.src_fw if a is None else pair.dst_fw} only")
-        out.append(Comparison(f"{name}.p", "dropout", 0.0 if same else math.inf, 0.0 if same else math.inf,
-                              1.0 if same else math.nan, same, how, tol.atol, tol.rtol, 0.0 if same else math.inf))
+    for name, other, a, b in matched:
+        same = a == b
+        how = f"rate {a:g} vs reference {b:g}" + ("" if name == other else f" (candidate layer `{other}`)")
+        out.append(_exact_row(f"{name}.p", same, how, tol))
+    for name in ref_only:
+        out.append(_exact_row(f"{name}.p", False, f"dropout in {pair.src_fw} only", tol))
+    for name in got_only:
+        out.append(_exact_row(f"{name}.p", False, f"dropout in {pair.dst_fw} only", tol))
     return out
+
+
+def _exact_row(tensor: str, same: bool, how: str, tol: Tolerance, category: str = "dropout") -> Comparison:
+    """A row judged exactly (a hyperparameter, not a tensor): passes only when equal."""
+    return Comparison(tensor, category, 0.0 if same else math.inf, 0.0 if same else math.inf, 1.0 if same else math.nan,
+                      same, how, tol.atol, tol.rtol, 0.0 if same else math.inf)
 
 
 #: values per channel at or below which a train-mode BatchNorm makes a step ill-conditioned

@@ -48,3 +48,38 @@ def test_a_different_rate_or_a_missing_dropout_fails(paddle_rate, said):
     first = _cases(paddle_rate)[0]  # torch -> paddle
     assert [(c.tensor, c.passed) for c in first.failures] == [("drop.p", False)]
     assert said in first.failures[0].note
+
+
+class PaddleNamedOtherwise(paddle.nn.Layer):
+    """The same model with its layers registered under other names (a structural `--name-map auto` pairs the
+    linear layers, which hold tensors; the dropout layers hold none)."""
+
+    def __init__(self, rates: tuple[float, ...] = (0.5,)) -> None:
+        super().__init__()
+        self.dense_in, self.dense_out = paddle.nn.Linear(12, 16), paddle.nn.Linear(16, 4)
+        self.dropouts = paddle.nn.LayerList([paddle.nn.Dropout(rate) for rate in rates])
+
+    def forward(self, x):
+        x = paddle.nn.functional.relu(self.dense_in(x))
+        for dropout in self.dropouts:
+            x = dropout(x)
+        return self.dense_out(x)
+
+
+def _renamed_cases(rates):
+    pair = ModelPair.from_factories(f"{__name__}:TorchNet", f"{__name__}:PaddleNamedOtherwise",
+                                    {"torch": {}, "paddle": {"rates": rates}}, input_shape=(4, 12), name_map="auto")
+    return check_spec(pair, modes=("train",))
+
+
+def test_dropout_layers_a_structural_map_cannot_name_are_matched_in_order():
+    cases = _renamed_cases((0.5,))
+    assert len(cases) == 2 and all(c.passed for c in cases), [c.failures for c in cases]
+    assert any("matched in the order the models register them: `drop` -> `dropouts.0`" in n for n in cases[0].notes)
+
+
+@pytest.mark.parametrize("rates, said", [((0.4,), "rate 0.4 vs reference 0.5"),
+                                         ((0.5, 0.5), "dropout in paddle only")])
+def test_renamed_dropout_of_another_rate_or_count_fails(rates, said):
+    first = _renamed_cases(rates)[0]  # torch -> paddle
+    assert not first.passed and any(said in c.note for c in first.failures), first.failures
