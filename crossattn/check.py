@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from crossattn.compare import Comparison, compare, judge
-from crossattn.conventions import replay_running_stats, shared_bn_rule
+from crossattn.conventions import BN_MOMENTUM_TORCH, replay_running_stats, same_bn_update, shared_bn_rule
 from crossattn.frameworks import adapter
 from crossattn.errors import CrossattnError
 from crossattn.init import STANDARD_KINDS, custom_state, initial_state
@@ -47,8 +47,10 @@ from weight_transfer.slots import Slot
 DIRECTIONS = ("torch->paddle", "paddle->torch")
 MODES = ("train", "eval")
 VAR_RULE = ("running statistics of both sides compared under the stated rule: each framework's update "
-            "replayed over the reference's batch statistics (torch: unbiased variance n/(n-1), momentum 0.1; "
-            "paddle: biased variance, momentum 0.9 held in float32); `name [framework]` rows judge the reference")
+            "replayed over the reference's batch statistics with each layer's own momentum (torch: unbiased "
+            "variance n/(n-1), momentum weighing the batch; paddle: biased variance, momentum weighing the running "
+            "value, held in float32; `name.momentum` rows: the two must be counterparts); `name [framework]` rows "
+            "judge the reference")
 FLOAT32_RULE = ("float32: each tensor is judged on both twins' float64 results for the same float32 weights and "
                 "input (they must agree within rtol of scale) and on each side's float32 rounding against its "
                 "own float64 result (see docs/equivalence.md)")
@@ -670,6 +672,41 @@ def _other_buffers(pair: TwinPair, ref, got, ref64, got64, judged: Judge) -> lis
     return out
 
 
+def momenta_in_source_naming(pair: TwinPair) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """(candidate's, reference's) BatchNorm momenta as torch states them, both by the reference's layer names."""
+    from weight_transfer.transfer import map_layer_name
+
+    oriented = pair.models.layer_map(pair.dst_fw, pair.src_fw)
+    got = {map_layer_name(name, oriented): w for name, w in pair.dst.bn_momenta(pair.dst_model).items()}
+    return got, pair.src.bn_momenta(pair.src_model)
+
+
+def bn_momentum_rows(layers: dict[str, dict[str, str]], got_momenta: dict[str, float | None],
+                     ref_momenta: dict[str, float | None], ref_fw: str, got_fw: str,
+                     tol: Tolerance) -> list[Comparison]:
+    """Each BatchNorm's momentum, compared exactly as the frameworks apply it (paddle's `momentum` weighs the
+    running value and is held in float32: torch's 0.1 is paddle's 0.9)."""
+    rows = []
+    for layer in layers:
+        if layer not in got_momenta or layer not in ref_momenta:
+            continue
+        weights = {got_fw: got_momenta[layer], ref_fw: ref_momenta[layer]}
+        if set(weights) != {"torch", "paddle"}:
+            continue
+        torch_weight, paddle_weight = weights["torch"], weights["paddle"]
+        same = same_bn_update(torch_weight, paddle_weight)
+        paddle_momentum = 1.0 - paddle_weight
+        if torch_weight is None:
+            how = "torch's cumulative average (momentum None) has no paddle counterpart"
+        elif same:
+            how = f"torch momentum {torch_weight:g} = paddle momentum {paddle_momentum:g}"
+        else:
+            how = (f"torch momentum {torch_weight:g} vs paddle momentum {paddle_momentum:g}: paddle's weighs the "
+                   f"running value, its counterpart of torch's {torch_weight:g} is {1.0 - torch_weight:g}")
+        rows.append(_exact_row(f"{layer}.momentum", same, how, tol, category="bn_momentum"))
+    return rows
+
+
 def bn_layers(slots: dict[str, Slot]) -> dict[str, dict[str, str]]:
     """BatchNorm layer name -> {"mean": key, "var": key} of its running statistics."""
     by_layer: dict[str, dict[str, str]] = {}
@@ -685,7 +722,8 @@ def running_stat_comparisons(layer: str, keys: dict[str, str], start: dict[str, 
                              got_fw: str, ref_state: dict[str, np.ndarray], got_state: dict[str, np.ndarray],
                              calls: list, judged, ref_state64=None, got_state64=None, calls64=None,
                              start64=None, got_start=None, got_start64=None,
-                             rule: str | None = None) -> list[Comparison]:
+                             rule: str | None = None,
+                             new_weights: tuple[float | None, float | None] | None = None) -> list[Comparison]:
     """Both sides' running statistics of one BatchNorm against their own framework's rule.
 
     `start` is the reference's state before the step (`got_start` the
@@ -695,19 +733,22 @@ def running_stat_comparisons(layer: str, keys: dict[str, str], start: dict[str, 
     BatchNorm hides from the output still shows; the reference is judged over
     the same batches, so a wrong update rule shows in either direction.
     `rule` is the one rule both sides follow under a spec's `bn_stats: torch|paddle`;
-    None: each side its own framework's.
+    None: each side its own framework's. `new_weights`: (candidate's, reference's)
+    momentum of this layer as torch states it (`bn_momenta`); None: the defaults.
     """
     out = []
     got_start = start if got_start is None else got_start
     got_start64 = start64 if got_start64 is None else got_start64
-    for side_fw, state, state64, first, first64, suffix in (
-            (got_fw, got_state, got_state64, got_start, got_start64, ""),
-            (ref_fw, ref_state, ref_state64, start, start64, f" [{ref_fw}]")):
+    got_weight, ref_weight = new_weights or (BN_MOMENTUM_TORCH, BN_MOMENTUM_TORCH)
+    for side_fw, state, state64, first, first64, suffix, weight in (
+            (got_fw, got_state, got_state64, got_start, got_start64, "", got_weight),
+            (ref_fw, ref_state, ref_state64, start, start64, f" [{ref_fw}]", ref_weight)):
         side_rule = rule or side_fw
-        mean, var = replay_running_stats(first[keys["mean"]], first[keys["var"]], calls, side_rule)
+        mean, var = replay_running_stats(first[keys["mean"]], first[keys["var"]], calls, side_rule, weight)
         mean64 = var64 = None
         if calls64 is not None and state64 is not None:
-            mean64, var64 = replay_running_stats(first64[keys["mean"]], first64[keys["var"]], calls64, side_rule)
+            mean64, var64 = replay_running_stats(first64[keys["mean"]], first64[keys["var"]], calls64, side_rule,
+                                                 weight)
         note = f"{side_rule} rule over {ref_fw} batches, n={calls[0][2]}"
         out.append(judged(keys["mean"] + suffix, "running_stat", state[keys["mean"]], mean,
                           state64[keys["mean"]] if state64 is not None else None, mean64, note))
@@ -729,7 +770,8 @@ def _running_stats(pair: TwinPair, ref, got, ref64, got64, judged: Judge, notes:
     # once per case, not once per layer; the statistics only, not a model's worth of copies
     start64 = _as64({k: pair.src_init[k] for k in stat_keys}) if ref64 is not None else None
     got_start64 = _as64(got_start) if ref64 is not None else None
-    out = []
+    got_momenta, ref_momenta = momenta_in_source_naming(pair)
+    out = bn_momentum_rows(layers, got_momenta, ref_momenta, pair.src_fw, pair.dst_fw, judged.tol)
     for layer, keys in layers.items():
         calls = ref.bn_batches.get(layer, [])
         if not calls:
@@ -741,7 +783,8 @@ def _running_stats(pair: TwinPair, ref, got, ref64, got64, judged: Judge, notes:
             layer, keys, pair.src_init, pair.src_fw, pair.dst_fw, ref.state, got_state, calls, judged,
             ref64.state if ref64 is not None else None, got_state64,
             ref64.bn_batches.get(layer) if ref64 is not None else None, start64,
-            got_start=got_start, got_start64=got_start64, rule=shared_bn_rule(pair.models.spec))
+            got_start=got_start, got_start64=got_start64, rule=shared_bn_rule(pair.models.spec),
+            new_weights=(got_momenta.get(layer, BN_MOMENTUM_TORCH), ref_momenta.get(layer, BN_MOMENTUM_TORCH)))
     if layers:
         rule = shared_bn_rule(pair.models.spec)
         notes.append(VAR_RULE if rule is None else

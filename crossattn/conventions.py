@@ -38,24 +38,39 @@ PADDLE_BN_MOMENTUM_EFFECTIVE = float(np.float32(BN_MOMENTUM_PADDLE))
 
 
 def replay_running_stats(mean: np.ndarray, var: np.ndarray, calls: list[tuple[np.ndarray, np.ndarray, int]],
-                         framework: str) -> tuple[np.ndarray, np.ndarray]:
+                         framework: str, new_weight: float | None = BN_MOMENTUM_TORCH,
+                         tracked: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Running statistics a framework's BatchNorm holds after seeing `calls`.
 
-    Each call is (batch mean, biased batch variance, values per channel n).
-    torch folds in the unbiased variance b n/(n-1) with momentum 0.1; paddle the
-    biased one with its momentum held in float32. Replaying per call also covers
-    a BatchNorm that runs more than once in a forward pass.
+    Each call is (batch mean, biased batch variance, values per channel n);
+    `new_weight` is the layer's momentum as torch states it (the weight of the
+    batch: paddle's 1 - momentum). torch folds in the unbiased variance
+    b n/(n-1) with that weight (None: a cumulative average over `tracked`
+    earlier batches and these); paddle the biased one, keeping its momentum
+    held in float32. Replaying per call also covers a BatchNorm that runs more
+    than once in a forward pass.
     """
-    for batch_mean, batch_var, count in calls:
+    for index, (batch_mean, batch_var, count) in enumerate(calls, start=1):
         if framework == "torch":
-            m = BN_MOMENTUM_TORCH
+            m = 1.0 / (tracked + index) if new_weight is None else new_weight
             mean = (1.0 - m) * mean + m * batch_mean
             var = (1.0 - m) * var + m * batch_var * count / max(count - 1, 1)
         else:
-            keep = PADDLE_BN_MOMENTUM_EFFECTIVE
+            keep = paddle_keep(new_weight)
             mean = keep * mean + (1.0 - keep) * batch_mean
             var = keep * var + (1.0 - keep) * batch_var
     return mean, var
+
+
+def paddle_keep(new_weight: float | None) -> float:
+    """The fraction of its running statistics paddle keeps per batch: its momentum, held in float32."""
+    return float(np.float32(1.0 - (BN_MOMENTUM_TORCH if new_weight is None else new_weight)))
+
+
+def same_bn_update(torch_weight: float | None, paddle_weight: float) -> bool:
+    """Whether a torch and a paddle BatchNorm fold a batch in alike: paddle applies its momentum in float32,
+    so only float32(1 - torch's momentum) can be its counterpart; torch's cumulative average has none."""
+    return torch_weight is not None and paddle_keep(torch_weight) == paddle_keep(paddle_weight)
 
 
 from crossattn.bn_stats import BN_STATS_DEFAULT, BN_STATS_RULES, bn_stats_rule, shared_bn_rule  # noqa: E402,F401

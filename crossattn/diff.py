@@ -31,9 +31,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from crossattn.conventions import shared_bn_rule
-from crossattn.check import (Judge, _as64, _build, _in_source_naming, _inputs, bn_layers, few_values_per_channel,
-                             prepare_pair, probe_input, running_stat_comparisons, widened)
+from crossattn.conventions import BN_MOMENTUM_TORCH, shared_bn_rule
+from crossattn.check import (Judge, _as64, _build, _in_source_naming, _inputs, bn_layers, bn_momentum_rows,
+                             few_values_per_channel, momenta_in_source_naming, prepare_pair, probe_input,
+                             running_stat_comparisons, widened)
+from weight_transfer.transfer import map_layer_name
 from crossattn.compare import Comparison
 from crossattn.errors import CrossattnError
 from crossattn.model_pair import ModelPair
@@ -241,13 +243,17 @@ def _backward_source(ref: LayerTrace, got: LayerTrace, rows: dict[str, LayerRow]
 def _buffers(ref: LayerTrace, got_after_in_ref_naming: dict, got_before_in_ref_naming: dict, ref_slots: dict,
              ref_fw: str, got_fw: str, judged: Judge, ref64: LayerTrace | None = None,
              got_after64: dict | None = None, got_before64: dict | None = None,
-             rule: str | None = None) -> list[Comparison]:
-    """Running statistics of both sides under the stated rule (`rule`: a spec's shared `bn_stats`), then every
-    other buffer, after a train step."""
-    out: list[Comparison] = []
+             rule: str | None = None,
+             momenta: tuple[dict, dict] = ({}, {})) -> list[Comparison]:
+    """Running statistics of both sides under the stated rule (`rule`: a spec's shared `bn_stats`; `momenta`:
+    (candidate's, reference's) BatchNorm momenta by reference layer name), then every other buffer, after a
+    train step."""
     start64 = _as64(ref.state_before)  # once, not once per layer
     got_start64 = _as64(got_before_in_ref_naming) if got_before64 is not None else None
-    for layer, keys in bn_layers(ref_slots).items():
+    layers = bn_layers(ref_slots)
+    got_momenta, ref_momenta = momenta
+    out = bn_momentum_rows(layers, got_momenta, ref_momenta, ref_fw, got_fw, judged.tol)
+    for layer, keys in layers.items():
         calls = ref.bn_batches.get(layer)
         if not calls or keys["mean"] not in got_after_in_ref_naming:
             continue
@@ -255,7 +261,8 @@ def _buffers(ref: LayerTrace, got_after_in_ref_naming: dict, got_before_in_ref_n
             layer, keys, ref.state_before, ref_fw, got_fw, ref.state_after, got_after_in_ref_naming, calls, judged,
             ref64.state_after if ref64 is not None else None, got_after64,
             ref64.bn_batches.get(layer) if ref64 is not None else None,
-            start64, got_start=got_before_in_ref_naming, got_start64=got_start64, rule=rule)
+            start64, got_start=got_before_in_ref_naming, got_start64=got_start64, rule=rule,
+            new_weights=(got_momenta.get(layer, BN_MOMENTUM_TORCH), ref_momenta.get(layer, BN_MOMENTUM_TORCH)))
     for key, slot in ref_slots.items():
         if slot.trainable or slot.kind == "batchnorm" or key not in got_after_in_ref_naming:
             continue
@@ -328,7 +335,7 @@ def diff_spec(spec: Spec | ModelPair, direction: str = "torch->paddle", mode: st
                                   pair.dst_fw, judged, ref64,
                                   _in_source_naming(pair, got64.state_after) if got64 is not None else None,
                                   _in_source_naming(pair, got64.state_before) if got64 is not None else None,
-                                  shared_bn_rule(pair.models.spec))
+                                  shared_bn_rule(pair.models.spec), momenta_in_source_naming(pair))
         if not report.passed:
             report.rounding += few_values_per_channel(ref.bn_batches)
     return report
@@ -463,9 +470,13 @@ def diff_models(reference: tuple[str, object], candidate: tuple[str, object], x:
                 return None
             return _state_in_reference_naming(ref_fw, ref_slots, got_fw, model, getattr(trace, attr), name_map)
 
+        inverse = {v: k for k, v in name_map.items()}
+        momenta = ({map_layer_name(name, inverse): w for name, w in got_adapter.bn_momenta(got_model).items()},
+                   ref_adapter.bn_momenta(ref_model))
         report.buffers = _buffers(ref, mapped(got, "state_after", got_model), mapped(got, "state_before", got_model),
                                   ref_slots, ref_fw, got_fw, judged, ref64,
-                                  mapped(got64, "state_after", got_model), mapped(got64, "state_before", got_model))
+                                  mapped(got64, "state_after", got_model), mapped(got64, "state_before", got_model),
+                                  momenta=momenta)
         if not report.passed:
             report.rounding += few_values_per_channel(ref.bn_batches)
     return report

@@ -186,6 +186,13 @@ def set_train_mode(model: nn.Layer, train: bool) -> dict[str, float]:
     return held
 
 
+def bn_momenta(model: nn.Layer) -> dict[str, float | None]:
+    """Each BatchNorm layer's weight of a new batch in its running statistics, as torch states it: paddle's
+    `momentum` weighs the running value, so this is 1 - momentum."""
+    return {name: 1.0 - float(layer._momentum)
+            for name, layer in model.named_sublayers() if layer_kind(layer) == "batchnorm"}
+
+
 def step(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray],
          train: bool) -> StepResult:
     """One forward in train or eval mode (dropout held off) and a backward of sum(output * cotangent)."""

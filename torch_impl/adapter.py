@@ -176,6 +176,13 @@ def set_train_mode(model: nn.Module, train: bool) -> dict[str, float]:
     return held
 
 
+def bn_momenta(model: nn.Module) -> dict[str, float | None]:
+    """Each BatchNorm layer's weight of a new batch in its running statistics (torch's `momentum`; None: a
+    cumulative average)."""
+    return {name: (None if module.momentum is None else float(module.momentum))
+            for name, module in model.named_modules() if layer_kind(module) == "batchnorm"}
+
+
 def step(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray],
          train: bool) -> StepResult:
     """One forward in train or eval mode (dropout held off) and a backward of sum(output * cotangent)."""
