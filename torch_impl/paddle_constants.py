@@ -4,8 +4,8 @@ paddle keeps the scalar attributes of some ops as float32 even on float64
 tensors (measured, paddle 3.3.1): ELU's and CELU's alpha, Hardtanh's bounds,
 Softshrink's lambda, the exponent of pow, hardsigmoid's slope. An equal pair
 then differs by up to 4e-8 of scale, over a float64 check's 1e-9 and the
-float32 rule's 1e-8 on the float64 results. Within `paddle_held_constants`,
-torch gets the float32 value of each such constant, so both frameworks apply
+float32 rule's 1e-8 on the float64 results. Within a comparison step
+(`comparison_calls`), torch gets the float32 value of each such constant, so both frameworks apply
 the same one. That hides no difference: paddle cannot apply a value between
 two float32 numbers. (paddle's SELU also holds its constants in float32, but
 its backward differs from its forward's derivative by 2e-8: left alone.)
@@ -13,14 +13,11 @@ its backward differs from its forward's derivative by 2e-8: left alone.)
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 #: function -> (position, keyword) of each float argument paddle holds in float32 (norm epsilons too, for a
 #: norm called as a function; a norm layer's own is set when crossattn builds the model: `layers.py`)
@@ -63,22 +60,3 @@ def held_call(func: Any, args: tuple, kwargs: dict, rounded: set[str]) -> Any:
 
 #: the calls `held_call` rewrites
 HELD_CALLS = frozenset(_HELD) | {F.hardsigmoid}
-
-
-class _PaddleHeldConstants(TorchFunctionMode):
-    def __init__(self, rounded: set[str]) -> None:
-        super().__init__()
-        self.rounded = rounded
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        return held_call(func, args, kwargs, self.rounded) if func in HELD_CALLS else func(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def paddle_held_constants(rounded: set[str] | None = None) -> Iterator[set[str]]:
-    """Within: the calls above take paddle's float32 constants; `rounded` collects what was changed
-    (`comparison_calls` does this and more, in one mode)."""
-    rounded = set() if rounded is None else rounded
-    with _PaddleHeldConstants(rounded):
-        yield rounded
