@@ -106,13 +106,19 @@ def validate_command(specs: tuple[str, ...]) -> None:
                    "never does (a batch of one: the two signs as two probes).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Processes checking specs in parallel (0: one per core).")
+@click.option("--weights", "weights_path", type=click.Path(dir_okay=False), default=None,
+              help="Start from this checkpoint (.pt, .pdparams, .safetensors, .npz; either framework's naming) "
+                   "instead of drawn weights: trained weights reach saturated activations drawn ones may not. "
+                   "One spec or your own pair.")
+@click.option("--trust-pickle", is_flag=True,
+              help="With --weights: allow pickled objects beyond plain tensors (runs code from the file).")
 @pair_options
 @problems_to_json
 def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode: str, dtype: str,
                   atol: float | None, rtol: float | None, seed: int, json_path: str | None, full: bool,
-                  layers: bool, single_step: bool, probes: bool, workers: int, torch_model: str | None,
-                  paddle_model: str | None, model_args: str | None, name_map: str | None,
-                  input_shape: str | None) -> None:
+                  layers: bool, single_step: bool, probes: bool, workers: int, weights_path: str | None,
+                  trust_pickle: bool, torch_model: str | None, paddle_model: str | None, model_args: str | None,
+                  name_map: str | None, input_shape: str | None) -> None:
     """Prove the torch and paddle twins of SPECS (or your own pair) equivalent, forward and backward.
 
     Each spec is built in both frameworks; weights are initialised in one and
@@ -163,6 +169,16 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
             if pair.input_shape is None:
                 raise CrossattnError(f"spec {pair.spec.path}: `input_shape` is required to check it; add it to "
                                      f"the spec or pass --input-shape")
+    if trust_pickle and not weights_path:
+        raise CrossattnError("--trust-pickle applies to the checkpoint of --weights")
+    if weights_path:
+        if len(pairs) != 1:
+            raise CrossattnError(f"--weights {weights_path}: one checkpoint starts one model; give one spec or "
+                                 f"your own pair, not {len(pairs)}")
+        from crossattn.start_weights import load_start_weights
+
+        require("paddle")
+        pairs[0].notes += load_start_weights(pairs[0], weights_path, trust_pickle)
     for pair in pairs:
         for note in pair.notes:
             click.echo(f"note: {note}")

@@ -302,7 +302,12 @@ def prepare_pair(models: ModelPair | Spec, direction: str, dtype: str = "float64
     built = built or BuiltTwins(models, dtype)
     src_model, src_slots, src_native = built.get(src_fw)
     dst_model, dst_slots, _ = built.get(dst_fw)
-    src_init = initial_state(src_slots, src_native, src_fw, seed, mode="check", draws=draws)
+    if models.weights is not None:  # a user's checkpoint (`start_weights`)
+        from crossattn.start_weights import start_state
+
+        src_init = start_state(models, src_fw, src_slots)
+    else:
+        src_init = initial_state(src_slots, src_native, src_fw, seed, mode="check", draws=draws)
     dst_init, report = models.transfer(src_init, src_fw, dst_fw, dst_slots)
     if after_transfer is not None:
         after_transfer(dst_init)

@@ -64,7 +64,7 @@ class CheckJob:
         """This job as it can travel to a worker process (a Spec pickles; a user's factories may not)."""
         spec = self.spec
         if hasattr(spec, "builders"):  # a ModelPair
-            if spec.spec is None:
+            if spec.spec is None or spec.weights is not None:  # its factories, or a checkpoint's state, stay here
                 return None
             spec = dataclasses.replace(spec.spec, input_shape=spec.input_shape)
         return dataclasses.replace(self, spec=spec)

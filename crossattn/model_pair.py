@@ -41,6 +41,8 @@ class ModelPair:
     origin: str = ""
     #: what building the models changed to make them compare as the frameworks compute (reported with results)
     conventions: list[str] = dataclasses.field(default_factory=list)
+    #: each framework's starting state from a user's checkpoint (`start_weights`); None: a check draws its own
+    weights: dict[str, dict] | None = dataclasses.field(default=None, repr=False)
     _slots: dict[str, dict] = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
