@@ -210,7 +210,12 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     if details:
         click.echo(details)
     for case in {(c.spec, c.probe, c.direction): c for c in cases if not c.passed and c.probe != "normal"}.values():
-        click.echo(f"hint: `crossattn diff {case.spec} --probe {case.probe} --mode {case.mode} --direction "
+        subject = case.spec if not user_pair else " ".join(
+            f"{flag} {value}" for flag, value in (("--torch-model", torch_model), ("--paddle-model", paddle_model),
+                                                   ("--model-args", model_args), ("--name-map", name_map),
+                                                   ("--input-shape", input_shape)) if value)
+        subject += f" --weights {weights_path}" if weights_path else ""
+        click.echo(f"hint: `crossattn diff {subject} --probe {case.probe} --mode {case.mode} --direction "
                    f"{case.direction.replace('->', '2')}` traces that input layer by layer")
     passed = sum(c.passed for c in cases)
     what = f"{len(pairs)} spec(s)" if not user_pair else pairs[0].name
@@ -245,12 +250,17 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
               show_default=True, help="The input: standard normal, or `check`'s large probe (both signs, one "
                                       "batch), or one sign alone (all positive / all negative).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--weights", "weights_path", type=click.Path(dir_okay=False), default=None,
+              help="Start from this checkpoint (either framework's naming) instead of drawn weights (or, for your "
+                   "own pair, the weights its factories made).")
+@click.option("--trust-pickle", is_flag=True,
+              help="With --weights: allow pickled objects beyond plain tensors (runs code from the file).")
 @problems_to_json
 def diff_command(spec: str | None, direction: str, mode: str, single_step: bool, torch_model: str | None,
                  paddle_model: str | None, model_args: str | None, name_map: str | None, input_shape: str | None,
                  do_transfer: bool,
                  dtype: str, atol: float | None, rtol: float | None, seed: int, probe: str,
-                 json_path: str | None) -> None:
+                 json_path: str | None, weights_path: str | None, trust_pickle: bool) -> None:
     """Find the first layer where two implementations diverge.
 
     Either SPEC (the twins of a spec) or your own pair: --torch-model,
@@ -272,6 +282,12 @@ def diff_command(spec: str | None, direction: str, mode: str, single_step: bool,
     from crossattn.bounds import require_pair_fits
 
     require_pair_fits(pair, "diff")
+    if trust_pickle and not weights_path:
+        raise CrossattnError("--trust-pickle applies to the checkpoint of --weights")
+    if weights_path:
+        from crossattn.start_weights import load_start_weights
+
+        pair.notes += load_start_weights(pair, weights_path, trust_pickle)
     for note in pair.notes:
         click.echo(f"note: {note}")
     report = diff_pair(pair, direction, mode, single_step, tol, seed, dtype, do_transfer, probe)

@@ -377,6 +377,12 @@ def diff_user_pair(models: ModelPair, direction: str = "torch->paddle", mode: st
     for framework in (ref_fw, got_fw):
         built[framework] = adapter(framework).to_dtype(models.build(framework), dtype)
     oriented = models.layer_map(ref_fw, got_fw)
+    if models.weights is not None:  # a user's checkpoint (`start_weights`) instead of what the factories made
+        from crossattn.start_weights import start_state
+
+        for framework, model in built.items():
+            fw = adapter(framework)
+            fw.load_state(model, start_state(models, framework, fw.slots(model)))
     if do_transfer:
         transfer_by_name_map(ref_fw, built[ref_fw], got_fw, built[got_fw], oriented)
     x, _ = probe_input(tuple(models.input_shape), seed, dtype, probe)

@@ -104,3 +104,14 @@ def test_bad_weights_are_refused_in_one_paragraph(tmp_path):
     both = CliRunner().invoke(cli.cli, ["check", "se_default", "eca_default", "--weights", str(tmp_path / "nan.pt")])
     assert "give one spec or your own pair, not 2" in _refusal(both)
     assert "--trust-pickle applies" in _refusal(_check("TorchNet", "--trust-pickle"))
+
+
+def test_diff_from_the_checkpoint_names_the_layer(tmp_path):
+    result = CliRunner().invoke(cli.cli, ["diff", "--torch-model", f"{HERE}:torch_relu", "--paddle-model",
+                                          f"{HERE}:PaddleNet", "--input-shape", "2,3,2,2", "--probe", "large",
+                                          "--weights", str(_trained(tmp_path, "paddle"))])
+    assert result.exit_code == 1, result.output
+    assert "forward error first appears in `act`" in result.output
+    drawn = CliRunner().invoke(cli.cli, ["diff", "--torch-model", f"{HERE}:torch_relu", "--paddle-model",
+                                         f"{HERE}:PaddleNet", "--input-shape", "2,3,2,2", "--probe", "large"])
+    assert drawn.exit_code == 0, drawn.output
