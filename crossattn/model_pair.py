@@ -119,17 +119,17 @@ class ModelPair:
         """The framework's model with shapes and dtypes but no values (torch's meta device, paddle's LazyGuard).
 
         Building skips the framework's default initialisation, most of the time
-        of building a large model; a factory that needs values while building
-        is built for real.
+        of building a large model; a factory that needs values while building,
+        or a layer the lazy context cannot build (paddle 3.3.1's LSTM and GRU
+        under LazyGuard), is built for real: a failure of that build is the one
+        reported.
         """
         from crossattn.frameworks import adapter
 
         try:
             with adapter(framework).lazy():
                 return self.build(framework)
-        except CrossattnError:
-            raise
-        except Exception:  # noqa: BLE001 - any failure under the lazy context: build it normally
+        except Exception:  # noqa: BLE001 - any failure under the lazy context (a user's factory's too): build it
             return self.build(framework)
 
     def slots(self, framework: str) -> dict:

@@ -176,13 +176,17 @@ def _take_grads(model: nn.Layer, dtype: np.dtype) -> dict[str, np.ndarray]:
 
 def set_train_mode(model: nn.Layer, train: bool) -> dict[str, float]:
     """Train or eval mode with dropout always off (identity): its masks come from each framework's own
-    generator, and no two frameworks draw the same. Returns each dropout layer so held, with its rate."""
+    generator, and no two frameworks draw the same. Returns each dropout layer so held, with its rate (an
+    attention layer's own dropout of its weights too: it has no other train-mode behaviour)."""
     model.train() if train else model.eval()
     held = {}
     for name, layer in model.named_sublayers():
         if isinstance(layer, (nn.Dropout, nn.Dropout2D, nn.Dropout3D, nn.AlphaDropout)):
             layer.eval()
             held[name] = float(layer.p)
+        elif isinstance(layer, nn.MultiHeadAttention):
+            layer.eval()
+            held[name] = float(layer.dropout)
     return held
 
 

@@ -83,3 +83,41 @@ def test_dropout_layers_a_structural_map_cannot_name_are_matched_in_order():
 def test_renamed_dropout_of_another_rate_or_count_fails(rates, said):
     first = _renamed_cases(rates)[0]  # torch -> paddle
     assert not first.passed and any(said in c.note for c in first.failures), first.failures
+
+
+class TorchAttention(torch.nn.Module):
+    def __init__(self, rate: float = 0.1) -> None:
+        super().__init__()
+        self.attn = torch.nn.MultiheadAttention(8, 2, dropout=rate, batch_first=True)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x, need_weights=False)[0])
+
+
+class PaddleAttention(paddle.nn.Layer):
+    def __init__(self, rate: float = 0.1) -> None:
+        super().__init__()
+        self.attn = paddle.nn.MultiHeadAttention(8, 2, dropout=rate)
+        self.fc = paddle.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x))
+
+
+@pytest.mark.parametrize("paddle_rate, passes", [(0.1, True), (0.0, False)])
+def test_an_attention_layers_own_dropout_is_held_off_and_its_rate_compared(paddle_rate, passes):
+    pair = ModelPair.from_factories(f"{__name__}:TorchAttention", f"{__name__}:PaddleAttention",
+                                    {"torch": {}, "paddle": {"rate": paddle_rate}}, input_shape=(2, 5, 8),
+                                    name_map="auto")
+    first = check_spec(pair, modes=("train",))[0]
+    assert first.passed is passes, first.failures
+    rows = [c for c in first.comparisons if c.category == "dropout"]
+    assert [c.tensor for c in rows] == ["attn.p"] and rows[0].passed is passes
+
+
+def test_a_layer_paddle_cannot_build_lazily_is_built_for_real():
+    """paddle 3.3.1 builds no LSTM under LazyGuard; the pair still reads its slots."""
+    pair = ModelPair.from_factories(f"{__name__}:TorchNet", "paddle.nn:LSTM",
+                                    {"torch": {}, "paddle": {"input_size": 6, "hidden_size": 8}}, input_shape=(2, 5, 6))
+    assert any(key.endswith("weight_ih_l0") for key in pair.slots("paddle"))
