@@ -201,10 +201,11 @@ class _Side:
         self.layers.apply_bn_stats(self.model, config.bn_stats)
         self.optimizer = self.loop.make_optimizer(self.model, config)
         self.held_dropout = self.loop.set_train_mode(self.model, bn_train)
+        self.dropout_calls = self.fw.dropout_calls(self.model)  # dropout called as a function, held off
         self.steps = 0
 
     def step(self, x: np.ndarray, labels: np.ndarray, lr: float) -> float:
-        loss = self.loop.step_arrays(self.model, self.optimizer, x, labels, lr)
+        loss = self.loop.step_arrays(self.model, self.optimizer, x, labels, lr, self.dropout_calls)
         self.steps += 1
         return loss
 
@@ -375,7 +376,18 @@ def align(pair: Any, config: TrainConfig, settings: AlignSettings,
                             passed, parted, near_tie, resync))
         if progress is not None:
             progress(step + 1, settings.steps)
-    return AlignReport(pair.origin, settings, config, rows, final, notes)
+    return AlignReport(pair.origin, settings, config, rows, final, notes + _functional_dropout(sides))
+
+
+def _functional_dropout(sides: dict[str, _Side]) -> list[str]:
+    """A note of the dropout calls held off, per framework, with their rates: a rate that differs is a
+    difference training would show, which align's held steps cannot."""
+    said = {fw_name: sorted({f"{key} (p={rate:g})" for key, rate in side.dropout_calls.held.items()})
+            for fw_name, side in sides.items()}
+    if not any(said.values()):
+        return []
+    return ["dropout called as a function held off (run as at inference): "
+            + "; ".join(f"{fw_name}: {', '.join(names) or 'none'}" for fw_name, names in said.items())]
 
 
 def _truths(exact_state: dict[str, dict[str, np.ndarray]] | None, dst: str, src: str,

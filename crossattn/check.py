@@ -33,6 +33,7 @@ import numpy as np
 
 from crossattn.compare import Comparison, compare, judge
 from crossattn.conventions import BN_MOMENTUM_TORCH, replay_running_stats, same_bn_update, shared_bn_rule
+from crossattn.dropout_calls import MODEL, layer_of
 from crossattn.frameworks import adapter
 from crossattn.errors import CrossattnError
 from crossattn.init import STANDARD_KINDS, custom_state, initial_state
@@ -547,9 +548,9 @@ def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed
     if train:
         comparisons += _running_stats(pair, ref, got, ref64, got64, judged, notes)
     comparisons += _trainable_flags(pair, tol)
+    comparisons += _dropout_rates(pair, ref, got, tol, notes, train)
     if train:
         comparisons += _other_buffers(pair, ref, got, ref64, got64, judged)
-        comparisons += _dropout_rates(pair, ref, got, tol, notes)
         if not all(c.passed for c in comparisons):
             notes += few_values_per_channel(ref.bn_batches)
     direction = f"{pair.src_fw}->{pair.dst_fw}"
@@ -557,37 +558,55 @@ def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed
                      probe)
 
 
-def _dropout_rates(pair: TwinPair, ref, got, tol: Tolerance, notes: list[str]) -> list[Comparison]:
+def _dropout_rates(pair: TwinPair, ref, got, tol: Tolerance, notes: list[str], train: bool = True) -> list[Comparison]:
     """Dropout is held off (identity) in a train-mode step, as no two frameworks draw the same masks; what is
-    left to compare is each layer's rate, by name (a layer dropped on one side only fails too)."""
-    from weight_transfer.transfer import map_layer_name
-
+    left to compare is each layer's rate, by name (a dropout on one side only fails too, unless its rate is 0).
+    Dropout called as a function is held and compared the same way, named by the layer that calls it, in an
+    eval-mode step too when it is called with dropout on (`crossattn.dropout_calls`)."""
     reference = getattr(ref, "held_dropout", {})
     oriented = pair.models.layer_map(pair.dst_fw, pair.src_fw)
-    candidate = {map_layer_name(name, oriented): rate for name, rate in getattr(got, "held_dropout", {}).items()}
+    candidate = {_held_in_source_naming(name, oriented): rate for name, rate in getattr(got, "held_dropout", {}).items()}
     if not reference and not candidate:
         return []
-    notes.append(f"dropout held off (identity) in both frameworks in train mode ({len(reference)} layer(s)): "
-                 f"its masks come from each framework's own generator; each layer's rate is compared")
+    functional = sorted(name for name in {*reference, *candidate} if layer_of(name)[1])
+    if train:
+        notes.append(f"dropout held off (identity) in both frameworks in train mode ({len(reference)} layer(s) or "
+                     f"call(s)): its masks come from each framework's own generator; each rate is compared")
+    else:
+        notes.append("dropout called as a function with dropout on in eval mode, held off and its rate compared: "
+                     "such a model drops at inference")
+    if functional:
+        notes.append("dropout called as a function, run as at inference and named by the layer calling it: "
+                     + ", ".join(f"`{name}`" for name in functional[:3])
+                     + (f" and {len(functional) - 3} more" if len(functional) > 3 else ""))
     matched = [(name, name, candidate[name], reference[name]) for name in reference if name in candidate]
     ref_only = [name for name in reference if name not in candidate]
     got_only = [name for name in candidate if name not in reference]
     if ref_only and len(ref_only) == len(got_only):  # layers without tensors have no name in a structural map
         matched += [(name, other, candidate[other], reference[name]) for name, other in zip(ref_only, got_only)]
-        notes.append(f"dropout layers whose names do not map matched in the order the models register them: "
+        notes.append(f"dropout whose names do not map matched in the order the models register or call them: "
                      + ", ".join(f"`{name}` -> `{other}`" for name, other in zip(ref_only[:3], got_only[:3]))
                      + (f" and {len(ref_only) - 3} more" if len(ref_only) > 3 else ""))
         ref_only = got_only = []
     out = []
     for name, other, a, b in matched:
         same = a == b
-        how = f"rate {a:g} vs reference {b:g}" + ("" if name == other else f" (candidate layer `{other}`)")
+        how = f"rate {a:g} vs reference {b:g}" + ("" if name == other else f" (candidate `{other}`)")
         out.append(_exact_row(f"{name}.p", same, how, tol))
-    for name in ref_only:
-        out.append(_exact_row(f"{name}.p", False, f"dropout in {pair.src_fw} only", tol))
-    for name in got_only:
-        out.append(_exact_row(f"{name}.p", False, f"dropout in {pair.dst_fw} only", tol))
+    for names, values, framework in ((ref_only, reference, pair.src_fw), (got_only, candidate, pair.dst_fw)):
+        for name in names:
+            rate = values[name]
+            how = f"dropout in {framework} only" + (" (rate 0: no dropout)" if rate == 0 else f" (rate {rate:g})")
+            out.append(_exact_row(f"{name}.p", rate == 0, how, tol))
     return out
+
+
+def _held_in_source_naming(key: str, oriented: dict[str, str]) -> str:
+    """A held dropout's key with its layer in the reference's naming."""
+    from weight_transfer.transfer import map_layer_name
+
+    layer, call = layer_of(key)
+    return (layer if layer == MODEL else map_layer_name(layer, oriented)) + call
 
 
 def _exact_row(tensor: str, same: bool, how: str, tol: Tolerance, category: str = "dropout") -> Comparison:

@@ -342,10 +342,14 @@ def diff_spec(spec: Spec | ModelPair, direction: str = "torch->paddle", mode: st
 
 
 def _rewritten(*traces: LayerTrace | None) -> list[str]:
-    """The calls a torch trace gave paddle's float32 values, as one note (none when nothing was changed)."""
+    """The calls a torch trace gave paddle's float32 values, and the dropout calls a trace held off, as notes
+    (none when nothing was changed)."""
     rounded = sorted({r for trace in traces if trace is not None for r in trace.rounded})
-    return [f"torch's calls given the float32 values paddle applies (`torch_impl.comparison_calls`): "
-            f"{', '.join(rounded)}"] if rounded else []
+    held = sorted({f"{key} (p={rate:g})" for trace in traces if trace is not None
+                   for key, rate in trace.held_dropout.items()})
+    return ([f"torch's calls given the float32 values paddle applies (`torch_impl.comparison_calls`): "
+             f"{', '.join(rounded)}"] if rounded else []) + \
+        ([f"dropout called as a function held off (run as at inference): {', '.join(held)}"] if held else [])
 
 
 def transfer_by_name_map(ref_fw: str, ref_model, got_fw: str, got_model, name_map: Mapping[str, str]):

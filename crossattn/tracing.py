@@ -35,6 +35,8 @@ class LayerTrace:
     input_grad: np.ndarray | None = None
     #: calls a torch trace gave the float32 values paddle applies (`torch_impl.comparison_calls`)
     rounded: list[str] = dataclasses.field(default_factory=list)
+    #: dropout called as a function with dropout on, held off, with its rates (`crossattn.dropout_calls`)
+    held_dropout: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def call_key(name: str, call: int) -> str:

@@ -13,8 +13,10 @@ import numpy as np
 import paddle
 from paddle import nn
 
+from crossattn.dropout_calls import DropoutCalls
 from crossattn.errors import CrossattnError, TransferError, forward_of
 from crossattn.tracing import LayerTrace, call_key
+from paddle_impl.functional_dropout import held_dropout_calls
 from paddle_impl.layers import ZERO_INIT_ATTR
 from weight_transfer.slots import Slot, join, state_problems
 
@@ -34,7 +36,8 @@ class StepResult:
     bn_batches: dict[str, list[tuple[np.ndarray, np.ndarray, int]]]
     #: constants given the float32 value paddle applies: none here (the torch twin's field)
     rounded: list[str] = dataclasses.field(default_factory=list)
-    #: dropout layers held off (identity) in a train-mode step, with their rates (`set_train_mode`)
+    #: dropout held off, with its rates: layers in a train-mode step (`set_train_mode`), and in any step dropout
+    #: called as a function with dropout on (`paddle_impl.functional_dropout`)
     held_dropout: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -148,12 +151,19 @@ def _bn_batch_hooks(model, batches: dict[str, list]) -> list:
     return handles
 
 
-def _forward_backward(model: nn.Layer, x: np.ndarray,
-                      cotangent: Callable[[tuple[int, ...]], np.ndarray]) -> tuple[paddle.Tensor, paddle.Tensor]:
-    """Forward `x`, then backward sum(output * cotangent); returns (input, output) tensors."""
+def dropout_calls(model: nn.Layer) -> DropoutCalls:
+    """A record of the dropout calls a step of `model` holds off, each named by its layer."""
+    return DropoutCalls(lambda: {id(layer): name for name, layer in model.named_sublayers(include_self=True)})
+
+
+def _forward_backward(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray],
+                      dropouts: DropoutCalls | None = None) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """Forward `x`, then backward sum(output * cotangent); returns (input, output) tensors. Dropout called as a
+    function is held off (into `dropouts`)."""
     inputs = paddle.to_tensor(np.ascontiguousarray(x), stop_gradient=False)
-    with forward_of("paddle", x.shape):
-        output = model(inputs)
+    with held_dropout_calls(DropoutCalls() if dropouts is None else dropouts):
+        with forward_of("paddle", x.shape):
+            output = model(inputs)
     if not isinstance(output, paddle.Tensor):
         raise CrossattnError(f"the model returns {type(output).__name__}, not one tensor; check and diff compare "
                              f"a single output (wrap the model to return the tensor to compare)")
@@ -202,16 +212,17 @@ def step(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], 
     """One forward in train or eval mode (dropout held off) and a backward of sum(output * cotangent)."""
     held = set_train_mode(model, train)
     batches: dict[str, list] = {}
+    dropouts = dropout_calls(model)
     handles = _bn_batch_hooks(model, batches) if train else []
     try:
-        inputs, output = _forward_backward(model, x, cotangent)
+        inputs, output = _forward_backward(model, x, cotangent, dropouts)
     finally:
         for handle in handles:
             handle.remove()
     grads = _take_grads(model, x.dtype)
     input_grad = inputs.grad.numpy() if inputs.grad is not None else np.zeros_like(x)
     return StepResult(output.numpy(), input_grad, grads, _untrained_state(model), batches,
-                      held_dropout=held if train else {})
+                      held_dropout={**(held if train else {}), **dropouts.held})
 
 
 def trace(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray], train: bool,
@@ -290,11 +301,13 @@ def trace(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]],
         handles.append(layer.register_forward_post_hook(lambda m, a, o, name=name: post_hook(m, a, o, name)))
     if train:  # registered after the feeding hooks: a fed BatchNorm records the statistics it normalised with
         handles += _bn_batch_hooks(model, record.bn_batches)
+    dropouts = dropout_calls(model)
     try:
-        inputs, output = _forward_backward(model, x, cotangent)
+        inputs, output = _forward_backward(model, x, cotangent, dropouts)
     finally:
         for handle in handles:
             handle.remove()
+    record.held_dropout = dict(dropouts.held)
     record.output = output.numpy().copy()
     record.input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
     record.state_after = state(model)

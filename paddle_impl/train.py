@@ -18,6 +18,7 @@ import paddle.nn.functional as F
 from crossattn import registry
 from crossattn.bn_stats import bn_stats_rule
 from crossattn.data import Dataset
+from crossattn.dropout_calls import DropoutCalls
 from crossattn.errors import CrossattnError
 from crossattn.init import initial_state
 from crossattn.spec import Spec
@@ -28,6 +29,7 @@ from weight_transfer import optimizer_state
 from paddle_impl import adapter
 from paddle_impl.layers import apply_bn_stats, bilinear_resize
 from paddle_impl import finite
+from paddle_impl.functional_dropout import held_dropout_calls
 
 FRAMEWORK = "paddle"
 CHANNELS_LAST_NOTE = "paddle: channels_last is ignored (the twins are built NCHW; paddle sets layout per layer)"
@@ -297,9 +299,11 @@ class Trainer:
 
 
 def step_arrays(model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer, x: np.ndarray, labels: np.ndarray,
-                lr: float) -> float:
-    """train_step on numpy inputs; the loss as a float."""
-    loss, _ = train_step(model, optimizer, paddle.to_tensor(x), paddle.to_tensor(labels), lr)
+                lr: float, dropouts: DropoutCalls | None = None) -> float:
+    """train_step on numpy inputs (`crossattn align`'s), dropout called as a function held off (into
+    `dropouts`); the loss as a float."""
+    with held_dropout_calls(DropoutCalls() if dropouts is None else dropouts):
+        loss, _ = train_step(model, optimizer, paddle.to_tensor(x), paddle.to_tensor(labels), lr)
     return float(loss.detach().astype("float64").item())
 
 

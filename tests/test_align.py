@@ -124,8 +124,8 @@ def plant_after_steps(monkeypatch, framework: str, name: str, when: Callable[[in
     real = loop.step_arrays
     taken: collections.Counter = collections.Counter()
 
-    def step_arrays(model, optimizer, x, labels, lr):
-        loss = real(model, optimizer, x, labels, lr)
+    def step_arrays(model, optimizer, x, labels, lr, dropouts=None):
+        loss = real(model, optimizer, x, labels, lr, dropouts)
         if x.dtype == np.float32:
             taken[id(model)] += 1
             if when(taken[id(model)], x):

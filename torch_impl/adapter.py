@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from crossattn.dropout_calls import DropoutCalls
 from crossattn.errors import CrossattnError, TransferError, forward_of
 from crossattn.tracing import LayerTrace, call_key
 from torch_impl.comparison_calls import comparison_calls
@@ -36,7 +37,8 @@ class StepResult:
     bn_batches: dict[str, list[tuple[np.ndarray, np.ndarray, int]]]
     #: constants of the model's calls given the float32 value paddle applies (`torch_impl.paddle_constants`)
     rounded: list[str] = dataclasses.field(default_factory=list)
-    #: dropout layers held off (identity) in a train-mode step, with their rates (`set_train_mode`)
+    #: dropout held off, with its rates: layers in a train-mode step (`set_train_mode`), and in any step dropout
+    #: called as a function with dropout on (`torch_impl.functional_dropout`)
     held_dropout: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -135,13 +137,20 @@ def _bn_batch_hooks(model, batches: dict[str, list]) -> list:
     return handles
 
 
+def dropout_calls(model: nn.Module) -> DropoutCalls:
+    """A record of the dropout calls a step of `model` holds off, each named by its layer."""
+    return DropoutCalls(lambda: {id(module): name for name, module in model.named_modules()})
+
+
 def _forward_backward(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray],
-                      rounded: set[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      rounded: set[str] | None = None,
+                      dropouts: DropoutCalls | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward `x`, then backward sum(output * cotangent); returns (input, output) tensors. The convolutions
-    for which torch's own kernel choice is slow run in channels-last layout (`torch_impl.conv_layout`), and
-    constants paddle holds in float32 take that value (`torch_impl.paddle_constants`, noted in `rounded`)."""
+    for which torch's own kernel choice is slow run in channels-last layout (`torch_impl.conv_layout`),
+    constants paddle holds in float32 take that value (`torch_impl.paddle_constants`, noted in `rounded`), and
+    dropout called as a function is held off (into `dropouts`)."""
     inputs = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
-    with comparison_calls(rounded):
+    with comparison_calls(rounded, dropouts):
         with forward_of("torch", x.shape):
             output = model(inputs)
     if not torch.is_tensor(output):
@@ -193,16 +202,17 @@ def step(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]],
     held = set_train_mode(model, train)
     batches: dict[str, list] = {}
     rounded: set[str] = set()
+    dropouts = dropout_calls(model)
     handles = _bn_batch_hooks(model, batches) if train else []
     try:
-        inputs, output = _forward_backward(model, x, cotangent, rounded)
+        inputs, output = _forward_backward(model, x, cotangent, rounded, dropouts)
     finally:
         for handle in handles:
             handle.remove()
     grads = _take_grads(model, x.dtype)
     input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
     return StepResult(output.detach().numpy().copy(), input_grad, grads, _untrained_state(model), batches,
-                      sorted(rounded), held if train else {})
+                      sorted(rounded), {**(held if train else {}), **dropouts.held})
 
 
 def trace(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray], train: bool,
@@ -283,12 +293,14 @@ def trace(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]]
     if train:  # registered after the feeding hooks: a fed BatchNorm records the statistics it normalised with
         handles += _bn_batch_hooks(model, record.bn_batches)
     rounded: set[str] = set()
+    dropouts = dropout_calls(model)
     try:
-        inputs, output = _forward_backward(model, x, cotangent, rounded)
+        inputs, output = _forward_backward(model, x, cotangent, rounded, dropouts)
     finally:
         for handle in handles:
             handle.remove()
     record.rounded = sorted(rounded)
+    record.held_dropout = dict(dropouts.held)
     record.output = output.detach().numpy().copy()
     record.input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
     record.state_after = state(model)

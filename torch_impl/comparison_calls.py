@@ -4,7 +4,8 @@ Convolutions whose kernel choice is slow run in channels-last layout
 (`conv_layout`); calls whose constants paddle holds in float32 take those
 values (`paddle_constants`), float64 interpolation paddle's weights
 (`paddle_interpolate`) and float64 average pools paddle's backward
-(`paddle_pool_grads`). Everything else runs as the model wrote it.
+(`paddle_pool_grads`); dropout called as a function runs as at inference,
+recorded (`functional_dropout`). Everything else runs as the model wrote it.
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ from collections.abc import Iterator
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from crossattn.dropout_calls import DropoutCalls
 from torch_impl.conv_layout import CONV2D, convolution
+from torch_impl.functional_dropout import HELD_DROPOUT, dropout_call
 from torch_impl.paddle_constants import HELD_CALLS, held_call
 from torch_impl.paddle_interpolate import interpolate_as_paddle
 from torch_impl.paddle_pool_grads import AVERAGE_POOLS, pool_as_paddle
 
 
 class _ComparisonCalls(TorchFunctionMode):
-    def __init__(self, rounded: set[str]) -> None:
+    def __init__(self, rounded: set[str], dropouts: DropoutCalls) -> None:
         super().__init__()
-        self.rounded = rounded
+        self.rounded, self.dropouts = rounded, dropouts
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -36,12 +39,15 @@ class _ComparisonCalls(TorchFunctionMode):
             return interpolate_as_paddle(args, kwargs, self.rounded)
         if func in AVERAGE_POOLS:
             return pool_as_paddle(func, args, kwargs, self.rounded)
+        if func in HELD_DROPOUT:
+            return dropout_call(func, args, kwargs, self.dropouts)
         return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
-def comparison_calls(rounded: set[str] | None = None) -> Iterator[set[str]]:
-    """Within: both rewrites; `rounded` collects the constants given paddle's float32 values."""
+def comparison_calls(rounded: set[str] | None = None, dropouts: DropoutCalls | None = None) -> Iterator[set[str]]:
+    """Within: the rewrites; `rounded` collects the constants given paddle's float32 values, `dropouts` the
+    dropout calls held off."""
     rounded = set() if rounded is None else rounded
-    with _ComparisonCalls(rounded):
+    with _ComparisonCalls(rounded, DropoutCalls() if dropouts is None else dropouts):
         yield rounded

@@ -19,6 +19,7 @@ from crossattn import registry
 from crossattn.bn_stats import bn_stats_rule
 from crossattn.conventions import as_paddle_holds
 from crossattn.data import Dataset
+from crossattn.dropout_calls import DropoutCalls
 from crossattn.errors import CrossattnError
 from crossattn.init import initial_state
 from crossattn.spec import Spec
@@ -290,11 +291,12 @@ class Trainer:
 
 
 def step_arrays(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: np.ndarray, labels: np.ndarray,
-                lr: float) -> float:
+                lr: float, dropouts: DropoutCalls | None = None) -> float:
     """train_step on numpy inputs (`crossattn align`'s), under check's torch function mode: constants paddle
-    holds in float32 take that value (`torch_impl.paddle_constants`); the loss as a float."""
+    holds in float32 take that value (`torch_impl.paddle_constants`), dropout called as a function is held off
+    (into `dropouts`); the loss as a float."""
     device = next(model.parameters()).device
-    with comparison_calls():
+    with comparison_calls(dropouts=dropouts):
         loss, _ = train_step(model, optimizer, torch.from_numpy(x).to(device), torch.from_numpy(labels).to(device),
                              lr)
     return float(loss.detach().double())
