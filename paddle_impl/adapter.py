@@ -12,13 +12,14 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 import numpy as np
 import paddle
 from paddle import nn
+from paddle.nn.layer.rnn import RNNBase
 
 from crossattn.dropout_calls import DropoutCalls
 from crossattn.errors import CrossattnError, TransferError, forward_of
 from crossattn.tracing import LayerTrace, call_key
 from paddle_impl.functional_dropout import held_dropout_calls
 from paddle_impl.layers import ZERO_INIT_ATTR
-from weight_transfer.slots import Slot, join, state_problems
+from weight_transfer.slots import Slot, join, state_problems, with_aliases
 
 FRAMEWORK = "paddle"
 KIND_ATTR = "crossattn_layer_kind"
@@ -87,6 +88,8 @@ _MHA_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 def slots(model: nn.Layer) -> dict[str, Slot]:
     """Every state tensor of `model`, with the kind of the layer that owns it."""
     table: dict[str, Slot] = {}
+    seen: dict[int, str] = {}  # a tensor already in the table (paddle's RNN cells hold their layer's weights)
+    aliases: dict[str, list[str]] = {}
     layers = dict(model.named_sublayers(include_self=True))
     for layer_name, layer in layers.items():
         kind = layer_kind(layer)
@@ -101,10 +104,28 @@ def slots(model: nn.Layer) -> dict[str, Slot]:
             owner, prefix, kind = parent, attr + ".", "mha"
         for name, tensor in tensors:
             key = join(layer_name, name)
+            if id(tensor) in seen:
+                aliases.setdefault(seen[id(tensor)], []).append(key)
+                continue
+            seen[id(tensor)] = key
             trainable = not tensor.stop_gradient
             table[key] = Slot(key, owner, prefix + name, kind, tuple(tensor.shape),
                               _dtype_name(tensor), trainable, zero)
+    for key, names in aliases.items():
+        table[key] = dataclasses.replace(table[key], aliases=tuple(names))
     return table
+
+
+def _state_tensors(model: nn.Layer) -> dict[str, paddle.Tensor]:
+    """The model's state dict, each tensor once: under its first key (an RNN layer's own name), without the
+    aliases paddle's state dict also holds it under (`Slot.aliases`)."""
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in model.state_dict().items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            out[key] = tensor
+    return out
 
 
 def _dtype_name(tensor: paddle.Tensor) -> str:
@@ -113,13 +134,13 @@ def _dtype_name(tensor: paddle.Tensor) -> str:
 
 
 def state(model: nn.Layer) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in model.state_dict().items()}  # numpy() copies in paddle
+    return {k: v.numpy() for k, v in _state_tensors(model).items()}  # numpy() copies in paddle
 
 
 def _untrained_state(model: nn.Layer) -> dict[str, np.ndarray]:
     """The state a step may change: all but the trainable parameters (copying those is most of a copy)."""
     trained = {id(p) for p in model.parameters() if not p.stop_gradient}
-    return {k: v.numpy() for k, v in model.state_dict().items() if id(v) not in trained}
+    return {k: v.numpy() for k, v in _state_tensors(model).items() if id(v) not in trained}
 
 
 def _c_order(value: np.ndarray) -> np.ndarray:
@@ -135,7 +156,7 @@ def load_state(model: nn.Layer, values: Mapping[str, np.ndarray]) -> None:
     problems = state_problems(own, values)
     if problems:
         raise TransferError(problems, "loading paddle state")
-    model.set_state_dict({k: _c_order(v) for k, v in values.items()})
+    model.set_state_dict(with_aliases({k: _c_order(v) for k, v in values.items()}, own))
 
 
 def _bn_batch_hooks(model, batches: dict[str, list]) -> list:
@@ -161,7 +182,7 @@ def _forward_backward(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple
     """Forward `x`, then backward sum(output * cotangent); returns (input, output) tensors. Dropout called as a
     function is held off (into `dropouts`)."""
     inputs = paddle.to_tensor(np.ascontiguousarray(x), stop_gradient=False)
-    with held_dropout_calls(DropoutCalls() if dropouts is None else dropouts):
+    with held_dropout_calls(DropoutCalls() if dropouts is None else dropouts), _recurrent_for_backward(model):
         with forward_of("paddle", x.shape):
             output = model(inputs)
     if not isinstance(output, paddle.Tensor):
@@ -169,7 +190,8 @@ def _forward_backward(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple
                              f"a single output (wrap the model to return the tensor to compare)")
     weight = paddle.to_tensor(cotangent(tuple(output.shape)))
     model.clear_gradients(set_to_zero=False)
-    (output * weight).sum().backward()
+    with _recurrent_for_backward(model):
+        (output * weight).sum().backward()
     return inputs, output
 
 
@@ -187,7 +209,8 @@ def _take_grads(model: nn.Layer, dtype: np.dtype) -> dict[str, np.ndarray]:
 def set_train_mode(model: nn.Layer, train: bool) -> dict[str, float]:
     """Train or eval mode with dropout always off (identity): its masks come from each framework's own
     generator, and no two frameworks draw the same. Returns each dropout layer so held, with its rate (an
-    attention layer's own dropout of its weights too: it has no other train-mode behaviour)."""
+    attention layer's own dropout of its weights too, and a recurrent layer's between its layers: they have no
+    other train-mode behaviour)."""
     model.train() if train else model.eval()
     held = {}
     for name, layer in model.named_sublayers():
@@ -197,7 +220,25 @@ def set_train_mode(model: nn.Layer, train: bool) -> dict[str, float]:
         elif isinstance(layer, nn.MultiHeadAttention):
             layer.eval()
             held[name] = float(layer.dropout)
+        elif isinstance(layer, RNNBase) and train:  # its dropout between layers: `_recurrent_for_backward`
+            held[name] = float(layer.dropout)
     return held
+
+
+@contextlib.contextmanager
+def _recurrent_for_backward(model: nn.Layer) -> Iterator[None]:
+    """paddle's fused recurrent kernel (LSTM, GRU, SimpleRNN on the CPU too) has no backward in eval mode
+    ("Tensor holds no memory"): within, those layers run in train mode with their dropout between layers set
+    to 0, which computes what eval mode does; each layer's mode and rate are restored after."""
+    layers = [layer for _, layer in model.named_sublayers(include_self=True) if isinstance(layer, RNNBase)]
+    kept = [(layer, layer.training, layer.dropout) for layer in layers]
+    for layer in layers:
+        layer.training, layer.dropout = True, 0.0
+    try:
+        yield
+    finally:
+        for layer, training, rate in kept:
+            layer.training, layer.dropout = training, rate
 
 
 def bn_momenta(model: nn.Layer) -> dict[str, float | None]:
@@ -366,7 +407,7 @@ def load_lazy(model: nn.Layer, values: MutableMapping[str, np.ndarray], consume:
     problems = state_problems(own, values)
     if problems:
         raise TransferError(problems, "loading paddle state")
-    state = model.state_dict()
+    state = _state_tensors(model)
     left_out = [name for name, _ in model.named_parameters() if name not in state]
     if left_out:  # checked before anything is consumed, so the caller can still build the model for real
         raise CrossattnError(f"parameters {', '.join(left_out[:5])} are not in the model's state dict")

@@ -176,14 +176,15 @@ def _take_grads(model: nn.Module, dtype: np.dtype) -> dict[str, np.ndarray]:
 def set_train_mode(model: nn.Module, train: bool) -> dict[str, float]:
     """Train or eval mode with dropout always off (identity): its masks come from each framework's own
     generator, and no two frameworks draw the same. Returns each dropout layer so held, with its rate (an
-    attention layer's own dropout of its weights too: it has no other train-mode behaviour)."""
+    attention layer's own dropout of its weights too, and a recurrent layer's between its layers: they have no
+    other train-mode behaviour)."""
     model.train(train)
     held = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.dropout._DropoutNd):
             module.eval()
             held[name] = float(module.p)
-        elif isinstance(module, nn.MultiheadAttention):
+        elif isinstance(module, (nn.MultiheadAttention, nn.RNNBase)):
             module.eval()
             held[name] = float(module.dropout)
     return held

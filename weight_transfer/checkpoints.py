@@ -41,7 +41,7 @@ from weight_transfer.integrity import (
     verify_tensors,
 )
 from weight_transfer.rules import RULES
-from weight_transfer.slots import Slot
+from weight_transfer.slots import Slot, fold_aliases
 
 #: extension -> format name; a format name is also the framework for pickled formats
 EXTENSIONS = {".pt": "torch", ".pth": "torch", ".pdparams": "paddle", ".safetensors": "safetensors", ".npz": "npz"}
@@ -461,17 +461,26 @@ def optional_keys(slots: Mapping[str, Slot], framework: str) -> set[str]:
     return optional
 
 
+def _shapes(slots: Mapping[str, Slot]) -> dict[str, tuple[int, ...]]:
+    """Each key a model's state may hold, with its shape: the slots, and the aliases of a slot's tensor."""
+    shapes = {key: slot.shape for key, slot in slots.items()}
+    shapes.update({alias: slot.shape for slot in slots.values() for alias in slot.aliases})
+    return shapes
+
+
 def matches(mapping: Mapping[str, Any], slots: Mapping[str, Slot], framework: str) -> bool:
-    """Every key a slot with the slot's shape, every non-optional slot present."""
-    if any(k not in slots or _shape(v) != slots[k].shape for k, v in mapping.items()):
+    """Every key a slot (or an alias of one) with the slot's shape, every non-optional slot present."""
+    shapes = _shapes(slots)
+    if any(shapes.get(k) != _shape(v) for k, v in mapping.items()):
         return False
     return all(k in mapping for k in set(slots) - optional_keys(slots, framework))
 
 
 def _overlap(mapping: Mapping[str, Any], slots: Mapping[str, Slot]) -> tuple[int, int]:
-    names = sum(k in slots for k in mapping)
-    shapes = sum(k in slots and _shape(v) == slots[k].shape for k, v in mapping.items())
-    return names, shapes
+    shapes = _shapes(slots)
+    names = sum(k in shapes for k in mapping)
+    shapes_ = sum(shapes.get(k) == _shape(v) for k, v in mapping.items())
+    return names, shapes_
 
 
 def locate_weights(raw: RawCheckpoint, slots_for: Callable[[str], Mapping[str, Slot]],
@@ -513,11 +522,11 @@ def locate_weights(raw: RawCheckpoint, slots_for: Callable[[str], Mapping[str, S
              if matches(_strip(mapping, prefix), slots_for(fw), fw)]
     if exact:
         where, prefix, mapping, fw = _choose(exact, slots_for, source)
-        return _located(raw, mapping, fw, where, prefix, exact=True)
+        return _located(raw, mapping, fw, where, prefix, exact=True, slots=slots_for(fw))
     scored = [((_overlap(_strip(m, p), slots_for(fw)), -len(p)), where, p, m, fw)
               for where, p, m in candidates for fw in frameworks]
     _, where, prefix, mapping, fw = max(scored, key=lambda item: item[0])
-    return _located(raw, mapping, fw, where, prefix, exact=False)
+    return _located(raw, mapping, fw, where, prefix, exact=False, slots=slots_for(fw))
 
 
 def _preference(where: str | None) -> int:
@@ -553,9 +562,15 @@ def _transposes(slots: Mapping[str, Slot]) -> bool:
 
 
 def _located(raw: RawCheckpoint, mapping: Mapping, framework: str, where: str | None, prefix: str,
-             exact: bool) -> Located:
+             exact: bool, slots: Mapping[str, Slot] | None = None) -> Located:
+    """The weights found, each tensor under its slot's key once (a paddle RNN's aliases folded away)."""
     source = str(raw.path)
     weights = {k: to_numpy(v, k, source) for k, v in _strip(mapping, prefix).items()}
+    if slots is not None:
+        weights, problems = fold_aliases(weights, slots)
+        if problems:
+            raise CheckpointError(f"{source}: " + "; ".join(problems[:5]) + (
+                f"; {len(problems) - 5} more" if len(problems) > 5 else "") + "; the file is damaged")
     return Located(weights, framework, where, prefix or None, exact)
 
 

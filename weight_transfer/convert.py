@@ -40,7 +40,7 @@ from weight_transfer.checkpoints import (
 )
 from weight_transfer import optimizer_state
 from weight_transfer.rules import counterpart_name
-from weight_transfer.slots import Slot, join
+from weight_transfer.slots import Slot, join, with_aliases
 from weight_transfer.transfer import TransferReport, map_layer_name
 from weight_transfer.values import check_values
 
@@ -178,10 +178,13 @@ def convert(src: str | Path, dst: str | Path, twins: ModelPair, to: str | None =
 
     def write_and_verify(tmp: Path) -> None:
         nonlocal raw, located, entries
+        # a .pdparams file as paddle's own state dict has it: an RNN's weights under their cells' names too
+        tensors = with_aliases(out, twins.slots(target)) if dst_format == "paddle" else out
         if entries:
-            optimizer_state.write_training_checkpoint(tmp, dst_format, out, entries)
+            optimizer_state.write_training_checkpoint(tmp, dst_format, tensors, entries)
         else:
-            write_checkpoint(tmp, dst_format, out, target, twins.type_name)
+            write_checkpoint(tmp, dst_format, tensors, target, twins.type_name)
+        del tensors
         report.bytes_written = tmp.stat().st_size
         report.seconds = time.perf_counter() - started
         if verify:

@@ -23,6 +23,9 @@ class Slot:
     dtype: str  # numpy dtype name
     trainable: bool  # receives a gradient
     zero_init: bool = False  # the twin zeroes it at construction (identity start)
+    #: other state-dict keys of the same tensor: paddle's recurrent layers hold each weight under their own
+    #: name (`weight_ih_l0`, torch's too) and again under their cell's (`0.cell.weight_ih`)
+    aliases: tuple[str, ...] = ()
 
 
 def join(layer: str, name: str) -> str:
@@ -39,3 +42,33 @@ def state_problems(own: Mapping[str, Slot], values: Mapping[str, Any]) -> list[s
     problems += [f"mis-shaped `{k}`: got {list(np.shape(v))}, model has {list(own[k].shape)}"
                  for k, v in values.items() if k in own and tuple(np.shape(v)) != own[k].shape]
     return problems
+
+
+def fold_aliases(values: Mapping[str, Any], own: Mapping[str, Slot]) -> tuple[dict[str, Any], list[str]]:
+    """`values` (a checkpoint's state) without the keys that alias a slot's tensor, and the problems: an alias
+    whose value is not its tensor's (a file that names one tensor twice with two values is damaged)."""
+    import numpy as np
+
+    aliased = {alias: key for key, slot in own.items() for alias in slot.aliases}
+    if not aliased:
+        return dict(values), []
+    problems = []
+    for alias, key in aliased.items():
+        if alias in values and key in values and not np.array_equal(np.asarray(values[alias]),
+                                                                     np.asarray(values[key])):
+            problems.append(f"`{alias}` differs from `{key}`, which names the same tensor")
+    out = {k: v for k, v in values.items() if k not in aliased}
+    for alias, key in aliased.items():  # a file holding the tensor under its alias alone
+        if key not in out and alias in values:
+            out[key] = values[alias]
+    return out, problems
+
+
+def with_aliases(values: Mapping[str, Any], own: Mapping[str, Slot]) -> dict[str, Any]:
+    """`values` with every alias of a slot's tensor added, as the framework's own state dict holds them."""
+    out = dict(values)
+    for key, slot in own.items():
+        for alias in slot.aliases:
+            if key in values:
+                out[alias] = values[key]
+    return out
