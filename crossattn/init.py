@@ -63,8 +63,17 @@ def _uniform(rng: np.random.Generator, low: float, high: float, shape: tuple[int
     return values
 
 
+#: a check's BatchNorm weights: wide enough that a train-mode BatchNorm's output (gamma * z + beta, z within
+#: +-2.65 over 8 values per channel) reaches the clip of a ReLU6 or Hardtanh after it, which weights in [0.5, 1.5]
+#: never do (a ReLU6 swapped for ReLU deep in MobileNetV2 passed). The running variance is drawn as
+#: gamma^2 * U(0.5, 1.5), so an eval-mode BatchNorm's gain stays within [0.8, 1.4] and deep eval-mode nets
+#: do not blow up
+BN_WEIGHT_RANGE = (0.5, 8.0)
+
+
 def _draw(slot: Slot, torch_name: str, shape: tuple[int, ...], weight_shapes: Mapping[str, tuple[int, ...]],
-          native: np.ndarray, mode: InitMode, rng: np.random.Generator) -> np.ndarray:
+          native: np.ndarray, mode: InitMode, rng: np.random.Generator,
+          bn_weight: np.ndarray | None = None) -> np.ndarray:
     kind, name = slot.kind, torch_name
     single = _single(slot, mode)
     if kind in ("conv", "linear", "embedding", "mha"):  # mha: attention projections, drawn as Linear
@@ -80,6 +89,10 @@ def _draw(slot: Slot, torch_name: str, shape: tuple[int, ...], weight_shapes: Ma
             if slot.zero_init and name in ("weight", "bias"):
                 return np.zeros(shape)
             return np.ones(shape) if name in ("weight", "running_var", "_variance") else np.zeros(shape)
+        if kind == "batchnorm" and name == "weight":
+            return _uniform(rng, *BN_WEIGHT_RANGE, shape, single)
+        if kind == "batchnorm" and name == "running_var" and bn_weight is not None:
+            return _uniform(rng, 0.5, 1.5, shape, single) * np.square(bn_weight)
         if name in ("weight", "running_var", "_variance"):
             return _uniform(rng, 0.5, 1.5, shape, single)
         if name == "num_batches_tracked":
@@ -89,6 +102,17 @@ def _draw(slot: Slot, torch_name: str, shape: tuple[int, ...], weight_shapes: Ma
     if mode == "default" or not np.issubdtype(native.dtype, np.floating):
         return native
     return native + rng.uniform(-0.5, 0.5, size=shape)
+
+
+def _bn_weight(weights: Mapping[str, Slot], slot: Slot, key_torch: str, shape: tuple[int, ...], seed: int,
+               mode: InitMode) -> np.ndarray | None:
+    """The weight a check draws for the BatchNorm owning `slot` when `slot` is its running variance (which is
+    drawn to match it); None otherwise, or when the layer has no weight. `weights`: BatchNorm weights by layer."""
+    layer, _, name = key_torch.rpartition(".")
+    if mode != "check" or slot.kind != "batchnorm" or name != "running_var" or slot.layer not in weights:
+        return None
+    return _uniform(_rng(seed, f"{layer}.weight" if layer else "weight"), *BN_WEIGHT_RANGE, shape,
+                    _single(weights[slot.layer], mode))
 
 
 STANDARD_KINDS = ("conv", "linear", "embedding", "mha", "batchnorm", "layernorm", "groupnorm", "instancenorm")
@@ -108,6 +132,7 @@ def initial_state(slots: Mapping[str, Slot], native: Mapping[str, np.ndarray], f
     `draws`, when given, keeps each draw of a standard layer, by everything it depends on, until its
     next use: the other twin's state (the same values) then costs no second draw."""
     weight_shapes = {s.layer: _torch_layout_shape(s, framework) for s in slots.values() if s.name == "weight"}
+    bn_weights = {s.layer: s for s in slots.values() if s.kind == "batchnorm" and s.name == "weight"}
     state: dict[str, np.ndarray] = {}
     for key, slot in slots.items():
         torch_shape = _torch_layout_shape(slot, framework)
@@ -122,7 +147,8 @@ def initial_state(slots: Mapping[str, Slot], native: Mapping[str, np.ndarray], f
         else:
             own = native.get(key) if slot.kind in STANDARD_KINDS else native[key]  # standard layers draw theirs
             value = np.asarray(_draw(slot, torch_name, torch_shape, weight_shapes,
-                                     None if own is None else np.asarray(own), mode, _rng(seed, key_torch)))
+                                     None if own is None else np.asarray(own), mode, _rng(seed, key_torch),
+                                     _bn_weight(bn_weights, slot, key_torch, torch_shape, seed, mode)))
             if memo is not None:
                 draws[memo] = value
         if torch_shape != slot.shape:

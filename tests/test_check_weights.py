@@ -1,6 +1,7 @@
 """`check --weights`: a check that starts from a user's checkpoint. Trained statistics reach a saturated
-activation that drawn weights never do: ReLU in place of ReLU6 after a BatchNorm passes on drawn weights and
-fails from the checkpoint; the equal pair passes from it, from either framework's file."""
+activation that drawn weights do not in eval mode: ReLU in place of ReLU6 after a BatchNorm passes the eval
+cases on drawn weights (their train cases fail it) and fails from the checkpoint; the equal pair passes from
+it, from either framework's file."""
 
 from __future__ import annotations
 
@@ -80,10 +81,19 @@ def test_the_equal_pair_passes_from_either_frameworks_checkpoint(tmp_path, frame
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_drawn_weights_reach_the_clip_after_a_batchnorm_in_train_mode(dtype):
+    """A check's BatchNorm weights reach up to 8 (`init.BN_WEIGHT_RANGE`): a train-mode BatchNorm's output then
+    passes ReLU6's clip; in eval mode the stem's ReLU6 bounds what reaches it, so the eval cases pass."""
+    assert _check("torch_relu", "--dtype", dtype, "--mode", "eval").exit_code == 0
+    train = _check("torch_relu", "--dtype", dtype, "--mode", "train")
+    assert train.exit_code == 1 and "0 passed, 2 failed" in train.output, train.output
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_a_saturation_only_trained_weights_reach_fails_from_them(tmp_path, dtype):
-    drawn = _check("torch_relu", "--dtype", dtype)
-    assert drawn.exit_code == 0, drawn.output  # what drawn weights cannot show (docs/equivalence.md)
-    trained = _check("torch_relu", "--dtype", dtype, "--weights", _trained(tmp_path, "torch"))
+    drawn = _check("torch_relu", "--dtype", dtype, "--mode", "eval")
+    assert drawn.exit_code == 0, drawn.output  # what drawn weights cannot show in eval mode (docs/equivalence.md)
+    trained = _check("torch_relu", "--dtype", dtype, "--mode", "eval", "--weights", _trained(tmp_path, "torch"))
     assert trained.exit_code == 1 and "0 failed" not in trained.output, trained.output
 
 

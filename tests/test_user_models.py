@@ -132,21 +132,43 @@ def test_check_passes_on_the_pair(family, model_args):
     assert agree or "note: --name-map auto" in output
 
 
+class TorchQuietBN(torch.nn.Module):
+    """A BatchNorm whose input varies by about 1e-6 per channel: its epsilon's float32 rounding shows."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(x) * 1e-3).mean((2, 3)))
+
+
+class PaddleQuietBN(paddle.nn.Layer):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv, self.bn = paddle.nn.Conv2D(3, 4, 3), paddle.nn.BatchNorm2D(4)
+        self.fc = paddle.nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(x) * 1e-3).mean((2, 3)))
+
+
 def test_paddle_float32_batchnorm_epsilon_is_given_to_torch(monkeypatch, model_args):
     """paddle keeps BatchNorm's epsilon in float32: 1e-5 is 9.99999974738e-06 there.
 
-    Where a channel's batch variance is small (ShuffleNetV2's last stages, 2x2
-    maps at batch 2) a float64 train-mode check of the torchvision-style model
-    with torch's own 1e-5 sees that 2.5e-13 as errors above 1e-9. The check
-    gives torch's BatchNorm paddle's float32 value (paddle cannot hold one in
-    between, so no difference can hide there) and says so.
+    Where a channel's batch variance is small a float64 train-mode check of a
+    torch model with torch's own 1e-5 sees that 2.5e-13 as errors above 1e-9.
+    The check gives torch's BatchNorm paddle's float32 value (paddle cannot hold
+    one in between, so no difference can hide there) and says so.
     """
-    pair = pair_args("shufflenet_v2_x0_25", "shufflenet_v2_x0_25", model_args, "--name-map", "auto")
-    output = ok(run(["check", *pair]))
+    output = ok(run(["check", *pair_args("shufflenet_v2_x0_25", "shufflenet_v2_x0_25", model_args, "--name-map",
+                                         "auto")]))
     assert "5 passed, 0 failed" in output
     assert "epsilons are used as paddle holds them, in float32 (56 layer(s)" in output
+    step = ["check", "--mode", "train", "--direction", "paddle2torch", "--torch-model", f"{__name__}:TorchQuietBN",
+            "--paddle-model", f"{__name__}:PaddleQuietBN", "--input-shape", "2,3,6,6"]
+    assert "1 passed, 0 failed" in ok(run(step))
     monkeypatch.setattr(ModelPair, "_held_as_paddle", lambda self, model: None)  # the layers keep 1e-5 ...
-    step = ["check", "--mode", "train", "--direction", "paddle2torch", *pair]
     called = ok(run(step))  # ... and the step's function mode gives F.batch_norm paddle's value instead
     assert "1 passed, 0 failed" in called and "batch_norm eps 1e-05 -> 9.99999975e-06" in called
     # torch's own 1e-5: neither the layers' epsilons nor the functional call's are given paddle's value
