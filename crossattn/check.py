@@ -774,8 +774,11 @@ def running_stat_comparisons(layer: str, keys: dict[str, str], start: dict[str, 
             mean64, var64 = replay_running_stats(first64[keys["mean"]], first64[keys["var"]], calls64, side_rule,
                                                  weight)
         note = f"{side_rule} rule over {ref_fw} batches, n={calls[0][2]}"
+        # a mean is judged against the spread of the values it averages: where the batch mean is zero in exact
+        # arithmetic (a bias-free conv after a zero-bias BatchNorm) the running mean is rounding noise alone
+        spread = float(np.linalg.norm(np.sqrt(np.maximum(var64 if var64 is not None else var, 0.0))))
         out.append(judged(keys["mean"] + suffix, "running_stat", state[keys["mean"]], mean,
-                          state64[keys["mean"]] if state64 is not None else None, mean64, note))
+                          state64[keys["mean"]] if state64 is not None else None, mean64, note, scale=spread))
         out.append(judged(keys["var"] + suffix, "running_stat", state[keys["var"]], var,
                           state64[keys["var"]] if state64 is not None else None, var64, note))
     return out
