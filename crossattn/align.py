@@ -264,7 +264,7 @@ def align(pair: Any, config: TrainConfig, settings: AlignSettings,
     notes = list(getattr(pair, "notes", []))
     held = sorted(set(sides[src].held_dropout) | set(sides[dst].held_dropout))
     if held:
-        notes.append(f"dropout held off (identity) in both frameworks: {', '.join(held[:5])}"
+        notes.append(f"dropout held off (run as at inference) in both frameworks: {', '.join(held[:5])}"
                      + (f" and {len(held) - 5} more" if len(held) > 5 else "") +
                      "; its masks come from each framework's own generator")
     shape = (settings.batch_size, *pair.input_shape[1:])

@@ -67,7 +67,7 @@ class CheckCase:
     notes: list[str]
     copied: int = 0  # tensors the transfer copied
     probe: str = "normal"  # which input (see PROBES)
-    retried: bool = False  # float32: judged on a second input after the first failed on rounding alone
+    retried: bool = False  # float32: judged on a further input after the first failed on rounding alone
 
     @property
     def passed(self) -> bool:
@@ -408,14 +408,16 @@ def check_spec(spec: ModelPair | Spec, directions: Sequence[str] = DIRECTIONS, m
     return [judged[key] for key in order]
 
 
-#: the seed offset of the second input a float32 case is re-run on (see `_second_input`)
+#: the seed offset between the further inputs a float32 case is re-run on (see `_second_input`)
 SECOND_INPUT = 7919
+#: how many further inputs a float32 case that failed on rounding alone is re-run on, until one passes
+FURTHER_INPUTS = 3
 
 
 def _second_input(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed: int, dtype: str, probe: str,
                   truth: "Float64Truth", first: CheckCase) -> CheckCase:
-    """A float32 case that failed only on rounding (both frameworks' float64 results agree), run again on a
-    second input of the same probe.
+    """A float32 case that failed only on rounding (both frameworks' float64 results agree), run again on up to
+    `FURTHER_INPUTS` further inputs of the same probe.
 
     A float32 result can land on the other side of a non-smooth point than its
     own float64 result: a ReLU input or a max-pool near-tie within rounding of
@@ -424,20 +426,30 @@ def _second_input(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, se
     rounding, traced by `diff` to the ReLU after stages.0.1.bn1, with the
     float64 results 1.7e-15 apart). Such a near-tie belongs to one input; a
     float32 defect (half-precision arithmetic, a constant held too coarsely)
-    shows on every input. So the case passes if the second input passes, and
-    the first input's failure is kept in its notes; else the first result stands.
+    shows on every input. A large model has so many pooling windows that a
+    near-tie is on about every other input (measured: Inception v3 at 109 px,
+    a block-B max-pool whose two values 1.3e-7 apart swap in paddle's float32
+    on the first and the second input). So the case passes if a further input
+    passes, with the failures before it kept in its notes; else the first
+    result stands. A further input whose float64 results disagree ends the search.
     """
-    second = _check_case(spec, pair, mode, tol, seed + SECOND_INPUT, dtype, probe, truth, None, shared=False)
     worst = first.worst
     said = (f"the first {probe} input failed on float32 rounding alone ({worst.tensor}: "
             f"{worst.severity:.3g}x its bound; both frameworks' float64 results agree)")
-    if second.passed:
-        second.notes.insert(0, said + "; a second input of the same probe (seed + "
-                            f"{SECOND_INPUT}) passes: a near-tie at a non-smooth point (a ReLU or max-pool kink), "
-                            "not a float32 defect")
-        second.retried = True
-        return second
-    first.notes.insert(0, said + f"; a second input (seed + {SECOND_INPUT}) failed too: {second.worst.tensor}")
+    failed: list[str] = []
+    for k in range(1, FURTHER_INPUTS + 1):
+        offset = k * SECOND_INPUT
+        again = _check_case(spec, pair, mode, tol, seed + offset, dtype, probe, truth, None, shared=False)
+        if again.passed:
+            before = f"; input(s) at seed + {', '.join(failed)} failed on rounding too" if failed else ""
+            again.notes.insert(0, said + before + f"; a further input of the same probe (seed + {offset}) passes: "
+                               "a near-tie at a non-smooth point (a ReLU or max-pool kink), not a float32 defect")
+            again.retried = True
+            return again
+        failed.append(f"{offset} ({again.worst.tensor})")
+        if not all(c.truths_agree for c in again.failures):
+            break
+    first.notes.insert(0, said + f"; further inputs failed too: seed + {', '.join(failed)}")
     return first
 
 
@@ -570,8 +582,9 @@ def _dropout_rates(pair: TwinPair, ref, got, tol: Tolerance, notes: list[str], t
         return []
     functional = sorted(name for name in {*reference, *candidate} if layer_of(name)[1])
     if train:
-        notes.append(f"dropout held off (identity) in both frameworks in train mode ({len(reference)} layer(s) or "
-                     f"call(s)): its masks come from each framework's own generator; each rate is compared")
+        notes.append(f"dropout held off (run as at inference: the identity, or paddle's downscale_in_infer scaling "
+                     f"by 1 - p) in both frameworks in train mode ({len(reference)} layer(s) or call(s)): its masks "
+                     f"come from each framework's own generator; each rate is compared, its train-mode scaling is not")
     else:
         notes.append("dropout called as a function with dropout on in eval mode, held off and its rate compared: "
                      "such a model drops at inference")
