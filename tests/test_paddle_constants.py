@@ -73,3 +73,75 @@ def test_a_different_constant_fails(dtype, paddle_args):
     """A wrong alpha, and paddle's default hardsigmoid slope (0.1666667, two float32 steps from 1/6)."""
     cases = check_spec(_pair(**paddle_args), dtype=dtype, tol=tolerance_for(dtype), modes=("eval",), probes=())
     assert cases and not any(c.passed for c in cases)
+
+
+class TorchSelu(torch.nn.Module):
+    """SELU as a layer, as a function and in place: the three ways torch calls it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.act = torch.nn.SELU()
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = torch.nn.functional.selu(self.act(self.conv(x)) * 2.0 - 0.5)
+        y = torch.nn.functional.selu(y - 0.25, inplace=True)
+        return self.fc(y.mean((2, 3)))
+
+
+class PaddleSelu(paddle.nn.Layer):
+    def __init__(self, alpha: float = 1.6732632423543772848170429916717) -> None:
+        super().__init__()
+        self.conv = paddle.nn.Conv2D(3, 8, 3, padding=1)
+        self.act = paddle.nn.SELU(alpha=alpha)
+        self.fc = paddle.nn.Linear(8, 4)
+
+    def forward(self, x):
+        F = paddle.nn.functional
+        y = F.selu(self.act(self.conv(x)) * 2.0 - 0.5)
+        y = F.selu(y - 0.25)
+        return self.fc(y.mean((2, 3)))
+
+
+def _selu_pair(**paddle_args) -> ModelPair:
+    return ModelPair.from_factories(f"{__name__}:TorchSelu", f"{__name__}:PaddleSelu",
+                                    {"torch": {}, "paddle": paddle_args}, input_shape=(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_an_equal_selu_pair_passes_with_paddles_kernel_given_to_torch(dtype):
+    cases = check_spec(_selu_pair(), dtype=dtype, tol=tolerance_for(dtype))
+    assert len(cases) == 5 and all(c.passed for c in cases), [c.worst for c in cases]
+    assert "selu: paddle's float32 scale and alpha, and its backward" in " ".join(cases[0].notes)
+
+
+def test_torchs_own_selu_fails_the_float64_check(monkeypatch):
+    """Without the rewrite the equal pair differs by paddle's float32 constants and its backward's form."""
+    monkeypatch.setattr(comparison_calls, "HELD_CALLS", frozenset())
+    cases = check_spec(_selu_pair(), modes=("eval",), probes=())
+    assert not any(c.passed for c in cases)
+    assert all(c.worst.norm_rel < 1e-6 for c in cases)
+
+
+def test_paddles_selu_backward_is_what_torch_is_given():
+    """The rewrite reproduces paddle's float64 SELU forward and backward bit for bit on both branches."""
+    import numpy as np
+
+    from torch_impl.paddle_constants import _PaddleSelu
+
+    values = np.array([-5.0, -0.3, -1e-7, -1e-30, 0.0, 1e-30, 0.4, 3.0])
+    x = paddle.to_tensor(values, stop_gradient=False)
+    out = paddle.nn.functional.selu(x)
+    out.backward(paddle.ones_like(out))
+    t = torch.tensor(values, requires_grad=True)
+    ours = _PaddleSelu.apply(t)
+    ours.backward(torch.ones_like(ours))
+    assert np.array_equal(ours.detach().numpy(), out.numpy())
+    assert np.array_equal(t.grad.numpy(), x.grad.numpy())
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_different_selu_alpha_fails(dtype):
+    cases = check_spec(_selu_pair(alpha=1.67), dtype=dtype, tol=tolerance_for(dtype), modes=("eval",), probes=())
+    assert cases and not any(c.passed for c in cases)
