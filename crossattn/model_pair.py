@@ -101,7 +101,17 @@ class ModelPair:
         _require_model(model, framework, self.origin)
         if framework == "torch":
             self._held_as_paddle(model)
+        else:
+            self._paddle_defects(model)
         return model
+
+    def _paddle_defects(self, model: Any) -> None:
+        """Layers whose paddle kernels are known to be wrong (`paddle_impl.layers.known_defects`), noted once."""
+        from paddle_impl.layers import known_defects
+
+        for note in known_defects(model):
+            if note not in self.conventions:
+                self.conventions.append(note)
 
     def _held_as_paddle(self, model: Any) -> None:
         """torch's norm epsilons as paddle holds them (`torch_impl.layers.epsilons_as_paddle_holds`), noted once."""
