@@ -3,6 +3,8 @@ their forward and take paddle's backward, so an equal pair passes; different win
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import paddle
 import pytest
@@ -140,4 +142,67 @@ def test_torchs_own_backward_fails_the_float64_check(monkeypatch):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_padding_counted_on_one_side_only_fails(dtype):
     cases = check_spec(_pair(exclusive=False), dtype=dtype, tol=tolerance_for(dtype), modes=("eval",), probes=())
+    assert cases and not any(c.passed for c in cases)
+
+
+@pytest.mark.parametrize("size,beta,shape", [(3, 0.75, (2, 8, 4, 4)), (5, 0.7, (2, 8, 5, 5)), (3, 0.75, (2, 6, 7))],
+                         ids=["4d", "beta_not_float32", "3d"])
+def test_a_local_response_norm_is_paddles_forward_and_backward(size, beta, shape):
+    """torch's LRN in a comparison: paddle's float64 values, on inputs large enough for alpha's term to count."""
+    x = np.random.default_rng(4).standard_normal(shape) * 50
+    cotangent = np.random.default_rng(5).standard_normal(shape)
+    results = []
+    for in_comparison in (True, False):
+        tx = torch.from_numpy(x).requires_grad_(True)
+        rounded: set[str] = set()
+        with calls(rounded) if in_comparison else contextlib.nullcontext():
+            ty = F.local_response_norm(tx, size, 1e-4, beta, 1.0)
+        (ty * torch.from_numpy(cotangent)).sum().backward()
+        results.append((ty.detach().numpy(), tx.grad.numpy(), rounded))
+    px = paddle.to_tensor(x, stop_gradient=False)
+    py = P.local_response_norm(px, size, 1e-4, beta, 1.0)
+    (py * paddle.to_tensor(cotangent)).sum().backward()
+    (out, grad, rounded), (_, own_grad, _) = results
+    assert _norm_rel(out, py.numpy()) < 1e-15 and _norm_rel(grad, px.grad.numpy()) < 1e-15
+    assert any("backward is paddle's" in r for r in rounded)
+    assert _norm_rel(own_grad, px.grad.numpy()) > FLOAT64.rtol  # what an equal LRN pair failed by
+
+
+class TorchLRN(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = torch.nn.LocalResponseNorm(3)
+        self.fc = torch.nn.Linear(8 * 36, 4)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.norm(self.conv(x)), 1))
+
+
+class PaddleLRN(paddle.nn.Layer):
+    def __init__(self, size: int = 3, k: float = 1.0) -> None:
+        super().__init__()
+        self.conv = paddle.nn.Conv2D(3, 8, 3, padding=1)
+        self.norm = paddle.nn.LocalResponseNorm(size, k=k)
+        self.fc = paddle.nn.Linear(8 * 36, 4)
+
+    def forward(self, x):
+        return self.fc(paddle.flatten(self.norm(self.conv(x)), 1))
+
+
+def _lrn_pair(**paddle_args) -> ModelPair:
+    return ModelPair.from_factories(f"{__name__}:TorchLRN", f"{__name__}:PaddleLRN",
+                                    {"torch": {}, "paddle": paddle_args}, input_shape=(2, 3, 6, 6))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_an_equal_lrn_pair_passes_with_its_large_probe(dtype):
+    cases = check_spec(_lrn_pair(), dtype=dtype, tol=tolerance_for(dtype))
+    assert len(cases) == 5 and all(c.passed for c in cases), [c.worst for c in cases]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("paddle_args", [{"size": 5}, {"k": 2.0}], ids=["size", "k"])
+def test_a_different_lrn_fails(dtype, paddle_args):
+    cases = check_spec(_lrn_pair(**paddle_args), dtype=dtype, tol=tolerance_for(dtype), modes=("eval",))
     assert cases and not any(c.passed for c in cases)

@@ -3,8 +3,8 @@
 Convolutions whose kernel choice is slow run in channels-last layout
 (`conv_layout`); calls whose constants paddle holds in float32 take those
 values (`paddle_constants`), float64 interpolation paddle's weights
-(`paddle_interpolate`) and float64 average pools paddle's backward
-(`paddle_pool_grads`); dropout called as a function runs as at inference,
+(`paddle_interpolate`) and float64 average pools (a local response norm's
+too) paddle's backward (`paddle_pool_grads`); dropout called as a function runs as at inference,
 recorded (`functional_dropout`). Everything else runs as the model wrote it.
 """
 
@@ -21,7 +21,7 @@ from torch_impl.conv_layout import CONV2D, convolution
 from torch_impl.functional_dropout import HELD_DROPOUT, dropout_call
 from torch_impl.paddle_constants import HELD_CALLS, held_call
 from torch_impl.paddle_interpolate import interpolate_as_paddle
-from torch_impl.paddle_pool_grads import AVERAGE_POOLS, pool_as_paddle
+from torch_impl.paddle_pool_grads import AVERAGE_POOLS, lrn_as_paddle, pool_as_paddle
 
 
 class _ComparisonCalls(TorchFunctionMode):
@@ -39,6 +39,8 @@ class _ComparisonCalls(TorchFunctionMode):
             return interpolate_as_paddle(args, kwargs, self.rounded)
         if func in AVERAGE_POOLS:
             return pool_as_paddle(func, args, kwargs, self.rounded)
+        if func is F.local_response_norm:
+            return lrn_as_paddle(args, kwargs, self.rounded)
         if func in HELD_DROPOUT:
             return dropout_call(func, args, kwargs, self.dropouts)
         return func(*args, **kwargs)
