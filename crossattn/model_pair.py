@@ -100,10 +100,21 @@ class ModelPair:
         model = self.builders[framework]()
         _require_model(model, framework, self.origin)
         if framework == "torch":
+            self._materialise_lazy(model)
             self._held_as_paddle(model)
         else:
             self._paddle_defects(model)
         return model
+
+    def _materialise_lazy(self, model: Any) -> None:
+        """torch's lazy modules (`nn.LazyLinear`, `nn.LazyConv2d`, ...) take their shapes from a first forward: one
+        of zeros of the input shape, in eval mode without gradient, so no running statistic moves."""
+        from torch_impl.adapter import materialise_lazy
+
+        if materialise_lazy(model, self.input_shape) is None:
+            raise CrossattnError(f"{self.origin}: the torch model has lazy modules (uninitialised parameters of "
+                                 f"`nn.Lazy*` layers), whose shapes come from a first forward; give --input-shape "
+                                 f"(or the spec's `input_shape`) so that one can run")
 
     def _paddle_defects(self, model: Any) -> None:
         """Layers whose paddle kernels are known to be wrong (`paddle_impl.layers.known_defects`), noted once."""

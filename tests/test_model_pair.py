@@ -230,3 +230,42 @@ def test_an_input_shape_the_model_cannot_take_is_a_user_error_naming_it(command,
     assert "channels" in message  # the framework's own reason is kept
     assert "Traceback" not in message and "\n" not in message
 
+
+
+class TorchLazy(torch.nn.Module):
+    """A head whose input width comes from the first forward (`nn.LazyLinear`), after a BatchNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.LazyLinear(5)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(x)).flatten(1))
+
+
+class PaddleLazy(paddle.nn.Layer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = paddle.nn.Conv2D(3, 4, 3)
+        self.bn = paddle.nn.BatchNorm2D(4)
+        self.fc = paddle.nn.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(x)).flatten(1))
+
+
+def test_torch_lazy_modules_take_their_shapes_from_the_input_shape():
+    pair = ModelPair.from_factories(f"{__name__}:TorchLazy", f"{__name__}:PaddleLazy", input_shape=(2, 3, 6, 6))
+    model = pair.build("torch")
+    assert tuple(model.fc.weight.shape) == (5, 64) and model.training and model.bn.training
+    assert float(model.bn.running_var.sum()) == 4.0  # the shaping forward ran in eval mode: nothing moved
+    cases = check_spec(pair)
+    assert len(cases) == 5 and all(c.passed for c in cases), [c.worst for c in cases]
+
+
+def test_torch_lazy_modules_without_an_input_shape_are_a_clear_error():
+    pair = ModelPair.from_factories(f"{__name__}:TorchLazy", f"{__name__}:PaddleLazy")
+    with pytest.raises(CrossattnError, match="lazy modules .* give --input-shape"):
+        pair.build("torch")

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import warnings
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from crossattn.dropout_calls import DropoutCalls
 from crossattn.errors import CrossattnError, TransferError, forward_of
@@ -339,6 +341,25 @@ def lazy() -> Iterator[None]:
     """Models built inside have shapes and dtypes but no storage (the meta device): slots cost nothing."""
     with torch.device("meta"):
         yield
+
+
+def materialise_lazy(model: nn.Module, input_shape: tuple[int, ...] | None) -> bool | None:
+    """Give a model's lazy modules their shapes by one forward of zeros (eval mode, no gradient, every module's
+    own mode restored after); True when there were any, False when there were none, None when they need an
+    input shape that is not given."""
+    if not any(is_lazy(t) for t in itertools.chain(model.parameters(), model.buffers())):
+        return False
+    if input_shape is None:
+        return None
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(tuple(input_shape)))
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return True
 
 
 def uncovered(model: nn.Module) -> list[str]:
