@@ -386,12 +386,16 @@ def check_spec(spec: ModelPair | Spec, directions: Sequence[str] = DIRECTIONS, m
     memo = SumsMemo() if len(pairs) > 1 and pairs[1].src_init is pairs[0].dst_init and \
         pairs[1].dst_init is pairs[0].src_init else None
 
+    # the buffers each factory builds (a window attention's index, a mask), in float64 where there are twins of it
+    as_built = [_buffers_as_built(pair, truth.built if truth is not None else built, tol) for pair in pairs]
+
     def case(pair: TwinPair, mode: str, probe: str) -> CheckCase:
         first = _check_case(spec, pair, mode, tol, seed, dtype, probe, truth, steps,
                             memo=memo if probe == "normal" else None)
-        if truth is None or first.passed or not all(c.truths_agree for c in first.failures):
-            return first
-        return _second_input(spec, pair, mode, tol, seed, dtype, probe, truth, first)
+        if truth is not None and not first.passed and all(c.truths_agree for c in first.failures):
+            first = _second_input(spec, pair, mode, tol, seed, dtype, probe, truth, first)
+        first.comparisons += as_built[pairs.index(pair)]
+        return first
 
     # mode by mode: a step shared between directions is held only until its second use. Eval first: an eval
     # step moves no state, so each model is loaded once for its eval steps and its train step (LoadedStates)
@@ -677,6 +681,46 @@ def widened(slots: dict[str, Slot], dtype: str = "float64") -> dict[str, Slot]:
     loses nothing."""
     return {k: dataclasses.replace(s, dtype=dtype) if np.issubdtype(np.dtype(s.dtype), np.floating) else s
             for k, s in slots.items()}
+
+
+AS_BUILT_NOTE = ("as each factory builds it: a check runs both models with the source's value, so this row is where "
+                 "two different buffers show; a buffer random by design must be given the same values on both sides")
+
+
+def _buffers_as_built(pair: TwinPair, built: BuiltTwins, tol: Tolerance) -> list[Comparison]:
+    """A pair's own buffers (not a standard layer's) as the two factories build them, in the reference's naming.
+
+    A check draws every tensor in the source and transfers it, so a buffer
+    (a relative-position index, an attention mask) runs with the source's value
+    on both sides: a paddle factory that builds a wrong index passed. Integers
+    are compared exactly, floats within the tolerance (in float64: `built` holds
+    float64 twins where there are any).
+    """
+    src_model, src_slots, src_custom = built.get(pair.src_fw)
+    dst_model, dst_slots, dst_custom = built.get(pair.dst_fw)
+    keys = [k for k, s in src_slots.items() if s.kind not in STANDARD_KINDS and not s.trainable and k in src_custom]
+    if not keys:
+        return []
+    theirs = {k: v for k, v in dst_custom.items() if k in dst_slots and not dst_slots[k].trainable}
+    mapped = _in_source_naming(pair, theirs)
+    rows = []
+    for key in keys:
+        if key not in mapped:
+            continue  # the other side has no counterpart: the transfer reports it
+        ours, other = np.asarray(src_custom[key]), np.asarray(mapped[key])
+        name = f"{key} [as built]"
+        if np.issubdtype(ours.dtype, np.floating) and np.issubdtype(other.dtype, np.floating):
+            rows.append(compare(name, "buffer", other, ours, tol, AS_BUILT_NOTE))
+        elif ours.shape != other.shape:
+            rows.append(_exact_row(name, False, f"shapes {list(other.shape)} and {list(ours.shape)}; "
+                                   + AS_BUILT_NOTE, tol, "buffer"))
+        else:
+            differ = int(np.count_nonzero(ours != other))
+            worst = float(np.max(np.abs(ours.astype(np.float64) - other.astype(np.float64)))) if differ else 0.0
+            rows.append(Comparison(name, "buffer", worst, math.inf if differ else 0.0, math.nan if differ else 1.0,
+                                   not differ, f"integers, compared exactly ({differ} of {ours.size} differ); "
+                                   + AS_BUILT_NOTE, tol.atol, tol.rtol, math.inf if differ else 0.0))
+    return rows
 
 
 def _trainable_flags(pair: TwinPair, tol: Tolerance) -> list[Comparison]:
