@@ -565,6 +565,7 @@ def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed
         comparisons += _running_stats(pair, ref, got, ref64, got64, judged, notes)
     comparisons += _trainable_flags(pair, tol)
     comparisons += _dropout_rates(pair, ref, got, tol, notes, train)
+    notes += _shared_draws_note(pair, ref, got)
     if train:
         comparisons += _other_buffers(pair, ref, got, ref64, got64, judged)
         if not all(c.passed for c in comparisons):
@@ -616,6 +617,20 @@ def _dropout_rates(pair: TwinPair, ref, got, tol: Tolerance, notes: list[str], t
             how = f"dropout in {framework} only" + (" (rate 0: no dropout)" if rate == 0 else f" (rate {rate:g})")
             out.append(_exact_row(f"{name}.p", rate == 0, how, tol))
     return out
+
+
+def _shared_draws_note(pair: TwinPair, ref, got) -> list[str]:
+    """What the step's random tensors were: the shared stream's values, in the order of the calls."""
+    drawn = {pair.src_fw: getattr(ref, "shared_draws", []), pair.dst_fw: getattr(got, "shared_draws", [])}
+    if not any(drawn.values()):
+        return []
+    counts = ", ".join(f"{len(calls)} in {framework}" for framework, calls in drawn.items())
+    first = next(calls for calls in drawn.values() if calls)
+    return [f"random tensors drawn in the forward ({counts}; first `{first[0]}`) took the values of one stream both "
+            f"frameworks share, the n-th draw the same array in both (a Bernoulli mask of p is 1 where u > 1 - p, as "
+            f"floor(1 - p + u) gives): models that draw alike compare as one function"
+            + ("" if len(drawn[pair.src_fw]) == len(drawn[pair.dst_fw]) else
+               "; the two draw a different number of times, so their masks or noise differ")]
 
 
 def _held_in_source_naming(key: str, oriented: dict[str, str]) -> str:

@@ -40,6 +40,8 @@ class StepResult:
     #: dropout held off, with its rates: layers in a train-mode step (`set_train_mode`), and in any step dropout
     #: called as a function with dropout on (`paddle_impl.functional_dropout`)
     held_dropout: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: the random tensors the forward drew, given the stream both frameworks share (`crossattn.dropout_calls`)
+    shared_draws: list[str] = dataclasses.field(default_factory=list)
 
 
 def setup(device: str = "cpu") -> None:
@@ -263,7 +265,8 @@ def step(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], 
     grads = _take_grads(model, x.dtype)
     input_grad = inputs.grad.numpy() if inputs.grad is not None else np.zeros_like(x)
     return StepResult(output.numpy(), input_grad, grads, _untrained_state(model), batches,
-                      held_dropout={**(held if train else {}), **dropouts.held})
+                      held_dropout={**(held if train else {}), **dropouts.held},
+                      shared_draws=list(dropouts.draws))
 
 
 def trace(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray], train: bool,

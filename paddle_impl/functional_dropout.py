@@ -21,6 +21,7 @@ from typing import Any
 import paddle.nn.functional as F
 
 from crossattn.dropout_calls import DropoutCalls
+from paddle_impl.shared_draws import shared_draws
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +80,14 @@ def _held(original: Callable, call: _Call, calls: DropoutCalls) -> Callable:
 
 @contextlib.contextmanager
 def held_dropout_calls(calls: DropoutCalls) -> Iterator[DropoutCalls]:
-    """Within: `paddle.nn.functional`'s dropout functions hold dropout off, recording each call in `calls`."""
+    """Within: `paddle.nn.functional`'s dropout functions hold dropout off, recording each call in `calls`; random
+    tensors take the values of the stream both frameworks share (`paddle_impl.shared_draws`)."""
     originals = {name: getattr(F, name) for name in HELD_DROPOUT if hasattr(F, name)}
     for name, original in originals.items():
         setattr(F, name, _held(original, HELD_DROPOUT[name], calls))
     try:
-        yield calls
+        with shared_draws(calls):
+            yield calls
     finally:
         for name, original in originals.items():
             setattr(F, name, original)

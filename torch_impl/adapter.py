@@ -42,6 +42,8 @@ class StepResult:
     #: dropout held off, with its rates: layers in a train-mode step (`set_train_mode`), and in any step dropout
     #: called as a function with dropout on (`torch_impl.functional_dropout`)
     held_dropout: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: the random tensors the forward drew, given the stream both frameworks share (`crossattn.dropout_calls`)
+    shared_draws: list[str] = dataclasses.field(default_factory=list)
 
 
 def setup(device: str = "cpu") -> None:
@@ -215,7 +217,7 @@ def step(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]],
     grads = _take_grads(model, x.dtype)
     input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
     return StepResult(output.detach().numpy().copy(), input_grad, grads, _untrained_state(model), batches,
-                      sorted(rounded), {**(held if train else {}), **dropouts.held})
+                      sorted(rounded), {**(held if train else {}), **dropouts.held}, list(dropouts.draws))
 
 
 def trace(model: nn.Module, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray], train: bool,

@@ -5,7 +5,8 @@ Convolutions whose kernel choice is slow run in channels-last layout
 values (`paddle_constants`), float64 interpolation paddle's weights
 (`paddle_interpolate`) and float64 average pools (a local response norm's
 too) paddle's backward (`paddle_pool_grads`); dropout called as a function runs as at inference,
-recorded (`functional_dropout`). Everything else runs as the model wrote it.
+recorded (`functional_dropout`); random tensors take the values of a stream both
+frameworks share (`shared_draws`). Everything else runs as the model wrote it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch_impl.functional_dropout import HELD_DROPOUT, dropout_call
 from torch_impl.paddle_constants import HELD_CALLS, held_call
 from torch_impl.paddle_interpolate import interpolate_as_paddle
 from torch_impl.paddle_pool_grads import AVERAGE_POOLS, lrn_as_paddle, pool_as_paddle
+from torch_impl.shared_draws import SHARED_DRAWS, shared_draw
 
 
 class _ComparisonCalls(TorchFunctionMode):
@@ -43,6 +45,8 @@ class _ComparisonCalls(TorchFunctionMode):
             return lrn_as_paddle(args, kwargs, self.rounded)
         if func in HELD_DROPOUT:
             return dropout_call(func, args, kwargs, self.dropouts)
+        if func in SHARED_DRAWS:
+            return shared_draw(func, args, kwargs, self.dropouts)
         return func(*args, **kwargs)
 
 
