@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import paddle
@@ -151,14 +152,47 @@ def group_norm_without_affine_is_wrong() -> bool:
     return not np.allclose(grads[0], grads[1], rtol=1e-9, atol=1e-12)
 
 
+@functools.cache
+def log_softmax_floor() -> float | None:
+    """The value this paddle's log_softmax clips its output at, if it does (paddle 3.3.1: -64, in both dtypes;
+    the true value of the probe is -100)."""
+    out = F.log_softmax(paddle.to_tensor(np.array([[0.0, -100.0]])), axis=1).numpy()[0, 1]
+    return float(out) if out > -99.0 else None
+
+
+@functools.cache
+def celu_float32_overflows() -> bool:
+    """Whether this paddle's float32 CELU backward is NaN for large inputs (paddle 3.3.1: from x / alpha > 88,
+    where its gradient is 1; float64 and ELU are right)."""
+    x = paddle.to_tensor(np.array([100.0], dtype=np.float32), stop_gradient=False)
+    F.celu(x, 1.0).backward()
+    return not bool(np.isfinite(x.grad.numpy()).all())
+
+
 def known_defects(model: nn.Layer) -> list[str]:
     """Notes on layers of `model` whose paddle kernels are known to compute something else than they should."""
-    plain = [name or "the model" for name, layer in model.named_sublayers(include_self=True)
-             if isinstance(layer, nn.GroupNorm) and layer.weight is None]
-    if not plain or not group_norm_without_affine_is_wrong():
-        return []
-    return [f"paddle {paddle.__version__}'s GroupNorm without weight and bias returns a wrong input gradient (its "
-            f"own GroupNorm with a weight of ones and a bias of zeros does not): {len(plain)} layer(s), e.g. "
-            f"`{plain[0]}`; the gradients that flow through them differ from torch's, which match finite "
-            f"differences. To port such a layer, give the paddle GroupNorm a weight and a bias (torch: "
-            f"affine=True), or fix them at one and zero"]
+    layers = list(model.named_sublayers(include_self=True))
+
+    def named(kind: type, where: Callable[[nn.Layer], bool] = lambda layer: True) -> list[str]:
+        return [name or "the model" for name, layer in layers if isinstance(layer, kind) and where(layer)]
+
+    notes = []
+    plain = named(nn.GroupNorm, lambda layer: layer.weight is None)
+    if plain and group_norm_without_affine_is_wrong():
+        notes.append(f"paddle {paddle.__version__}'s GroupNorm without weight and bias returns a wrong input "
+                     f"gradient (its own GroupNorm with a weight of ones and a bias of zeros does not): {len(plain)} "
+                     f"layer(s), e.g. `{plain[0]}`; the gradients that flow through them differ from torch's, which "
+                     f"match finite differences. To port such a layer, give the paddle GroupNorm a weight and a bias "
+                     f"(torch: affine=True), or fix them at one and zero")
+    log_softmax = named(nn.LogSoftmax)
+    if log_softmax and log_softmax_floor() is not None:
+        notes.append(f"paddle {paddle.__version__}'s log_softmax clips its output at {log_softmax_floor():g} "
+                     f"({len(log_softmax)} layer(s), e.g. `{log_softmax[0]}`): where a class's log-probability is "
+                     f"lower (logits {-log_softmax_floor():g} apart, as the large probe makes them) torch's value "
+                     f"and paddle's differ, and the check fails there, correctly")
+    celu = named(nn.CELU)
+    if celu and celu_float32_overflows():
+        notes.append(f"paddle {paddle.__version__}'s float32 CELU backward is NaN where x / alpha exceeds about 88 "
+                     f"({len(celu)} layer(s), e.g. `{celu[0]}`; its float64 one and ELU's are right): a float32 "
+                     f"check whose large probe reaches there fails with non-finite gradients, correctly")
+    return notes

@@ -76,3 +76,58 @@ def test_an_affine_group_norm_pair_passes_without_the_note():
     cases = check_spec(_pair(affine=True))
     assert all(c.passed for c in cases), [c.worst for c in cases]
     assert not any("GroupNorm" in n for n in cases[0].notes)
+
+
+class TorchLogSoftmax(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.act = torch.nn.LogSoftmax(1)
+        self.fc = torch.nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).flatten(1))
+
+
+class PaddleLogSoftmax(paddle.nn.Layer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = paddle.nn.Conv2D(3, 8, 3)
+        self.act = paddle.nn.LogSoftmax(1)
+        self.fc = paddle.nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).flatten(1))
+
+
+def test_the_log_softmax_probe_reads_what_paddle_returns():
+    from paddle_impl.layers import log_softmax_floor
+
+    logits = np.array([[0.0, -30.0, -70.0, -500.0]])
+    out = paddle.nn.functional.log_softmax(paddle.to_tensor(logits), axis=1).numpy()[0]
+    exact = torch.log_softmax(torch.from_numpy(logits), 1).numpy()[0]
+    clipped = not np.allclose(out, exact, rtol=1e-12, atol=0)
+    assert clipped == (log_softmax_floor() is not None)
+    if clipped:
+        assert np.allclose(out, np.maximum(exact, log_softmax_floor()))
+
+
+def test_the_celu_probe_reads_what_paddle_returns():
+    from paddle_impl.layers import celu_float32_overflows
+
+    x = paddle.to_tensor(np.array([1.0, 50.0, 120.0], dtype=np.float32), stop_gradient=False)
+    paddle.nn.functional.celu(x, 0.5).backward()
+    assert celu_float32_overflows() == (not np.isfinite(x.grad.numpy()).all())
+
+
+def test_a_log_softmax_pair_fails_its_large_probe_alone_and_says_why():
+    from paddle_impl.layers import log_softmax_floor
+
+    pair = ModelPair.from_factories(f"{__name__}:TorchLogSoftmax", f"{__name__}:PaddleLogSoftmax",
+                                    input_shape=(2, 3, 6, 6))
+    cases = check_spec(pair)
+    noted = any("log_softmax clips its output" in n for n in cases[0].notes)
+    assert noted == (log_softmax_floor() is not None)
+    assert all(c.passed for c in cases if c.probe == "normal"), [c.worst for c in cases]
+    if noted:
+        assert [c.probe for c in cases if not c.passed] == ["large"]
