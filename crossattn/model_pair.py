@@ -10,6 +10,7 @@ them the same way (`pair_from_cli`), so a port that works with `diff` works with
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import os
 import sys
@@ -35,6 +36,8 @@ class ModelPair:
     spec: Any = None  # crossattn.spec.Spec for a spec's twins, None for a user's pair
     #: torch layer name (or prefix, "" included) -> paddle layer name, longest prefix first
     name_map: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: where the name map came from, for errors about its entries (`--name-map FILE`)
+    name_map_origin: str = "--name-map"
     #: what was assumed while resolving the pair (an automatic name map), shown to the user
     notes: list[str] = dataclasses.field(default_factory=list)
     #: how the user named the pair, for reports (`--torch-model a:b --paddle-model c:d`)
@@ -86,6 +89,8 @@ class ModelPair:
             pair.propose_name_map()
         else:
             pair.name_map = load_name_map(name_map)
+            if isinstance(name_map, (str, os.PathLike)):
+                pair.name_map_origin = f"--name-map {name_map}"
         return pair
 
     # ----------------------------------------------------------------- models and slots
@@ -99,12 +104,33 @@ class ModelPair:
         require(framework)
         model = self.builders[framework]()
         _require_model(model, framework, self.origin)
+        self._check_name_map(framework, model)
         if framework == "torch":
             self._materialise_lazy(model)
             self._held_as_paddle(model)
         else:
             self._paddle_defects(model)
         return model
+
+    def _check_name_map(self, framework: str, model: Any) -> None:
+        """Each name-map entry's `framework` side must name a layer of the model: an entry naming none renames
+        nothing there, and the layers it was meant for then compare as missing (a FAIL with the wrong cause)."""
+        if not self.name_map:
+            return
+        from crossattn.frameworks import adapter
+
+        names = adapter(framework).layer_names(model)
+        side = self.name_map if framework == "torch" else {v: k for k, v in self.name_map.items()}
+        for name, other in side.items():
+            if name in names:
+                continue
+            close = difflib.get_close_matches(name, sorted(names - {""}), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(f'`{c}`' for c in close)}?" if close else ""
+            entry = f"{name}: {other}" if framework == "torch" else f"{other}: {name}"
+            raise CrossattnError(f"{self.name_map_origin}: entry `{entry}`: the {framework} model ({self.origin}) "
+                                 f"has no layer `{name}`{hint or '.'} Keys are torch layer names, values paddle layer "
+                                 f"names (dotted, as named_modules / named_sublayers give them; \"\" for the whole "
+                                 f"model)")
 
     def _materialise_lazy(self, model: Any) -> None:
         """torch's lazy modules (`nn.LazyLinear`, `nn.LazyConv2d`, ...) take their shapes from a first forward: one
@@ -266,7 +292,6 @@ def resolve_factory(target: str, option: str) -> Callable[..., Any]:
         factory = getattr(factory, part, None)
     if not callable(factory):
         public = sorted(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))
-        import difflib
 
         close = difflib.get_close_matches(attr, public, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""

@@ -118,6 +118,21 @@ def slots(model: nn.Layer) -> dict[str, Slot]:
     return table
 
 
+def layer_names(model: nn.Layer) -> set[str]:
+    """Every layer's dotted name ("" for the model itself), parameterless ones included: a name map may name
+    any of them (a shared layer under each of its names, which named_sublayers gives once)."""
+    names = {""}
+    stack = [("", model)]
+    while stack:
+        prefix, layer = stack.pop()
+        for name, sub in layer._sub_layers.items():
+            if sub is not None:
+                full = f"{prefix}.{name}" if prefix else name
+                names.add(full)
+                stack.append((full, sub))
+    return names
+
+
 def _state_tensors(model: nn.Layer) -> dict[str, paddle.Tensor]:
     """The model's state dict, each tensor once: under its first key (an RNN layer's own name), without the
     aliases paddle's state dict also holds it under (`Slot.aliases`)."""

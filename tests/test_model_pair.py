@@ -190,6 +190,32 @@ def test_name_maps_are_checked(tmp_path):
         load_name_map(str(bad))
 
 
+@pytest.mark.parametrize("entry, words", [
+    ({"featurs": "body"}, "entry `featurs: body`: the torch model (--torch-model tests.fixtures.user_pair:build_torch"),
+    ({"features": "bdy"}, "entry `features: bdy`: the paddle model"),
+])
+def test_a_map_entry_naming_no_layer_is_an_error_naming_it(tmp_path, entry, words):
+    """An entry naming no layer renamed nothing, and the layers it was meant for failed as missing (a FAIL of
+    one direction's gradients, with the wrong cause); now it is refused, with the nearest names."""
+    names = dict(user_pair.NAME_MAP)
+    names.pop("features")
+    names.update(entry)
+    path = tmp_path / "names.yaml"
+    path.write_text(yaml.safe_dump(names))
+    result = run(["check", *USER, "--name-map", str(path)])
+    assert isinstance(result.exception, CrossattnError), result.output
+    message = str(result.exception)
+    assert message.startswith(f"--name-map {path}: {words}")
+    assert "did you mean" in message and ("`features`" in message or "`body`" in message)
+
+
+def test_a_map_may_name_layers_without_parameters():
+    """`features.2: body.act_a` names two ReLUs: no state, but diff matches their outputs by the map."""
+    pair = ModelPair.from_factories(f"{FIXTURE}:build_torch", f"{FIXTURE}:build_paddle",
+                                    name_map=user_pair.NAME_MAP, input_shape=(2, 3, 6, 6))
+    assert pair.build("torch") is not None and pair.build("paddle") is not None
+
+
 def test_a_map_that_merges_two_layers_is_refused():
     pair = ModelPair.from_factories(f"{FIXTURE}:build_torch", f"{FIXTURE}:build_paddle",
                                     name_map={"features": "body", "head": "body.0"},

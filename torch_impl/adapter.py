@@ -97,6 +97,12 @@ def slots(model: nn.Module) -> dict[str, Slot]:
     return table
 
 
+def layer_names(model: nn.Module) -> set[str]:
+    """Every module's dotted name ("" for the model itself), parameterless ones included: a name map may name
+    any of them (a shared module under each of its names)."""
+    return {name for name, _ in model.named_modules(remove_duplicate=False)}
+
+
 def _dtype_name(tensor: torch.Tensor) -> str:
     """numpy's name of the tensor's dtype, read without copying data (and valid on the meta device)."""
     return str(tensor.dtype).removeprefix("torch.")
