@@ -241,7 +241,9 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
               help="Feed each candidate layer the reference's input (and incoming gradient): no accumulation.")
 @pair_options
 @click.option("--transfer/--no-transfer", "do_transfer", default=True, show_default=True,
-              help="Your own models: copy the reference's weights into the candidate through the name map.")
+              help="Your own models: start from weights drawn in the reference (or --weights) and copied into the "
+                   "candidate through the name map, as check does; --no-transfer runs each model as its factory "
+                   "made it.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
 @click.option("--atol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
@@ -251,8 +253,7 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
                                       "batch), or one sign alone (all positive / all negative).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--weights", "weights_path", type=click.Path(dir_okay=False), default=None,
-              help="Start from this checkpoint (either framework's naming) instead of drawn weights (or, for your "
-                   "own pair, the weights its factories made).")
+              help="Start from this checkpoint (either framework's naming) instead of drawn weights.")
 @click.option("--trust-pickle", is_flag=True,
               help="With --weights: allow pickled objects beyond plain tensors (runs code from the file).")
 @problems_to_json

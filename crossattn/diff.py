@@ -369,13 +369,11 @@ def transfer_by_name_map(ref_fw: str, ref_model, got_fw: str, got_model, name_ma
 
 def diff_user_pair(models: ModelPair, direction: str = "torch->paddle", mode: str = "eval",
                    single_step: bool = False, tol: Tolerance | None = None, seed: int = 0, dtype: str = "float64",
-                   do_transfer: bool = True, probe: str = "normal") -> DiffReport:
-    """Trace a user's pair with its own weights: the reference's copied into the candidate (do_transfer), or
-    each model as its factory made it (weights the user loaded)."""
+                   probe: str = "normal") -> DiffReport:
+    """Trace a user's pair with each model's weights as its factory made them (`--no-transfer`: weights the
+    user loaded in each), or a checkpoint's (`--weights`) loaded into each side."""
     from crossattn.frameworks import adapter
 
-    if models.input_shape is None:
-        raise CrossattnError("--input-shape is required with your own models, e.g. --input-shape 2,3,32,32")
     ref_fw, got_fw = direction.split("->")
     built = {}
     for framework in (ref_fw, got_fw):
@@ -387,29 +385,33 @@ def diff_user_pair(models: ModelPair, direction: str = "torch->paddle", mode: st
         for framework, model in built.items():
             fw = adapter(framework)
             fw.load_state(model, start_state(models, framework, fw.slots(model)))
-    if do_transfer:
-        transfer_by_name_map(ref_fw, built[ref_fw], got_fw, built[got_fw], oriented)
     x, _ = probe_input(tuple(models.input_shape), seed, dtype, probe)
+    report = diff_models((ref_fw, built[ref_fw]), (got_fw, built[got_fw]), x, oriented, mode, single_step, tol,
+                         seed, title=models.name)
+    report.rounding[:0] = models.conventions
+    return report
+
+
+def diff_pair(models: ModelPair, direction: str = "torch->paddle", mode: str = "eval", single_step: bool = False,
+              tol: Tolerance | None = None, seed: int = 0, dtype: str = "float64",
+              do_transfer: bool = True, probe: str = "normal") -> DiffReport:
+    """A pair traced from the weights `check` starts from: drawn in the reference (or a `--weights` checkpoint)
+    and transferred, so a check's FAIL and the layer diff shows are of one run; `do_transfer` false (a user's
+    pair only) traces each model as its factory made it."""
+    if models.spec is not None:
+        return diff_spec(models, direction, mode, single_step, tol, seed, dtype, probe=probe)
+    if models.input_shape is None:
+        raise CrossattnError("--input-shape is required with your own models, e.g. --input-shape 2,3,32,32")
     try:
-        report = diff_models((ref_fw, built[ref_fw]), (got_fw, built[got_fw]), x, oriented, mode, single_step, tol,
-                             seed, title=models.name)
-        report.rounding[:0] = models.conventions
-        return report
+        if do_transfer:
+            return diff_spec(models, direction, mode, single_step, tol, seed, dtype, probe=probe)
+        return diff_user_pair(models, direction, mode, single_step, tol, seed, dtype, probe)
     except CrossattnError:
         raise
     except (RuntimeError, ValueError) as exc:  # a shape the models cannot take, as the frameworks word it
         shape = ",".join(map(str, models.input_shape))
         raise CrossattnError(f"--input-shape {shape}: the models could not run on it "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-
-
-def diff_pair(models: ModelPair, direction: str = "torch->paddle", mode: str = "eval", single_step: bool = False,
-              tol: Tolerance | None = None, seed: int = 0, dtype: str = "float64",
-              do_transfer: bool = True, probe: str = "normal") -> DiffReport:
-    """A spec's twins (random weights drawn and transferred) or a user's pair (its own weights)."""
-    if models.spec is not None:
-        return diff_spec(models, direction, mode, single_step, tol, seed, dtype, probe=probe)
-    return diff_user_pair(models, direction, mode, single_step, tol, seed, dtype, do_transfer, probe)
 
 
 def _state_in_reference_naming(ref_fw: str, ref_slots: dict, got_fw: str, got_model, got_state: dict,

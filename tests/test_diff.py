@@ -86,6 +86,24 @@ def test_cli_diff_on_a_user_pair(tmp_path):
     assert json.loads(out.read_text())["first_output"] == "features.4"
 
 
+@pytest.mark.parametrize("paddle_factory, diverges", [("build_paddle_with_position", False),
+                                                        ("build_paddle_forgetting_position", True)])
+def test_diff_of_a_user_pair_starts_from_the_weights_check_draws(paddle_factory, diverges):
+    """The position term is zeros as the factories make it, so a side that never adds it agreed at those weights:
+    check failed while diff said no layer diverges. Both now start from weights drawn and transferred."""
+    args = ["--torch-model", "tests.fixtures.user_pair:build_torch_with_position",
+            "--paddle-model", f"tests.fixtures.user_pair:{paddle_factory}", "--input-shape", "2,3,6,6"]
+    checked = CliRunner().invoke(cli.cli, ["check", *args, "--layers", "--direction", "torch2paddle",
+                                           "--mode", "eval"])
+    traced = CliRunner().invoke(cli.cli, ["diff", *args])
+    assert checked.exit_code == traced.exit_code == (1 if diverges else 0), (checked.output, traced.output)
+    if diverges:
+        assert "first output divergence: `head`" in traced.output
+        assert "first output divergence: `head`" in checked.output
+    else:
+        assert "no layer diverges" in traced.output and "no layer diverges" in checked.output
+
+
 def test_cli_check_layers_prints_the_trace():
     result = CliRunner().invoke(cli.cli, ["check", "non_local_gaussian", "--layers", "--direction", "torch2paddle",
                                           "--mode", "eval"])
