@@ -278,14 +278,18 @@ def _container_pairs(wanted: Mapping[str, str], mapping: Mapping[str, str], torc
         under = [t for t in torch_layers if t.startswith(container + ".")]
         if not all(t in wanted for t in under):
             continue
+        own = {wanted[t] for t in under}
+        implied = _map_one(container, mapping)  # the name the map gives it already (its own, unmapped)
+        if implied and {p for p in paddle_layers if p.startswith(implied + ".")} == own:
+            continue  # `blocks` is paddle's `blocks` too, though all its layers sit under `blocks.layers`
         mapped = [_components(wanted[t]) for t in under]
         n = 0
         while all(len(m) > n + 1 for m in mapped) and len({m[n] for m in mapped}) == 1:
             n += 1
         candidate = ".".join(mapped[0][:n])
-        if not candidate or candidate in images or _map_one(container, mapping) == candidate:
+        if not candidate or candidate in images or implied == candidate:
             continue
-        if {p for p in paddle_layers if p.startswith(candidate + ".")} != {wanted[t] for t in under}:
+        if {p for p in paddle_layers if p.startswith(candidate + ".")} != own:
             continue
         out[container] = candidate
         images.add(candidate)

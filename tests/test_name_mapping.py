@@ -73,6 +73,15 @@ def test_names_that_agree_need_no_map():
     assert "already agree" in proposal.notes[0]
 
 
+def test_a_container_holding_one_list_keeps_its_own_name():
+    """`blocks.layers.0.conv` ... in both (a TransformerEncoder's LayerList): `blocks` is paddle's `blocks`, not
+    the deepest common prefix `blocks.layers` of its layers; that entry renamed diff's block output wrongly and
+    forced an identity entry for every layer below it."""
+    nested = [(layer.replace("layer1", "blocks.layers"), kind, tensors) for layer, kind, tensors in LAYERS]
+    proposal = propose_name_map(torch_slots(layers=nested), paddle_slots(layers=nested))
+    assert proposal.mapping == {} and "already agree" in proposal.notes[0]
+
+
 def test_a_wrapper_prefix_on_the_paddle_side_is_the_empty_prefix():
     paddle = paddle_slots(lambda layer: "backbone." + layer)
     proposal = propose_name_map(torch_slots(), paddle)
