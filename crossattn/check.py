@@ -524,6 +524,25 @@ class Judge:
         return compare(name, category, candidate, reference, self.tol, note, scale, self.memo)
 
 
+def param_grad_comparisons(pair: TwinPair, ref, got, ref64, got64, judged: Judge) -> list[Comparison]:
+    """Every trainable parameter's gradient, in the reference's naming, judged against the case's largest
+    gradient (its family scale); a gradient the candidate lost compares as zeros. `ref`/`got` are steps or
+    traces (both carry `param_grads`)."""
+    got_grads = _in_source_naming(pair, got.param_grads)
+    got_grads64 = _in_source_naming(pair, got64.param_grads) if got64 is not None else {}
+    reference_grads = (ref64 or ref).param_grads
+    scale = max((float(np.linalg.norm(g)) for g in reference_grads.values()), default=0.0)
+    out = []
+    for key, slot in pair.src_slots.items():
+        if slot.trainable:
+            lost = key not in got_grads or (got64 is not None and key not in got_grads64)
+            missing = np.zeros(slot.shape) if lost else None  # a gradient the candidate lost
+            out.append(judged(f"{key}.grad", "param_grad", got_grads.get(key, missing), ref.param_grads[key],
+                              got_grads64.get(key, missing) if got64 is not None else None,
+                              ref64.param_grads[key] if ref64 is not None else None, scale=scale))
+    return out
+
+
 def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed: int, dtype: str,
                 probe: str = "normal", truth: Float64Truth | None = None,
                 steps: "StepCache | None" = None, shared: bool = True, memo: SumsMemo | None = None) -> CheckCase:
@@ -543,17 +562,7 @@ def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed
     comparisons = [judged("output", "output", got.output, ref.output, pick(got64, "output"), pick(ref64, "output")),
                    judged("input.grad", "input_grad", got.input_grad, ref.input_grad, pick(got64, "input_grad"),
                           pick(ref64, "input_grad"))]
-    got_grads = _in_source_naming(pair, got.param_grads)
-    got_grads64 = _in_source_naming(pair, got64.param_grads) if got64 is not None else {}
-    reference_grads = (ref64 or ref).param_grads
-    scale = max((float(np.linalg.norm(g)) for g in reference_grads.values()), default=0.0)
-    for key, slot in pair.src_slots.items():
-        if slot.trainable:
-            lost = key not in got_grads or (got64 is not None and key not in got_grads64)
-            missing = np.zeros(slot.shape) if lost else None  # a gradient the candidate lost
-            comparisons.append(judged(f"{key}.grad", "param_grad", got_grads.get(key, missing), ref.param_grads[key],
-                                      got_grads64.get(key, missing) if got64 is not None else None,
-                                      ref64.param_grads[key] if ref64 is not None else None, scale=scale))
+    comparisons += param_grad_comparisons(pair, ref, got, ref64, got64, judged)
     notes: list[str] = list(pair.models.conventions)
     rounded = sorted({r for result in (ref, got, ref64, got64) for r in getattr(result, "rounded", ())})
     if rounded:

@@ -33,8 +33,8 @@ import numpy as np
 
 from crossattn.conventions import BN_MOMENTUM_TORCH, shared_bn_rule
 from crossattn.check import (Judge, _as64, _build, _in_source_naming, _inputs, bn_layers, bn_momentum_rows,
-                             few_values_per_channel, momenta_in_source_naming, prepare_pair, probe_input,
-                             running_stat_comparisons, widened)
+                             few_values_per_channel, momenta_in_source_naming, param_grad_comparisons, prepare_pair,
+                             probe_input, running_stat_comparisons, widened)
 from weight_transfer.transfer import map_layer_name
 from crossattn.compare import Comparison
 from crossattn.errors import CrossattnError
@@ -84,13 +84,16 @@ class DiffReport:
     backward: Divergence | None = None  # where the backward error first appears
     end_to_end: list[Comparison] = dataclasses.field(default_factory=list)  # output and input.grad, unfed run
     buffers: list[Comparison] = dataclasses.field(default_factory=list)  # running statistics, other buffers
+    #: every trainable parameter's gradient after the traced step (a parameter used by code between layers,
+    #: detached or frozen on one side, differs here while every layer's output and gradients agree)
+    param_grads: list[Comparison] = dataclasses.field(default_factory=list)
     rounding: list[str] = dataclasses.field(default_factory=list)  # known framework roundings, by layer
 
     @property
     def passed(self) -> bool:
         return (self.first_output is None and self.first_grad is None and self.forward is None
                 and self.backward is None and all(c.passed for c in self.end_to_end)
-                and all(c.passed for c in self.buffers))
+                and all(c.passed for c in self.buffers) and all(c.passed for c in self.param_grads))
 
     def to_json(self) -> dict:
         return {"title": self.title, "direction": self.direction, "mode": self.mode,
@@ -99,7 +102,8 @@ class DiffReport:
                 "forward_source": self.forward.to_json() if self.forward else None,
                 "backward_source": self.backward.to_json() if self.backward else None,
                 "end_to_end": [c.to_json() for c in self.end_to_end],
-                "buffers": [c.to_json() for c in self.buffers], "rounding": self.rounding,
+                "buffers": [c.to_json() for c in self.buffers],
+                "param_grads": [c.to_json() for c in self.param_grads], "rounding": self.rounding,
                 "unmatched_reference": self.unmatched_reference, "unmatched_candidate": self.unmatched_candidate,
                 "layers": [{"layer": r.layer, "candidate": r.candidate, "output": r.output.to_json(),
                             "grad": r.grad.to_json() if r.grad else None,
@@ -329,6 +333,7 @@ def diff_spec(spec: Spec | ModelPair, direction: str = "torch->paddle", mode: st
     report = DiffReport(pair.models.name, direction, mode, single_step, *rows[:5], forward=rows[5], backward=rows[6],
                         rounding=pair.models.conventions + _rewritten(ref, got, ref64, got64) + rows[7],
                         end_to_end=_end_to_end(judged, ref, unfed, ref64, unfed64))
+    report.param_grads = param_grad_comparisons(pair, ref, got, ref64, got64, judged)
     if train:
         report.buffers = _buffers(ref, _in_source_naming(pair, got.state_after),
                                   _in_source_naming(pair, got.state_before), pair.src_slots, pair.src_fw,

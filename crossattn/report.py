@@ -67,6 +67,10 @@ def _cell(c: Comparison | None) -> str:
     return "-" if c is None else ("ok" if c.passed else "DIFF")
 
 
+#: failing parameter gradients listed by name in a diff table
+SHOWN_PARAMS = 5
+
+
 def diff_table(report) -> str:
     """Layers in execution order with input, output and gradient verdicts; where each error first appears."""
     rows = []
@@ -95,6 +99,14 @@ def diff_table(report) -> str:
                      f"{len(report.buffers)} agree")
         for c in failed_buffers:
             lines.append(f"  DIFF {c.tensor}: norm rel {_num(c.norm_rel)}{'; ' + c.note if c.note else ''}")
+    params = getattr(report, "param_grads", [])
+    failed_params = [c for c in params if not c.passed]
+    if params:
+        lines.append(f"parameter gradients: {len(params) - len(failed_params)} of {len(params)} agree")
+        for c in failed_params[:SHOWN_PARAMS]:
+            lines.append(f"  DIFF {c.tensor}: norm rel {_num(c.norm_rel)}, {c.score:.2g}x the allowed error")
+        if len(failed_params) > SHOWN_PARAMS:
+            lines.append(f"  ... and {len(failed_params) - SHOWN_PARAMS} more (--json lists all)")
     if report.unmatched_reference:
         lines.append("reference layers without a match: " + ", ".join(report.unmatched_reference))
     if report.unmatched_candidate:
@@ -115,4 +127,9 @@ def diff_table(report) -> str:
     if report.forward is None and report.backward is None and not failed_buffers and any(
             not c.passed for c in report.end_to_end):
         lines.append("the end-to-end result differs although no layer does: code outside every traced layer")
+    if (report.forward is None and report.backward is None and report.first_output is None
+            and report.first_grad is None and failed_params):
+        lines.append(f"the gradient of `{failed_params[0].tensor.removesuffix('.grad')}` differs although every "
+                     f"layer's output and gradients agree: the code that uses that parameter treats it otherwise "
+                     f"on one side (detached, frozen, or used by code between layers)")
     return "\n".join(lines)

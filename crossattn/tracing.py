@@ -33,6 +33,8 @@ class LayerTrace:
     state_after: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     output: np.ndarray | None = None
     input_grad: np.ndarray | None = None
+    #: d loss / d parameter after the step, keyed as the framework names the parameter
+    param_grads: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     #: calls a torch trace gave the float32 values paddle applies (`torch_impl.comparison_calls`)
     rounded: list[str] = dataclasses.field(default_factory=list)
     #: dropout called as a function with dropout on, held off, with its rates (`crossattn.dropout_calls`)

@@ -369,6 +369,7 @@ def trace(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]],
     record.held_dropout = dict(dropouts.held)
     record.output = output.numpy().copy()
     record.input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)
+    record.param_grads = _take_grads(model, x.dtype)
     record.state_after = state(model)
     return record
 

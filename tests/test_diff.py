@@ -104,6 +104,20 @@ def test_diff_of_a_user_pair_starts_from_the_weights_check_draws(paddle_factory,
         assert "no layer diverges" in traced.output and "no layer diverges" in checked.output
 
 
+def test_diff_names_a_parameter_gradient_lost_between_layers(tmp_path):
+    """A parameter used by the model's own code between its layers and detached on one side: every layer's output
+    and gradients agree, only its gradient differs; diff used to say no layer diverges."""
+    args = ["diff", "--torch-model", "tests.fixtures.user_pair:build_torch_with_position", "--input-shape",
+            "2,3,6,6", "--json", str(tmp_path / "d.json"), "--paddle-model"]
+    equal = CliRunner().invoke(cli.cli, [*args, "tests.fixtures.user_pair:build_paddle_with_position"])
+    assert equal.exit_code == 0 and "parameter gradients: 5 of 5 agree" in equal.output, equal.output
+    detached = CliRunner().invoke(cli.cli, [*args, "tests.fixtures.user_pair:build_paddle_detaching_position"])
+    assert detached.exit_code == 1, detached.output
+    assert "DIFF pos.grad" in detached.output and "the gradient of `pos` differs" in detached.output
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert [c["tensor"] for c in report["param_grads"] if not c["passed"]] == ["pos.grad"]
+
+
 def test_cli_check_layers_prints_the_trace():
     result = CliRunner().invoke(cli.cli, ["check", "non_local_gaussian", "--layers", "--direction", "torch2paddle",
                                           "--mode", "eval"])
