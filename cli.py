@@ -103,7 +103,10 @@ def validate_command(specs: tuple[str, ...]) -> None:
 @click.option("--probes/--no-probes", default=True, show_default=True,
               help="Also feed a large input, all positive in even samples and all negative in odd ones (eval "
                    "mode, first direction), which reaches clipped and saturated regions a standard-normal input "
-                   "never does (a batch of one: the two signs as two probes).")
+                   "never does (a batch of one: the two signs as two probes); for your own pair also a "
+                   "standard-normal input one pixel larger per spatial axis, where size-dependent differences "
+                   "(ceil_mode, an adaptive pool written as a fixed one) show; skipped, with a note, where a "
+                   "model takes one size only.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Processes checking specs in parallel (0: one per core).")
 @click.option("--weights", "weights_path", type=click.Path(dir_okay=False), default=None,
@@ -248,9 +251,10 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
 @click.option("--atol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--probe", type=click.Choice(["normal", "large", "positive", "negative"]), default="normal",
-              show_default=True, help="The input: standard normal, or `check`'s large probe (both signs, one "
-                                      "batch), or one sign alone (all positive / all negative).")
+@click.option("--probe", type=click.Choice(["normal", "large", "positive", "negative", "resized"]),
+              default="normal", show_default=True,
+              help="The input: standard normal, or `check`'s large probe (both signs, one batch), or one sign "
+                   "alone (all positive / all negative), or standard normal one pixel larger per spatial axis.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--weights", "weights_path", type=click.Path(dir_okay=False), default=None,
               help="Start from this checkpoint (either framework's naming) instead of drawn weights.")

@@ -35,7 +35,7 @@ from crossattn.compare import Comparison, compare, judge
 from crossattn.conventions import BN_MOMENTUM_TORCH, replay_running_stats, same_bn_update, shared_bn_rule
 from crossattn.dropout_calls import MODEL, layer_of
 from crossattn.frameworks import adapter
-from crossattn.errors import CrossattnError
+from crossattn.errors import CrossattnError, ForwardError
 from crossattn.init import STANDARD_KINDS, custom_state, initial_state
 from crossattn.model_pair import ModelPair, renamed_slots
 from crossattn.pair_sums import SumsMemo
@@ -114,17 +114,38 @@ def _large_both_signs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.nd
     return x
 
 
+def resized_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """The input shape with every spatial size (past batch and channels) one larger: even sizes become odd."""
+    return tuple(shape[:2]) + tuple(int(v) + 1 for v in shape[2:])
+
+
+def _resized(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal at one more pixel per spatial axis: a pooling's ceil_mode, an adaptive pool written as a
+    fixed one, a 'SAME' padding or a resize that agree at the given size part at odd remainders."""
+    return rng.standard_normal(resized_shape(shape))
+
+
 #: magnitude of the large probes
 PROBE_SCALE = 32.0
 #: input probes: the standard-normal input every case uses, then inputs reaching other regions
 PROBES: dict[str, Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]] = {
-    "normal": _normal, "positive": _large_positive, "negative": _large_negative, "large": _large_both_signs}
+    "normal": _normal, "positive": _large_positive, "negative": _large_negative, "large": _large_both_signs,
+    "resized": _resized}
+#: probes a case is skipped for when a model cannot run on them (the size a model takes may be fixed)
+OPTIONAL_PROBES = ("resized",)
 
 
-def default_probes(input_shape: Sequence[int] | None) -> tuple[str, ...]:
-    """The probes `check` runs beyond the normal input: both signs in one batch, or apart for a batch of one."""
-    return ("large",) if input_shape is not None and len(input_shape) > 0 and input_shape[0] >= 2 \
+def default_probes(input_shape: Sequence[int] | None, resized: bool = False) -> tuple[str, ...]:
+    """The probes `check` runs beyond the normal input: both signs in one batch, or apart for a batch of one;
+    with `resized` (a user's own pair, spatial input) also the input one pixel larger per spatial axis."""
+    large = ("large",) if input_shape is not None and len(input_shape) > 0 and input_shape[0] >= 2 \
         else ("positive", "negative")
+    return large + (("resized",) if resized and input_shape is not None and len(input_shape) >= 3 else ())
+
+
+def users_pair(models: Any) -> bool:
+    """A user's own pair (factories, not a spec's twins): its checks also probe another input size."""
+    return hasattr(models, "builders") and models.spec is None
 
 
 def as_pair(models: ModelPair | Spec) -> ModelPair:
@@ -369,7 +390,7 @@ def check_spec(spec: ModelPair | Spec, directions: Sequence[str] = DIRECTIONS, m
     """
     tol = tol or tolerance_for(dtype)
     spec = as_pair(spec)
-    probes = default_probes(spec.input_shape) if probes is None else probes
+    probes = default_probes(spec.input_shape, users_pair(spec)) if probes is None else probes
     built = BuiltTwins(spec, dtype)
     truth = Float64Truth(spec) if dtype != "float64" else None
     steps = StepCache()
@@ -389,9 +410,21 @@ def check_spec(spec: ModelPair | Spec, directions: Sequence[str] = DIRECTIONS, m
     # the buffers each factory builds (a window attention's index, a mask), in float64 where there are twins of it
     as_built = [_buffers_as_built(pair, truth.built if truth is not None else built, tol) for pair in pairs]
 
-    def case(pair: TwinPair, mode: str, probe: str) -> CheckCase:
-        first = _check_case(spec, pair, mode, tol, seed, dtype, probe, truth, steps,
-                            memo=memo if probe == "normal" else None)
+    skipped: list[str] = []
+
+    def case(pair: TwinPair, mode: str, probe: str) -> CheckCase | None:
+        try:
+            first = _check_case(spec, pair, mode, tol, seed, dtype, probe, truth, steps,
+                                memo=memo if probe == "normal" else None)
+        except ForwardError as exc:
+            if probe not in OPTIONAL_PROBES:
+                raise
+            shape = ",".join(map(str, resized_shape(spec.input_shape)))
+            skipped.append(f"the {probe} probe (input {shape}, one pixel more per spatial axis, where size-dependent "
+                           f"differences such as a pooling's ceil_mode show) did not run: {exc}".replace(
+                               "; if that shape is not what the model takes, give the right one (--input-shape for "
+                               "your own pair, or the spec's input_shape)", ""))
+            return None
         if truth is not None and not first.passed and all(c.truths_agree for c in first.failures):
             first = _second_input(spec, pair, mode, tol, seed, dtype, probe, truth, first)
         first.comparisons += as_built[pairs.index(pair)]
@@ -409,7 +442,10 @@ def check_spec(spec: ModelPair | Spec, directions: Sequence[str] = DIRECTIONS, m
                 judged[0, "eval", probe] = case(pairs[0], "eval", probe)
     order = [(index, mode, "normal") for index in range(len(pairs)) for mode in modes]
     order[len(modes):len(modes)] = [(0, "eval", probe) for probe in probes]
-    return [judged[key] for key in order]
+    cases = [judged[key] for key in order if judged[key] is not None]
+    if skipped and cases:
+        cases[0].notes += skipped
+    return cases
 
 
 #: the seed offset between the further inputs a float32 case is re-run on (see `_second_input`)

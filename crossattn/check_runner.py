@@ -48,9 +48,9 @@ class CheckJob:
     def probe_names(self) -> tuple[str, ...]:
         if self.probes is not None:
             return self.probes
-        from crossattn.check import default_probes
+        from crossattn.check import default_probes, users_pair
 
-        return default_probes(self.spec.input_shape)
+        return default_probes(self.spec.input_shape, users_pair(self.spec))
 
     @property
     def cases(self) -> int:

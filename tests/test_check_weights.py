@@ -76,7 +76,7 @@ def _check(torch_factory: str, *extra):
 def test_the_equal_pair_passes_from_either_frameworks_checkpoint(tmp_path, framework):
     result = _check("TorchNet", "--weights", _trained(tmp_path, framework))
     assert result.exit_code == 0, result.output
-    assert "5 passed, 0 failed" in result.output
+    assert "6 passed, 0 failed" in result.output
     assert f"started from --weights {tmp_path}" in result.output and f"({framework} naming" in result.output
 
 

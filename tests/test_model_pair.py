@@ -49,7 +49,7 @@ def test_the_empty_prefix_stands_for_the_whole_model():
 def test_check_takes_a_user_pair_and_passes_it(name_map_file):
     result = run(["check", *USER, "--name-map", name_map_file])
     assert result.exception is None, result.output
-    assert "5 passed, 0 failed" in result.output  # 2 directions x 2 modes + the large input probe
+    assert "6 passed, 0 failed" in result.output  # 2 directions x 2 modes + the large and the resized probes
 
 
 def test_check_of_a_user_pair_fails_a_planted_epsilon(name_map_file):
@@ -155,7 +155,7 @@ def test_the_installed_script_imports_from_the_current_folder(tmp_path):
                            "mypkg.nets:build_paddle", "--input-shape", "1,3,6,6", "--mode", "eval"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "4 passed, 0 failed" in done.stdout  # 2 directions + a batch of one's two probes, one sign each
+    assert "5 passed, 0 failed" in done.stdout  # 2 directions + a batch of one's two probes, one sign each, + resized
 
 
 @pytest.mark.parametrize("args, words", [

@@ -44,7 +44,7 @@ def _run(command: str, torch_factory: str, *extra):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_an_equal_pair_at_its_default_initialisation_passes(tmp_path, dtype):
     result = _run("check", "torch_net", "--weights", _default_weights(tmp_path), "--dtype", dtype)
-    assert result.exit_code == 0 and "5 passed, 0 failed" in result.output, result.output
+    assert result.exit_code == 0 and "6 passed, 0 failed" in result.output, result.output
     diff = _run("diff", "torch_net", "--weights", _default_weights(tmp_path), "--mode", "train", "--dtype", dtype)
     assert diff.exit_code == 0 and "no layer diverges" in diff.output, diff.output
 

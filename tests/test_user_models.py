@@ -128,7 +128,7 @@ def test_check_passes_on_the_pair(family, model_args):
     torch_factory, paddle_factory, agree, shape = FAMILIES[family]
     name_map = [] if agree else ["--name-map", "auto"]
     output = ok(run(["check", *pair_args(torch_factory, paddle_factory, model_args, *name_map, shape=shape)]))
-    assert "5 passed, 0 failed" in output
+    assert "6 passed, 0 failed" in output
     assert agree or "note: --name-map auto" in output
 
 
@@ -163,7 +163,7 @@ def test_paddle_float32_batchnorm_epsilon_is_given_to_torch(monkeypatch, model_a
     """
     output = ok(run(["check", *pair_args("shufflenet_v2_x0_25", "shufflenet_v2_x0_25", model_args, "--name-map",
                                          "auto")]))
-    assert "5 passed, 0 failed" in output
+    assert "6 passed, 0 failed" in output
     assert "epsilons are used as paddle holds them, in float32 (56 layer(s)" in output
     step = ["check", "--mode", "train", "--direction", "paddle2torch", "--torch-model", f"{__name__}:TorchQuietBN",
             "--paddle-model", f"{__name__}:PaddleQuietBN", "--input-shape", "2,3,6,6"]
@@ -195,7 +195,7 @@ def test_check_fails_the_pair_when_one_batchnorm_differs(model_args):
     result = run(["check", "--mode", "eval", "--direction", "torch2paddle",
                   *pair_args("resnet18_wrong_eps", "resnet18", model_args)])
     assert isinstance(result.exception, SystemExit) and result.exception.code == 1, result.output
-    assert "0 passed, 2 failed" in result.output  # the standard input and the large probe
+    assert "0 passed, 3 failed" in result.output  # the standard input, the large and the resized probes
 
 
 def test_a_wrapped_model_converts_with_an_automatic_map(tmp_path, model_args):
