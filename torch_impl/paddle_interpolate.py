@@ -133,9 +133,39 @@ def _plan(args: tuple, kwargs: dict) -> tuple[Any, list[tuple[int, int, float | 
     return x, plan, align, mode
 
 
+#: spatial axes -> torch's adaptive average pool, which area interpolation is in both frameworks
+_AREA_POOLS = {1: torch.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+
+
+def _area_pool(args: tuple, kwargs: dict) -> tuple[Any, torch.Tensor, list[int]] | None:
+    """(torch's adaptive pool, input, output size) for an area interpolation; None for any other call."""
+    try:
+        bound = _SIGNATURE.bind(*args, **kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    x = bound.arguments["input"]
+    if bound.arguments["mode"] != "area" or not isinstance(x, torch.Tensor) or x.dim() - 2 not in _AREA_POOLS:
+        return None
+    axes = x.dim() - 2
+    sizes, scales = _per_axis(bound.arguments["size"], axes), _per_axis(bound.arguments["scale_factor"], axes)
+    if (sizes is None) == (scales is None) or len(sizes or scales) != axes:
+        return None  # torch raises on its own call
+    out = [int(v) for v in sizes] if sizes is not None else \
+        [math.floor(n * float(f)) for n, f in zip(x.shape[2:], scales)]
+    return _AREA_POOLS[axes], x, out
+
+
 def interpolate_as_paddle(args: tuple, kwargs: dict, rounded: set[str]) -> torch.Tensor:
     """`F.interpolate(*args, **kwargs)` with paddle's weights where only its float32 arithmetic differs from
-    torch's rule; what was changed goes into `rounded`."""
+    torch's rule; what was changed goes into `rounded`. Area interpolation is an adaptive average pool in
+    both frameworks: it takes that pool's rewrite (`paddle_pool_grads`: paddle's backward)."""
+    area = _area_pool(args, kwargs)
+    if area is not None:
+        from torch_impl.paddle_pool_grads import pool_as_paddle
+
+        pool, x, size = area
+        return pool_as_paddle(pool, (x, size if len(size) > 1 else size[0]), {}, rounded)
     plan = _plan(args, kwargs)
     if plan is None:
         return F.interpolate(*args, **kwargs)
