@@ -50,7 +50,7 @@ import numpy as np
 from crossattn.bn_stats import bn_stats_rule
 from crossattn.compare import Comparison, compare, judge as judge_float32
 from crossattn.errors import CrossattnError
-from crossattn.init import initial_state
+from crossattn.init import initial_state, padding_rows_zeroed
 from crossattn.tolerances import Tolerance, tolerance_for
 from crossattn.training.config import TrainConfig
 from crossattn.training.schedule import lr_at
@@ -253,6 +253,7 @@ def align(pair: Any, config: TrainConfig, settings: AlignSettings,
     source_model = pair.build(src)
     fw = adapter(src)
     drawn = initial_state(fw.slots(source_model), fw.state(source_model), src, settings.seed, "default")
+    drawn = padding_rows_zeroed(pair, fw, source_model, drawn)
     del source_model
     moved, _ = pair.transfer(drawn, src, dst, context=f"{pair.origin}: initial weights {src} -> {dst}")
     sides = {src: _Side(pair, src, settings.dtype, config, drawn, settings.bn_train),

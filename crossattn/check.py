@@ -36,7 +36,7 @@ from crossattn.conventions import BN_MOMENTUM_TORCH, replay_running_stats, same_
 from crossattn.dropout_calls import MODEL, layer_of
 from crossattn.frameworks import adapter
 from crossattn.errors import CrossattnError, ForwardError
-from crossattn.init import STANDARD_KINDS, custom_state, initial_state
+from crossattn.init import STANDARD_KINDS, custom_state, initial_state, padding_rows_zeroed
 from crossattn.model_pair import ModelPair, renamed_slots
 from crossattn.pair_sums import SumsMemo
 from crossattn.spec import Spec
@@ -330,6 +330,7 @@ def prepare_pair(models: ModelPair | Spec, direction: str, dtype: str = "float64
         src_init = start_state(models, src_fw, src_slots)
     else:
         src_init = initial_state(src_slots, src_native, src_fw, seed, mode="check", draws=draws)
+        src_init = padding_rows_zeroed(models, src, src_model, src_init)
     dst_init, report = models.transfer(src_init, src_fw, dst_fw, dst_slots)
     if after_transfer is not None:
         after_transfer(dst_init)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
-from typing import Literal
+from types import ModuleType
+from typing import Any, Literal
 
 import numpy as np
 
@@ -154,4 +155,23 @@ def initial_state(slots: Mapping[str, Slot], native: Mapping[str, np.ndarray], f
         if torch_shape != slot.shape:
             value = value.reshape(torch_shape).T if value.ndim == 2 else value.reshape(slot.shape)
         state[key] = np.ascontiguousarray(value, dtype=slot.dtype).reshape(slot.shape)
+    return state
+
+
+def padding_rows_zeroed(models: Any, fw: ModuleType, model: Any,
+                         state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The drawn state with each embedding's padding row zero, as both frameworks build it and training keeps it
+    (torch returns the row, paddle zeros whatever it holds: a drawn row made every equal pair fail). A side
+    without the padding index still differs: its gradient reaches the row."""
+    rows = {key: row for key, row in fw.padding_rows(model).items() if key in state}
+    if not rows:
+        return state
+    state = dict(state)
+    for key, row in rows.items():
+        state[key] = state[key].copy()
+        state[key][row] = 0
+    note = (f"embedding padding rows drawn as zeros, as both frameworks build them ({len(rows)} layer(s), e.g. "
+            f"`{next(iter(rows))}` row {next(iter(rows.values()))})")
+    if not any(n.startswith("embedding padding rows") for n in models.conventions):
+        models.conventions.append(note)
     return state

@@ -118,6 +118,13 @@ def slots(model: nn.Layer) -> dict[str, Slot]:
     return table
 
 
+def padding_rows(model: nn.Layer) -> dict[str, int]:
+    """Each embedding weight with a padding index, and that row: paddle returns zeros there whatever it holds."""
+    return {join(name, "weight"): int(layer._padding_idx) % layer._num_embeddings
+            for name, layer in model.named_sublayers(include_self=True)
+            if isinstance(layer, nn.Embedding) and getattr(layer, "_padding_idx", None) is not None}
+
+
 def layer_names(model: nn.Layer) -> set[str]:
     """Every layer's dotted name ("" for the model itself), parameterless ones included: a name map may name
     any of them (a shared layer under each of its names, which named_sublayers gives once)."""

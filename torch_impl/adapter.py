@@ -97,6 +97,13 @@ def slots(model: nn.Module) -> dict[str, Slot]:
     return table
 
 
+def padding_rows(model: nn.Module) -> dict[str, int]:
+    """Each embedding weight with a padding index, and that row: zero as built and never trained."""
+    return {join(name, "weight"): int(module.padding_idx) % module.num_embeddings
+            for name, module in model.named_modules()
+            if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.padding_idx is not None}
+
+
 def layer_names(model: nn.Module) -> set[str]:
     """Every module's dotted name ("" for the model itself), parameterless ones included: a name map may name
     any of them (a shared module under each of its names)."""
