@@ -9,6 +9,7 @@ frameworks' own uninterrupted float32 runs are to each other.
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -229,3 +230,28 @@ def test_optimizer_state_with_unknown_entries_is_refused():
     del content[optimizer_state.HYPER_KEY]
     with pytest.raises(optimizer_state.OptimizerStateError, match="optimizer_config"):
         optimizer_state.read(content, "torch")
+
+
+def test_paddles_own_adam_state_after_a_thousand_steps_is_read():
+    """paddle multiplies beta^t out in float32: by step ~380 (beta 0.9) it is 1e-5 off the float64 power and
+    at step 1000 it sits at a few subnormals; such a real checkpoint was refused as a wrong step count."""
+    import paddle
+
+    layer = paddle.nn.Linear(2, 1)
+    optimizer = paddle.optimizer.Adam(learning_rate=1e-3, parameters=layer.parameters())
+    for _ in range(1000):
+        layer(paddle.ones([1, 2])).sum().backward()
+        optimizer.step()
+        optimizer.clear_grad()
+    accumulators = {k: v.numpy() for k, v in optimizer.state_dict().items() if k != "LR_Scheduler"}
+    names = {"weight": layer.weight.name, "bias": layer.bias.name}
+    hyper = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "adam_beta1": 0.9, "adam_beta2": 0.999,
+             "adam_epsilon": 1e-8, "momentum": 0.9, "nesterov": False}
+    content = {"optimizer": accumulators, "step": 1000, optimizer_state.NAMES_KEY: names,
+               optimizer_state.HYPER_KEY: hyper}
+    power = next(float(v.reshape(-1)[0]) for k, v in accumulators.items() if "beta1_pow" in k)
+    assert not math.isclose(power, 0.9 ** 1001, rel_tol=1e-5)  # what the float64 rule expected
+    state = optimizer_state.read(content, "paddle")
+    assert state.step == 1000
+    with pytest.raises(optimizer_state.OptimizerStateError, match="pow_acc.*999 steps"):
+        optimizer_state.read({**content, "step": 999}, "paddle")
