@@ -255,3 +255,24 @@ def test_paddles_own_adam_state_after_a_thousand_steps_is_read():
     assert state.step == 1000
     with pytest.raises(optimizer_state.OptimizerStateError, match="pow_acc.*999 steps"):
         optimizer_state.read({**content, "step": 999}, "paddle")
+
+
+def test_a_parameter_no_step_reached_takes_no_state():
+    """An unused head has no optimizer state in either framework; convert and align refused such a run as
+    `no exp_avg for aux.weight`. A record that lands on no parameter is still refused."""
+    from weight_transfer.slots import Slot
+
+    hyper = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "adam_beta1": 0.9, "adam_beta2": 0.999,
+             "adam_epsilon": 1e-8, "momentum": 0.9, "nesterov": False}
+    moment = np.arange(6.0).reshape(2, 3)
+    state = optimizer_state.OptimizerState(hyper, 3, "torch", {"exp_avg": {"fc.weight": moment},
+                                                                "exp_avg_sq": {"fc.weight": moment ** 2}})
+    slots = {key: Slot(key, layer, "weight", "linear", (3, 2), "float32", True)
+             for key, layer in (("fc.weight", "fc"), ("aux.weight", "aux"))}
+    moved = optimizer_state.translate(state, slots, "paddle")
+    assert set(moved.moments["exp_avg"]) == {"fc.weight"}
+    assert np.array_equal(moved.moments["exp_avg"]["fc.weight"], moment.T)
+    stray = optimizer_state.OptimizerState(hyper, 3, "torch", {"exp_avg": {"gone.weight": moment},
+                                                                "exp_avg_sq": {"gone.weight": moment}})
+    with pytest.raises(optimizer_state.OptimizerStateError, match="no paddle parameter"):
+        optimizer_state.translate(stray, slots, "paddle")
