@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from crossattn.errors import CrossattnError, TrainingDiverged
+from crossattn.training import run_dir as runs
 from crossattn.training import runner
 from crossattn.training.config import load_train_config, resolve_train_config
 from crossattn.training.metrics import read_jsonl
@@ -244,6 +245,10 @@ def test_a_bit_flipped_newest_checkpoint_falls_back_and_the_run_ends_as_an_undis
     resumed = runner.resume_run(run, device="cpu", log=lines.append, datasets=data)
     assert any("damaged" in line and newest.name in line for line in lines), lines
     assert any("resuming" in line and "after epoch 1" in line for line in lines), lines
+    # the damaged file is kept aside, out of the rotation, which otherwise kept it as the newest and pruned good ones
+    assert newest.with_name(newest.name + ".unreadable").is_file()
+    for _, path in runs.list_checkpoints(run):
+        runs.verify_checkpoint(path)
     assert [r["val_top1"] for r in resumed.rows] == [r["val_top1"] for r in whole.rows]
     expected, got = _final_state(tmp_path / "whole", framework), _final_state(run, framework)
     assert all(np.array_equal(expected[k], got[k]) for k in expected)

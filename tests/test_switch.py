@@ -276,3 +276,22 @@ def test_a_parameter_no_step_reached_takes_no_state():
                                                                 "exp_avg_sq": {"gone.weight": moment}})
     with pytest.raises(optimizer_state.OptimizerStateError, match="no paddle parameter"):
         optimizer_state.translate(stray, slots, "paddle")
+
+
+def test_a_switch_that_cannot_load_or_has_nothing_to_train_records_nothing(spec_file, base_config, data, tmp_path):
+    """run.json took the new framework and a `switches` entry before the checkpoint was loaded: a refused switch
+    left a run claiming to be in the other framework, and a finished run recorded a switch with no epoch."""
+    from crossattn.training import run_dir as runs
+
+    config = base_config.replace(dtype="float64")
+    run = tmp_path / "run"
+    runner.train(spec_file, config, "torch", "cpu", run, log=quiet, datasets=data)  # both epochs: finished
+    before = runs.read_info(run)
+    runner.resume_run(run, device="cpu", framework="paddle", log=quiet, datasets=data)
+    assert runs.read_info(run).get("switches") is None and runs.read_info(run)["framework"] == "torch"
+    for _, path in runs.list_checkpoints(run):
+        path.write_bytes(path.read_bytes()[:100])  # none reads back
+    with pytest.raises(CrossattnError, match="none of its checkpoints"):
+        runner.resume_run(run, device="cpu", framework="paddle", epochs=3, log=quiet, datasets=data)
+    after = runs.read_info(run)
+    assert after.get("switches") is None and after["framework"] == before["framework"] == "torch"

@@ -113,12 +113,26 @@ class Progress:
         return time.perf_counter() - self.epoch_started
 
 
+def _set_aside(unreadable: list[Path], log: Log) -> None:
+    """Rename checkpoints newer than the one loaded that did not read back to `NAME.unreadable`: kept for the
+    user, out of the rotation (which kept them as the newest and pruned the good ones) and never loaded."""
+    for path in unreadable:
+        aside = path.with_name(path.name + ".unreadable")
+        try:
+            os.replace(path, aside)
+        except OSError as exc:
+            log(f"warning: could not set {path} aside ({exc}); remove it before the next resume")
+        else:
+            log(f"note: the unreadable {path.name} is kept as {aside.name}, out of the checkpoint rotation")
+
+
 def _load_newest_readable(trainer: Any, run: Path, log: Log, framework: str, config: TrainConfig) -> int:
     """Load the newest checkpoint that reads back; an unreadable one (cut short by a crash) is skipped.
 
     A checkpoint of the other framework (the run continues after a switch) is translated.
     """
     found = runs.list_checkpoints(run)
+    skipped: list[Path] = []
     for epoch, path in reversed(found):
         source = runs.framework_of_checkpoint(path)
         try:
@@ -127,17 +141,21 @@ def _load_newest_readable(trainer: Any, run: Path, log: Log, framework: str, con
                 loaded, _ = switch.load_foreign(trainer, path, source, framework, config)
                 log(f"continuing in {framework} from {source}'s {path.name}: weights, BatchNorm statistics and "
                     f"optimizer state translated")
-                return loaded
-            loaded, _ = trainer.load(str(path))
+            else:
+                loaded, _ = trainer.load(str(path))
+            _set_aside(skipped, log)
             return loaded
         except DamagedCheckpoint as exc:
             log(f"warning: cannot read checkpoint {path} ({exc}); trying an older one")
+            skipped.append(path)
         except CrossattnError as exc:
             if source != framework and path.is_file() and "not a readable" not in str(exc):
                 raise  # a whole checkpoint the switch refuses (an optimizer it cannot translate): say why
             log(f"warning: cannot read checkpoint {path} ({exc}); trying an older one")
+            skipped.append(path)
         except Exception as exc:  # noqa: BLE001 - each framework raises its own types for a damaged file
             log(f"warning: cannot read checkpoint {path} ({type(exc).__name__}: {exc}); trying an older one")
+            skipped.append(path)
     if found:
         raise CrossattnError(f"cannot resume {run}: none of its checkpoints ({', '.join(p.name for _, p in found)}) "
                              f"reads back; start a new run")
@@ -236,11 +254,16 @@ def _run(run: Path, spec: Spec, config: TrainConfig, framework: str, device: str
     with module.session():
         trainer = module.Trainer(spec, config, device, train_set, test_set)
         info = runs.read_info(run)
-        if resume and info.get("framework") != framework:
+        switching = resume and info.get("framework") != framework
+        if switching:
             switch.refuse_dropout(run, trainer, info.get("framework"), framework)
-            latest = runs.latest_checkpoint(run)
-            info.setdefault("switches", []).append({"after_epoch": latest[0] if latest else 0,
-                                                    "from": info.get("framework"), "to": framework})
+        first_epoch, rows = 0, []
+        if resume:  # loaded before run.json changes: a switch that cannot load records nothing
+            first_epoch = _load_newest_readable(trainer, run, log, framework, config)
+        last = config.epochs if stop_after is None else min(config.epochs, first_epoch + stop_after)
+        if switching and first_epoch < last:  # after the epoch actually loaded; a finished run switches nothing
+            info.setdefault("switches", []).append({"after_epoch": first_epoch, "from": info.get("framework"),
+                                                    "to": framework})
             info["framework"] = framework
         params, macs = trainer.parameters_and_macs()
         info.update({"device": trainer.device_name, "parameters": params, "macs_per_image": macs,
@@ -248,9 +271,7 @@ def _run(run: Path, spec: Spec, config: TrainConfig, framework: str, device: str
         if config.channels_last:
             info["channels_last"] = module.CHANNELS_LAST_NOTE
         runs.write_info(run, info)
-        first_epoch, rows = 0, []
         if resume:
-            first_epoch = _load_newest_readable(trainer, run, log, framework, config)
             if persist_config:
                 atomic_write_text(run / "config.yaml", config.to_yaml())
             rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["epoch"] <= first_epoch]
@@ -258,7 +279,6 @@ def _run(run: Path, spec: Spec, config: TrainConfig, framework: str, device: str
         log(f"{framework} on {trainer.device_name}: {spec.name}, {params:,} parameters, {macs / 1e6:.1f} M "
             f"multiply-adds per image, {len(train_set)} train / {len(test_set)} test images, {per_epoch} steps/epoch")
         progress = Progress(log, config, per_epoch, first_epoch)
-        last = config.epochs if stop_after is None else min(config.epochs, first_epoch + stop_after)
         for epoch in range(first_epoch, last):
             progress.start_epoch(epoch)
             with guard.stops_run(run, epoch + 1, per_epoch, config):
