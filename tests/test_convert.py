@@ -192,6 +192,19 @@ def test_module_prefix_is_stripped_automatically(tiny, tmp_path):
     assert_same_state(load_native(tmp_path / "dp.pdparams", "pdparams"), base["paddle"])
 
 
+def test_entries_beside_weights_under_another_key_are_named_as_not_written(tiny, tmp_path):
+    """{state_dict, optimizer, epoch} (a user's own training file): the weights convert, and the note says the
+    optimizer state and epoch were left behind; they were dropped without a word."""
+    base = states(tiny)
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in base["torch"].items()},
+                "optimizer": {"state": {}, "param_groups": []}, "epoch": 3}, tmp_path / "user.pt")
+    report = convert(tmp_path / "user.pt", tmp_path / "user.pdparams", tiny)
+    assert report.passed
+    assert any("only the weights under `state_dict` are written" in n and "`optimizer`, `epoch`" in n
+               for n in report.notes), report.notes
+    assert_same_state(load_native(tmp_path / "user.pdparams", "pdparams"), base["paddle"])
+
+
 def test_explicit_prefix_and_a_prefix_that_is_not_everywhere(tiny, tmp_path):
     base = states(tiny)
     save_native(tmp_path / "bb.npz", "npz", {f"backbone.{k}": v for k, v in base["paddle"].items()})

@@ -213,7 +213,17 @@ def convert(src: str | Path, dst: str | Path, twins: ModelPair, to: str | None =
 def _training_entries(raw: Any, located: Located, target: str, dst_format: str, twins: ModelPair,
                       notes: list[str]) -> dict[str, Any]:
     """A training checkpoint's optimizer state, epoch and step, carried into a framework format."""
-    if located.key != "model" or not isinstance(raw.content, Mapping) or "optimizer" not in raw.content:
+    if not isinstance(raw.content, Mapping):
+        return {}
+    if located.key != "model" and located.key in raw.content:
+        left = [str(k) for k in raw.content if k != located.key]
+        if left:
+            shown = ", ".join(f"`{k}`" for k in left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+            notes.append(f"only the weights under `{located.key}` are written; the file's other entries ({shown}) "
+                         f"are not: an optimizer state is translated from crossattn's training checkpoints (weights "
+                         f"under `model`, with `optimizer_config`), whose names and settings it knows")
+        return {}
+    if located.key != "model" or "optimizer" not in raw.content:
         return {}
     if dst_format not in FRAMEWORKS or located.framework == target:
         notes.append(f"the source's optimizer state is not written: {dst_format} holds the weights only"
