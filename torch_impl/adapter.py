@@ -21,7 +21,7 @@ from crossattn.errors import CrossattnError, TransferError, forward_of
 from crossattn.tracing import LayerTrace, call_key
 from torch_impl.comparison_calls import comparison_calls
 from torch_impl.layers import ZERO_INIT_ATTR
-from weight_transfer.slots import Slot, join, state_problems
+from weight_transfer.slots import Slot, join, state_problems, with_aliases
 
 FRAMEWORK = "torch"
 KIND_ATTR = "crossattn_layer_kind"
@@ -84,17 +84,52 @@ def slots(model: nn.Module) -> dict[str, Slot]:
     """Every state tensor of `model`, with the kind of the layer that owns it."""
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     table: dict[str, Slot] = {}
-    for layer_name, module in model.named_modules():
+    seen: dict[int, str] = {}  # a tensor already in the table: a shared module's or a tied parameter's
+    aliases: dict[str, list[str]] = {}
+    for layer_name, module in model.named_modules(remove_duplicate=False):
         kind = layer_kind(module)
         zero = bool(getattr(module, ZERO_INIT_ATTR, False))
         tensors = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
         for name, tensor in tensors:
-            if name in module._non_persistent_buffers_set:
+            if name in module._non_persistent_buffers_set or tensor is None:
                 continue
             key = join(layer_name, name)
+            if id(tensor) in seen:
+                aliases.setdefault(seen[id(tensor)], []).append(key)
+                continue
+            seen[id(tensor)] = key
             table[key] = Slot(key, layer_name, name, kind, tuple(tensor.shape),
                               _dtype_name(tensor), key in trainable, zero)
+    for key, names in aliases.items():
+        table[key] = dataclasses.replace(table[key], aliases=tuple(names))
     return table
+
+
+def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict, each tensor once, under its first key (`Slot.aliases` are the others its state
+    dict also holds it under: a shared module, a tied parameter)."""
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            out[key] = tensor
+    return out
+
+
+def _retie(model: nn.Module, own: Mapping[str, Slot]) -> None:
+    """Each alias made the very tensor of its slot again (loading with assign=True gives every key its own)."""
+    for key, slot in own.items():
+        for alias in slot.aliases:
+            owner, _, name = key.rpartition(".")
+            layer, _, attr = alias.rpartition(".")
+            tensor = getattr(model.get_submodule(owner), name)
+            target = model.get_submodule(layer)
+            if getattr(target, attr) is not tensor:
+                if isinstance(tensor, nn.Parameter):
+                    target.register_parameter(attr, tensor)
+                else:
+                    target.register_buffer(attr, tensor)
 
 
 def padding_rows(model: nn.Module) -> dict[str, int]:
@@ -116,13 +151,13 @@ def _dtype_name(tensor: torch.Tensor) -> str:
 
 
 def state(model: nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().numpy().copy() for k, v in _state_tensors(model).items()}
 
 
 def _untrained_state(model: nn.Module) -> dict[str, np.ndarray]:
     """The state a step may change: all but the trainable parameters (copying those is most of a copy)."""
     trained = {name for name, p in model.named_parameters() if p.requires_grad}
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items() if k not in trained}
+    return {k: v.detach().cpu().numpy().copy() for k, v in _state_tensors(model).items() if k not in trained}
 
 
 def _c_order(value: np.ndarray) -> np.ndarray:
@@ -138,7 +173,8 @@ def load_state(model: nn.Module, values: Mapping[str, np.ndarray]) -> None:
     problems = state_problems(own, values)
     if problems:
         raise TransferError(problems, "loading torch state")
-    model.load_state_dict({k: torch.from_numpy(_c_order(v)) for k, v in values.items()}, strict=True)
+    tensors = {k: torch.from_numpy(_c_order(v)) for k, v in values.items()}
+    model.load_state_dict(with_aliases(tensors, own), strict=True)
 
 
 def _bn_batch_hooks(model, batches: dict[str, list]) -> list:
@@ -403,7 +439,8 @@ def load_lazy(model: nn.Module, values: MutableMapping[str, np.ndarray], consume
         warnings.simplefilter("ignore")  # read-only arrays (memory-mapped files): parameters are only read
         tensors = {k: torch.from_numpy(np.array(v) if k in buffers or not consume else _c_order(v))
                    for k, v in values.items()}
-        model.load_state_dict(tensors, strict=True, assign=True)
+        model.load_state_dict(with_aliases(tensors, own), strict=True, assign=True)
+    _retie(model, own)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
         raise CrossattnError(f"tensors {', '.join(left[:5])} have no value in the state (non-persistent buffers "

@@ -179,7 +179,7 @@ def convert(src: str | Path, dst: str | Path, twins: ModelPair, to: str | None =
     def write_and_verify(tmp: Path) -> None:
         nonlocal raw, located, entries
         # a .pdparams file as paddle's own state dict has it: an RNN's weights under their cells' names too
-        tensors = with_aliases(out, twins.slots(target)) if dst_format == "paddle" else out
+        tensors = with_aliases(out, twins.slots(target)) if dst_format in ("paddle", "torch") else out
         if entries:
             optimizer_state.write_training_checkpoint(tmp, dst_format, tensors, entries)
         else:
