@@ -10,6 +10,7 @@ frameworks' own uninterrupted float32 runs are to each other.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -295,3 +296,38 @@ def test_a_switch_that_cannot_load_or_has_nothing_to_train_records_nothing(spec_
         runner.resume_run(run, device="cpu", framework="paddle", epochs=3, log=quiet, datasets=data)
     after = runs.read_info(run)
     assert after.get("switches") is None and after["framework"] == before["framework"] == "torch"
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"hyper": {"adam_epsilon": "abc"}}, "`optimizer_config.adam_epsilon` = 'abc'"),
+    ({"hyper": {"optimizer": "adagrad"}}, "expected one of sgd, adam, adamw"),
+    ({"hyper": {"nesterov": "yes"}}, "`optimizer_config.nesterov`"),
+    ({"step": -1}, "`step` = -1"),
+    ({"moment": np.nan}, "holds NaN or infinity"),
+])
+def test_a_damaged_optimizer_state_is_refused_naming_the_entry(change, words):
+    """A NaN moment and a string epsilon were copied into the converted file."""
+    hyper = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "adam_beta1": 0.9, "adam_beta2": 0.999,
+             "adam_epsilon": 1e-8, "momentum": 0.9, "nesterov": False, **change.get("hyper", {})}
+    moment = np.full(2, change.get("moment", 0.5))
+    content = {"optimizer": {"state": {0: {"step": np.float32(3), "exp_avg": moment, "exp_avg_sq": np.ones(2)}},
+                             "param_groups": [{"params": [0]}]},
+               "step": change.get("step", 3), optimizer_state.NAMES_KEY: ["w"], optimizer_state.HYPER_KEY: hyper}
+    with pytest.raises(optimizer_state.OptimizerStateError, match=re.escape(words)):
+        optimizer_state.read(content, "torch")
+
+
+def test_a_file_whose_param_groups_disagree_with_its_settings_is_refused():
+    """torch's load_state_dict would apply the group's eps 1e-3; the translation used optimizer_config's 1e-8.
+    A group moved only by float32 rounding (paddle's held momentum) or by a schedule (lr) agrees."""
+    hyper = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "adam_beta1": 0.9, "adam_beta2": 0.999,
+             "adam_epsilon": 1e-8, "momentum": 0.9, "nesterov": False}
+    group = {"params": [0], "lr": 5e-4, "betas": (0.9, 0.999), "eps": 1e-3, "weight_decay": 0.0}
+    content = {"optimizer": {"state": {0: {"step": np.float32(3), "exp_avg": np.zeros(2), "exp_avg_sq": np.zeros(2)}},
+                             "param_groups": [group]},
+               "step": 3, optimizer_state.NAMES_KEY: ["w"], optimizer_state.HYPER_KEY: hyper}
+    with pytest.raises(optimizer_state.OptimizerStateError, match="eps = 0.001 and `optimizer_config` says 1e-08"):
+        optimizer_state.read(content, "torch", settings_recorded=True)
+    assert optimizer_state.read(content, "torch") is not None  # align's live optimizers: a drift to show
+    group["eps"] = float(np.float32(1e-8))
+    assert optimizer_state.read(content, "torch", settings_recorded=True).step == 3

@@ -96,11 +96,13 @@ def _array(value: Any) -> np.ndarray:
 
 
 def read(content: Mapping[str, Any], framework: str, where: str = "checkpoint",
-         parameter_names: Any = None) -> OptimizerState | None:
+         parameter_names: Any = None, settings_recorded: bool = False) -> OptimizerState | None:
     """The optimizer state of a training checkpoint's content; None when it holds none.
 
     `parameter_names` stands in for the checkpoint's own record (torch: the
     trainable parameters in optimizer order; paddle: structured name -> variable name).
+    `settings_recorded`: a file from elsewhere, whose torch param_groups must agree with `optimizer_config` (align
+    reads live optimizers, where a differing setting is a drift to show, not a file to refuse).
     """
     if "optimizer" not in content:
         return None
@@ -114,10 +116,42 @@ def read(content: Mapping[str, Any], framework: str, where: str = "checkpoint",
     unknown = sorted(set(HYPER_KEYS) - set(hyper))
     if unknown:
         raise OptimizerStateError(f"{where}: `{HYPER_KEY}` lacks {', '.join(unknown)}")
-    hyper = {k: hyper[k] for k in HYPER_KEYS}
-    step = int(content.get("step", 0))
+    hyper = _valid_hyper({k: hyper[k] for k in HYPER_KEYS}, where)
+    step = content.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise OptimizerStateError(f"{where}: `step` = {step!r}; expected a whole number of steps, 0 or more")
+    step = int(step)
     reader = _read_torch if framework == "torch" else _read_paddle
-    return OptimizerState(hyper, step, framework, reader(content["optimizer"], names, hyper, step, where))
+    if settings_recorded and framework == "torch" and isinstance(content["optimizer"], Mapping):
+        for group in content["optimizer"].get("param_groups", []):
+            _group_agrees(group, hyper, where)
+    moments = reader(content["optimizer"], names, hyper, step, where)
+    for moment, values in moments.items():
+        bad = sorted(k for k, v in values.items() if np.issubdtype(v.dtype, np.number) and not np.isfinite(v).all())
+        if bad:
+            raise OptimizerStateError(f"{where}: the optimizer's `{moment}` of {', '.join(bad[:3])} holds NaN or "
+                                      f"infinity; a run in that state has diverged, and carrying it over would "
+                                      f"only move the damage (a .safetensors or .npz destination takes the "
+                                      f"weights alone)")
+    return OptimizerState(hyper, step, framework, moments)
+
+
+def _valid_hyper(hyper: dict[str, Any], where: str) -> dict[str, Any]:
+    """The optimizer settings with the types and ranges an optimizer takes; anything else is named."""
+    if hyper["optimizer"] not in ("sgd", "adam", "adamw"):
+        raise OptimizerStateError(f"{where}: `{HYPER_KEY}.optimizer` = {hyper['optimizer']!r}; expected one of "
+                                  f"sgd, adam, adamw")
+    if not isinstance(hyper["nesterov"], (bool, np.bool_)):
+        raise OptimizerStateError(f"{where}: `{HYPER_KEY}.nesterov` = {hyper['nesterov']!r}; expected true or false")
+    for key in ("lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "momentum"):
+        value = hyper[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value) \
+                or value < 0:
+            raise OptimizerStateError(f"{where}: `{HYPER_KEY}.{key}` = {value!r}; expected a finite number, 0 or "
+                                      f"more")
+        hyper[key] = float(value)
+    hyper["nesterov"] = bool(hyper["nesterov"])
+    return hyper
 
 
 def _read_torch(state_dict: Mapping, names: Sequence[str], hyper: dict, step: int,
@@ -142,6 +176,30 @@ def _read_torch(state_dict: Mapping, names: Sequence[str], hyper: dict, step: in
             if entry.get(moment) is not None:
                 moments[moment][key_of[index]] = _array(entry[moment])
     return moments
+
+
+def _group_agrees(group: Mapping, hyper: dict, where: str) -> None:
+    """torch's own record of a parameter group's settings must be `optimizer_config`'s, the one translated (torch's
+    load_state_dict would apply the group's). The learning rate is left out: a schedule moves it."""
+    if hyper["optimizer"] == "sgd":
+        pairs = [("momentum", group.get("momentum"), hyper["momentum"]), ("nesterov", group.get("nesterov"),
+                                                                        hyper["nesterov"])]
+    else:
+        betas = group.get("betas") or (None, None)
+        pairs = [("betas[0]", betas[0], hyper["adam_beta1"]), ("betas[1]", betas[1], hyper["adam_beta2"]),
+                 ("eps", group.get("eps"), hyper["adam_epsilon"])]
+    pairs.append(("weight_decay", group.get("weight_decay"), hyper["weight_decay"]))
+    for name, held, wanted in pairs:
+        if held is None:
+            continue
+        if isinstance(wanted, bool) and bool(held) == wanted:
+            continue
+        if not isinstance(wanted, bool) and isinstance(held, (int, float, np.number)) and \
+                math.isclose(float(held), wanted, rel_tol=1e-6, abs_tol=1e-12):
+            continue
+        raise OptimizerStateError(f"{where}: the optimizer's param_groups hold {name} = {held!r} and "
+                                  f"`{HYPER_KEY}` says {wanted!r}; which one the run used cannot be told, so "
+                                  f"its state is not carried over")
 
 
 def _read_paddle(state_dict: Mapping, names: Mapping[str, str], hyper: dict, step: int,
@@ -269,7 +327,7 @@ def training_entries(content: Any, source: str, target: str, pair: Any, where: s
     epoch and step kept); {} when the source holds no optimizer state. `pair`: a ModelPair."""
     if not isinstance(content, Mapping) or "optimizer" not in content:
         return {}
-    state = read(numpy_tree(content), source, where)
+    state = read(numpy_tree(content), source, where, settings_recorded=True)
     state = translate(state, pair.slots(target), target, where, pair=pair)
     module = importlib.import_module(f"{target}_impl.train")
     optimizer, names = module.native_optimizer_state(pair.build, state)
