@@ -133,7 +133,7 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, fmt: st
     raw = readers[fmt](path, trust_pickle)
     if fmt in ("safetensors", "npz"):
         if verify_tensors(path, raw.content, recorded_digest(raw.metadata)):
-            integrity += " and SHA-256" if fmt == "npz" else "SHA-256"
+            integrity = f"{integrity} and SHA-256" if fmt == "npz" else "SHA-256"  # safetensors: deferred to here
         elif fmt == "safetensors":
             integrity = "none (no crossattn checksum)"
     raw.integrity = integrity

@@ -227,7 +227,7 @@ def resume_run(run_dir: str | os.PathLike, device: str = "auto", epochs: int | N
         if latest is not None and epochs < latest[0]:
             raise CrossattnError(f"--epochs {epochs}: {run} has already trained {latest[0]} epochs; "
                                  f"--epochs on resume sets the new total and can only raise it")
-        if config.schedule != "constant" or config.warmup_epochs:
+        if config.schedule == "cosine":  # the only schedule spanning the total (constant, step and warmup do not)
             log(f"note: changing epochs {config.epochs} -> {epochs} changes the {config.schedule} schedule's "
                 f"learning rates from here on")
         try:
