@@ -158,7 +158,8 @@ def summarise(problems: Iterable[str], context: str = "weight transfer", json_hi
     counts = ", ".join(f"{len(by[c])} {c}" for c in CATEGORIES if by[c])
     if by["other"]:
         counts += (", " if counts else "") + f"{len(by['other'])} other"
-    parts = [f"{context} failed, nothing was written ({len(parsed)} problem(s): {counts})"]
+    written = ", nothing was written" if context.startswith("convert") else ""  # check, diff, align write nothing
+    parts = [f"{context} failed{written} ({len(parsed)} problem(s): {counts})"]
     for category in (*CATEGORIES, "other"):
         if by[category]:
             parts.append(_shown(by[category], category))
