@@ -190,6 +190,12 @@ def known_defects(model: nn.Layer) -> list[str]:
                      f"({len(log_softmax)} layer(s), e.g. `{log_softmax[0]}`): where a class's log-probability is "
                      f"lower (logits {-log_softmax_floor():g} apart, as the large probe makes them) torch's value "
                      f"and paddle's differ, and the check fails there, correctly")
+    hardsigmoid = named(nn.Hardsigmoid)
+    if hardsigmoid:
+        notes.append(f"paddle's nn.Hardsigmoid computes x * 0.1666667 + 0.5 (F.hardsigmoid's default slope), not "
+                     f"torch's x / 6 + 1 / 2 ({len(hardsigmoid)} layer(s), e.g. `{hardsigmoid[0]}`): the slopes are "
+                     f"3.3e-8 apart, a real difference check fails on (about 3e-8 of scale); to port torch's, call "
+                     f"F.hardsigmoid(x, slope=1 / 6) in paddle, which agrees with it")
     celu = named(nn.CELU)
     if celu and celu_float32_overflows():
         notes.append(f"paddle {paddle.__version__}'s float32 CELU backward is NaN where x / alpha exceeds about 88 "
