@@ -89,6 +89,12 @@ def diff_table(report) -> str:
               "grad norm rel", "grad", "grad in", ""]
     mode = "single-step" if report.single_step else "accumulated"
     lines = [f"{report.title} [{report.direction}, {report.mode}, {mode}]", table(rows, header)]
+    for row in report.rows:  # a shape difference reads as inf in the table: say what it is
+        for what, c in (("input", row.input), ("output", row.output), ("gradient", row.grad),
+                        ("input gradient", row.input_grad)):
+            if c is not None and c.shape_mismatch:
+                lines.append(f"`{row.layer or '(model)'}` {what}: {c.note.split(';')[0]}")
+                break
     if report.end_to_end:
         lines.append("end to end (unfed run): " + ", ".join(
             f"{c.tensor.split(' ')[0]} norm rel {_num(c.norm_rel)} {'ok' if c.passed else 'DIFF'}"

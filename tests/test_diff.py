@@ -251,3 +251,18 @@ def test_float32_rounding_worse_on_one_side_passes_both_ways_but_lost_precision_
     assert judge("t", "output", noisy, good, exact, exact, FLOAT32).passed  # and in the other direction
     verdict = judge("t", "output", good, half, exact, exact, FLOAT32)  # float16 arithmetic where float32 was asked
     assert not verdict.passed and "less accurate" in verdict.note
+
+
+def test_a_layer_output_of_another_shape_is_named_with_both_shapes():
+    """The table shows inf for a shape difference; the line below says what it is."""
+    from crossattn.report import diff_table
+
+    torch.manual_seed(0)
+    tmodel = torch.nn.Sequential(torch.nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1)).double()
+    pmodel = paddle.nn.Sequential(paddle.nn.Conv2DTranspose(2, 3, 3, stride=2, padding=1))
+    pmodel.to(dtype="float64")
+    transfer_by_name_map("torch", tmodel, "paddle", pmodel, {})
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 4))
+    report = diff_models(("torch", tmodel), ("paddle", pmodel), x)
+    assert not report.passed
+    assert "`0` output: shape [1, 3, 7, 7] vs reference [1, 3, 8, 8]" in diff_table(report)
