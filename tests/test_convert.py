@@ -545,3 +545,20 @@ def test_a_legacy_torch_file_needing_code_is_still_refused_as_unsafe(tmp_path):
         read_checkpoint(tmp_path / "legacy.pt")
     torch.save({"w": torch.ones(2)}, tmp_path / "plain.pt", _use_new_zipfile_serialization=False)
     np.testing.assert_array_equal(read_checkpoint(tmp_path / "plain.pt").content["w"], np.ones(2, np.float32))
+
+
+def test_a_file_of_the_other_framework_under_this_extension_is_named_as_such(tiny, tmp_path):
+    """A torch zip named .pdparams read as 'damaged: not a whole pickle'; a paddle pickle named .pt as 'needs
+    --trust-pickle', then 'Invalid magic number'."""
+    base = states(tiny)
+    save_native(tmp_path / "torch.pt", "pt", base["torch"])
+    save_native(tmp_path / "paddle.pdparams", "pdparams", base["paddle"])
+    os.replace(tmp_path / "torch.pt", tmp_path / "torch.pdparams")
+    os.replace(tmp_path / "paddle.pdparams", tmp_path / "paddle.pt")
+    with pytest.raises(CheckpointError, match=r"named \.pdparams but holds a torch checkpoint.*rename it to \.pt"):
+        read_checkpoint(tmp_path / "torch.pdparams")
+    with pytest.raises(CheckpointError, match=r"named \.pt but holds a plain pickle.*rename it to \.pdparams"):
+        read_checkpoint(tmp_path / "paddle.pt")
+    legacy = tmp_path / "legacy.pt"
+    torch.save({k: torch.from_numpy(v) for k, v in base["torch"].items()}, legacy, _use_new_zipfile_serialization=False)
+    assert read_checkpoint(legacy).content  # torch's own legacy pickle (protocol 2) is still torch's

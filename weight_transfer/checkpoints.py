@@ -116,6 +116,27 @@ def framework_of_format(fmt: str) -> str | None:
 # --------------------------------------------------------------------------- reading
 
 
+def _refuse_other_format(path: Path, fmt: str) -> None:
+    """A whole file of another format under this extension (a torch zip named .pdparams, a paddle pickle named
+    .pt) is named as such: read as the extension says, it looked damaged or unsafe."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    held = None
+    if fmt != "torch" and fmt != "npz" and head == b"PK\x03\x04" and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any(n.endswith("data.pkl") for n in names):
+            held = ("a torch checkpoint (the zip archive torch.save writes)", ".pt")
+        elif names and all(n.endswith(".npy") for n in names):
+            held = ("a numpy .npz archive", ".npz")
+    elif fmt == "torch" and len(head) >= 2 and head[0] == 0x80 and head[1] >= 3:  # torch's legacy files: protocol 2
+        held = ("a plain pickle of protocol 3 or more, as paddle.save writes (torch writes a zip archive)",
+                ".pdparams")
+    if held is not None:
+        raise CheckpointError(f"{path}: named {path.suffix} but holds {held[0]}; rename it to {held[1]} (the "
+                              f"extension decides how it is read)")
+
+
 def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, fmt: str | None = None) -> RawCheckpoint:
     """Read any supported checkpoint; pickles beyond plain arrays need `trust_pickle`.
 
@@ -127,6 +148,7 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, fmt: st
         if path.exists():  # a named pipe or a device is never opened: reading it could hang
             raise CheckpointError(f"{path}: not a regular file (a folder, named pipe or device); pass a checkpoint file")
         raise CheckpointError(f"{path}: no such file")
+    _refuse_other_format(path, fmt)
     integrity = verify_file(path, fmt)  # damage is found before any byte is unpickled or converted
     readers: dict[str, Callable[[Path, bool], RawCheckpoint]] = {
         "torch": _read_torch, "paddle": _read_paddle, "safetensors": _read_safetensors, "npz": _read_npz}
