@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import functools
 import os
+import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +45,9 @@ def _line_loader() -> type:
         pass
 
     LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+    # `5e-4` is a number, as YAML 1.2 and every other reader say; YAML 1.1 (PyYAML) wants `5.0e-4`
+    exponent_only = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$")
+    LineLoader.add_implicit_resolver("tag:yaml.org,2002:float", exponent_only, list("-+0123456789"))
     return LineLoader
 
 

@@ -505,3 +505,15 @@ def test_resume_names_the_spec_and_says_when_there_is_nothing_left(files, config
     runner.resume_run(run, device="cpu", log=lines.append, datasets=data)
     assert any("has finished its 1 epochs" in line for line in lines)
     assert any(": tiny," in line for line in lines)  # the spec's own name, not the copied file's stem
+
+
+def test_a_number_written_with_an_exponent_alone_is_a_number(tmp_path):
+    """`weight_decay: 5e-4` was refused as a string (PyYAML follows YAML 1.1, which wants 5.0e-4)."""
+    from crossattn.training.config import load_train_config, resolve_train_config
+
+    text = resolve_train_config("fast_cpu").read_text()
+    path = tmp_path / "config.yaml"
+    path.write_text("\n".join(line for line in text.splitlines() if not line.startswith(("weight_decay:", "lr:")))
+                    + "\nweight_decay: 5e-4\nlr: 1E-3\n")
+    config = load_train_config(path)
+    assert config.weight_decay == 5e-4 and config.lr == 1e-3
