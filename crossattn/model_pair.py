@@ -47,6 +47,7 @@ class ModelPair:
     #: each framework's starting state from a user's checkpoint (`start_weights`); None: a check draws its own
     weights: dict[str, dict] | None = dataclasses.field(default=None, repr=False)
     _slots: dict[str, dict] = dataclasses.field(default_factory=dict, repr=False)
+    _cumulative_bn: list[str] = dataclasses.field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.type_name = self.type_name or self.name
@@ -183,13 +184,16 @@ class ModelPair:
         """The framework model's slots (every state tensor with its layer kind), cached; read from a model built
         without storage, which is then dropped."""
         if framework not in self._slots:
-            from crossattn.frameworks import adapter
-
             model = self.build_lazy(framework)
-            self._slots[framework] = adapter(framework).slots(model)
+            self.remember_slots(framework, model)
             del model
             release_freed_memory()
         return self._slots[framework]
+
+    def cumulative_batch_norms(self) -> list[str]:
+        """The torch model's BatchNorm layers with momentum None (a cumulative average, by their counters)."""
+        self.slots("torch")
+        return list(self._cumulative_bn)
 
     def remember_slots(self, framework: str, model: Any) -> None:
         """Take the slots from a model built without storage elsewhere (the memory bound's meta build)."""
@@ -197,6 +201,9 @@ class ModelPair:
             from crossattn.frameworks import adapter
 
             self._slots[framework] = adapter(framework).slots(model)
+            if framework == "torch":  # read while the model is here (convert names them; no second build)
+                self._cumulative_bn = sorted(layer for layer, momentum in adapter(framework).bn_momenta(model).items()
+                                             if momentum is None)
 
     # ----------------------------------------------------------------- names
 

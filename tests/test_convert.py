@@ -562,3 +562,24 @@ def test_a_file_of_the_other_framework_under_this_extension_is_named_as_such(tin
     legacy = tmp_path / "legacy.pt"
     torch.save({k: torch.from_numpy(v) for k, v in base["torch"].items()}, legacy, _use_new_zipfile_serialization=False)
     assert read_checkpoint(legacy).content  # torch's own legacy pickle (protocol 2) is still torch's
+
+
+class CumulativeTorch(TinyTorch):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn.momentum = None  # a cumulative average, by num_batches_tracked
+
+
+def test_a_cumulative_batch_norm_is_named_both_ways(tmp_path):
+    """paddle keeps no counter: the average over N batches does not go on in paddle, and back in torch the counter
+    is 0; both conversions passed without a word."""
+    pair = ModelPair("cumulative", {"torch": CumulativeTorch, "paddle": TinyPaddle}, (2, 3, 5, 5))
+    base = states(pair)
+    base["torch"]["bn.num_batches_tracked"] = np.array(7)
+    save_native(tmp_path / "cum.pt", "pt", base["torch"])
+    there = convert(tmp_path / "cum.pt", tmp_path / "cum.pdparams", pair)
+    assert any("`bn` (momentum None) averages its running statistics over all 7 batches" in n for n in there.notes)
+    back = convert(tmp_path / "cum.pdparams", tmp_path / "back.pt", pair)
+    assert any("counter starts at 0 here" in n for n in back.notes)
+    plain = convert(tmp_path / "cum.pdparams", tmp_path / "plain.pt", tiny_twins())
+    assert not any("momentum None" in n for n in plain.notes)

@@ -174,6 +174,7 @@ def convert(src: str | Path, dst: str | Path, twins: ModelPair, to: str | None =
     else:
         out, report.transfer = twins.transfer(located.weights, located.framework, target, context=context)
     report.tensors = len(out)
+    report.notes += _cumulative_bn_notes(twins, located, target)
     entries = _training_entries(raw, located, target, dst_format, twins, report.notes)
 
     def write_and_verify(tmp: Path) -> None:
@@ -208,6 +209,25 @@ def convert(src: str | Path, dst: str | Path, twins: ModelPair, to: str | None =
         raise
     report.written = True
     return report
+
+
+def _cumulative_bn_notes(twins: ModelPair, located: Located, target: str) -> list[str]:
+    """torch BatchNorms with momentum None average every batch so far, by their counter; paddle keeps none and
+    always weighs a new batch by its momentum. Where that counter is lost or starts at 0, say so."""
+    if "torch" not in (located.framework, target) or located.framework == target:
+        return []
+    cumulative = twins.cumulative_batch_norms()
+    if not cumulative:
+        return []
+    shown = ", ".join(f"`{layer}`" for layer in cumulative[:3]) + (f" and {len(cumulative) - 3} more"
+                                                                    if len(cumulative) > 3 else "")
+    if located.framework == "torch":
+        counts = {int(np.asarray(located.weights.get(f"{layer}.num_batches_tracked", 0))) for layer in cumulative}
+        return [f"torch BatchNorm {shown} (momentum None) averages its running statistics over all {max(counts)} "
+                f"batches so far; paddle's BatchNorm weighs each new batch by its momentum and keeps no counter, so "
+                f"training on in paddle, or converting back, does not continue that average"]
+    return [f"torch BatchNorm {shown} (momentum None) averages its running statistics cumulatively, and its "
+            f"counter starts at 0 here (paddle keeps none): its first train-mode batch replaces the statistics"]
 
 
 def _training_entries(raw: Any, located: Located, target: str, dst_format: str, twins: ModelPair,
