@@ -231,7 +231,9 @@ def _read_paddle(state_dict: Mapping, names: Mapping[str, str], hyper: dict, ste
         if not (math.isclose(have, want, rel_tol=1e-5) or math.isclose(have, accumulated, rel_tol=1e-5)):
             raise OptimizerStateError(f"{where}: `{entry}` = {have:.9g} is not beta^(step+1) = {want:.9g} (nor "
                                       f"{accumulated:.9g}, that power multiplied out in {value.dtype}) for the "
-                                      f"recorded {step} steps; the step count cannot be carried over")
+                                      f"recorded {step} steps and beta {beta:g} of `{HYPER_KEY}`: the step count, "
+                                      f"or the beta the optimizer ran with, is not what is recorded, so the state "
+                                      f"cannot be carried over")
     if unknown:
         shown = ", ".join(f"`{k}`" for k in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise OptimizerStateError(f"{where}: optimizer entries {shown} belong to no parameter of the model or "
