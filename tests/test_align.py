@@ -252,6 +252,22 @@ def test_planted_momentum_shows_from_the_second_step(tmp_path, monkeypatch, dtyp
     assert any(not c.passed for c in moments)
 
 
+@pytest.mark.parametrize("beta", ["adam_beta1", "adam_beta2"])
+@pytest.mark.parametrize("source", ["torch", "paddle"])
+def test_a_planted_paddle_beta_is_a_drift_not_a_refused_checkpoint(tmp_path, monkeypatch, source, beta):
+    """paddle's running beta powers follow its own betas: they were held to the config's as a file's are, and align
+    stopped with a checkpoint error instead of its table."""
+    import paddle_impl.train as paddle_train
+
+    real = paddle_train.make_optimizer
+    monkeypatch.setattr(paddle_train, "make_optimizer", lambda model, config: real(model, config.replace(
+        **{beta: 0.89 if beta == "adam_beta1" else 0.99})))
+    report = run(pair_of(NON_LOCAL_RESNET, tmp_path), "adam", steps=3, source=source)
+    assert report.first_drift is not None and report.first_drift.step == 2  # Adam's first step takes no beta
+    assert any(not c.passed for c in report.final if c.category == "moment")
+    assert not report.passed
+
+
 def test_dropout_is_held_off_and_said(tmp_path):
     from crossattn.spec import resolve_spec
 

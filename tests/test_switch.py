@@ -331,3 +331,42 @@ def test_a_file_whose_param_groups_disagree_with_its_settings_is_refused():
     assert optimizer_state.read(content, "torch") is not None  # align's live optimizers: a drift to show
     group["eps"] = float(np.float32(1e-8))
     assert optimizer_state.read(content, "torch", settings_recorded=True).step == 3
+
+
+def _sgd_content(groups: list[dict], optimizer: str = "sgd", weight_decay: float = 0.0) -> dict:
+    hyper = {"optimizer": optimizer, "lr": 0.1, "weight_decay": weight_decay, "adam_beta1": 0.9, "adam_beta2": 0.999,
+             "adam_epsilon": 1e-8, "momentum": 0.9, "nesterov": False}
+    state = {"momentum_buffer": np.ones(2)} if optimizer == "sgd" else {"step": np.float32(3),
+                                                                           "exp_avg": np.zeros(2),
+                                                                           "exp_avg_sq": np.zeros(2)}
+    names = [f"w{i}" for i, _ in enumerate(groups)]
+    return {"optimizer": {"state": {i: dict(state) for i, _ in enumerate(groups)},
+                          "param_groups": [{"params": [i], **g} for i, g in enumerate(groups)]},
+            "step": 3, optimizer_state.NAMES_KEY: names, optimizer_state.HYPER_KEY: hyper}
+
+
+@pytest.mark.parametrize("groups, optimizer, decay, words", [
+    ([{"momentum": 0.9, "dampening": 0.5}], "sgd", 0.0, "dampening = 0.5"),
+    ([{"betas": (0.9, 0.999), "eps": 1e-8, "maximize": True}], "adam", 0.0, "maximize = True"),
+    ([{"betas": (0.9, 0.999), "eps": 1e-8, "amsgrad": True}], "adam", 0.0, "amsgrad = True"),
+    ([{"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1, "decoupled_weight_decay": True}], "adam", 0.1,
+     "decoupled_weight_decay = True and `optimizer_config` says False"),
+    ([{"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1, "decoupled_weight_decay": False}], "adamw", 0.1,
+     "decoupled_weight_decay = False and `optimizer_config` says True"),
+    ([{"momentum": 0.9, "lr": 0.1}, {"momentum": 0.9, "lr": 0.5}], "sgd", 0.0, "different learning rates (0.1, 0.5)"),
+])
+def test_a_torch_setting_paddle_cannot_follow_is_refused(groups, optimizer, decay, words):
+    """Dampening, maximize, Adam's decoupled decay recorded as adam, and two groups at two learning rates were
+    translated and verified; paddle's next step then differed from torch's by 0.4-1.5 of the update."""
+    with pytest.raises(optimizer_state.OptimizerStateError, match=re.escape(words)):
+        optimizer_state.read(_sgd_content(groups, optimizer, decay), "torch", settings_recorded=True)
+
+
+@pytest.mark.parametrize("groups, optimizer, decay", [
+    ([{"momentum": 0.9, "dampening": 0, "maximize": False, "lr": 0.02}, {"momentum": 0.9, "lr": 0.02}], "sgd", 0.0),
+    ([{"betas": (0.9, 0.999), "eps": 1e-8, "decoupled_weight_decay": True, "amsgrad": False}], "adam", 0.0),
+    ([{"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1, "decoupled_weight_decay": True}], "adamw", 0.1),
+])
+def test_settings_that_change_nothing_are_translated(groups, optimizer, decay):
+    """Without weight decay Adam and AdamW are one update; equal rates in several groups are one rate."""
+    assert optimizer_state.read(_sgd_content(groups, optimizer, decay), "torch", settings_recorded=True).step == 3

@@ -304,11 +304,12 @@ def step_arrays(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: np.
 
 def optimizer_record(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
                      step: int) -> optimizer_state.OptimizerState:
-    """The live optimizer's state as crossattn reads a checkpoint's."""
+    """The live optimizer's state as crossattn reads a checkpoint's (its own settings' traces not held to the
+    config's: align shows a differing setting as drift)."""
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     content = {"optimizer": optimizer.state_dict(), "step": step, optimizer_state.NAMES_KEY: names,
                optimizer_state.HYPER_KEY: optimizer_state.hyperparameters(config)}
-    return optimizer_state.read(optimizer_state.numpy_tree(content), FRAMEWORK)
+    return optimizer_state.read(optimizer_state.numpy_tree(content), FRAMEWORK, "the running optimizer", live=True)
 
 
 def load_optimizer_record(model: torch.nn.Module, optimizer: torch.optim.Optimizer,

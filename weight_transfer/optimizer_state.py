@@ -96,13 +96,15 @@ def _array(value: Any) -> np.ndarray:
 
 
 def read(content: Mapping[str, Any], framework: str, where: str = "checkpoint",
-         parameter_names: Any = None, settings_recorded: bool = False) -> OptimizerState | None:
+         parameter_names: Any = None, settings_recorded: bool = False, live: bool = False) -> OptimizerState | None:
     """The optimizer state of a training checkpoint's content; None when it holds none.
 
     `parameter_names` stands in for the checkpoint's own record (torch: the
     trainable parameters in optimizer order; paddle: structured name -> variable name).
     `settings_recorded`: a file from elsewhere, whose torch param_groups must agree with `optimizer_config` (align
     reads live optimizers, where a differing setting is a drift to show, not a file to refuse).
+    `live`: a running optimizer's state (align's), whose paddle beta powers are what its own betas made: they are
+    not held to `optimizer_config`'s, and a differing beta shows in the moments it drives.
     """
     if "optimizer" not in content:
         return None
@@ -123,9 +125,11 @@ def read(content: Mapping[str, Any], framework: str, where: str = "checkpoint",
     step = int(step)
     reader = _read_torch if framework == "torch" else _read_paddle
     if settings_recorded and framework == "torch" and isinstance(content["optimizer"], Mapping):
-        for group in content["optimizer"].get("param_groups", []):
+        groups = content["optimizer"].get("param_groups", [])
+        for group in groups:
             _group_agrees(group, hyper, where)
-    moments = reader(content["optimizer"], names, hyper, step, where)
+        _groups_agree(groups, where)
+    moments = reader(content["optimizer"], names, hyper, step, where, live)
     for moment, values in moments.items():
         bad = sorted(k for k, v in values.items() if np.issubdtype(v.dtype, np.number) and not np.isfinite(v).all())
         if bad:
@@ -155,7 +159,7 @@ def _valid_hyper(hyper: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _read_torch(state_dict: Mapping, names: Sequence[str], hyper: dict, step: int,
-                where: str) -> dict[str, dict[str, np.ndarray]]:
+                where: str, live: bool = False) -> dict[str, dict[str, np.ndarray]]:
     expected = MOMENTS[family(hyper["optimizer"])] if hyper["optimizer"] != "sgd" or hyper["momentum"] > 0 else ()
     indices = [i for group in state_dict.get("param_groups", []) for i in group["params"]]
     if len(indices) != len(names):
@@ -180,30 +184,58 @@ def _read_torch(state_dict: Mapping, names: Sequence[str], hyper: dict, step: in
 
 def _group_agrees(group: Mapping, hyper: dict, where: str) -> None:
     """torch's own record of a parameter group's settings must be `optimizer_config`'s, the one translated (torch's
-    load_state_dict would apply the group's). The learning rate is left out: a schedule moves it."""
+    load_state_dict would apply the group's). The learning rate is left out: a schedule moves it (`_groups_agree`
+    holds the groups to one rate). A setting paddle's optimizer has no counterpart for is refused by name."""
+    adamw = hyper["optimizer"] == "adamw"
     if hyper["optimizer"] == "sgd":
         pairs = [("momentum", group.get("momentum"), hyper["momentum"]), ("nesterov", group.get("nesterov"),
                                                                         hyper["nesterov"])]
+        unmatched = [("dampening", group.get("dampening"), 0.0,
+                      "paddle's Momentum has no dampening: its velocity adds the whole gradient")]
     else:
         betas = group.get("betas") or (None, None)
         pairs = [("betas[0]", betas[0], hyper["adam_beta1"]), ("betas[1]", betas[1], hyper["adam_beta2"]),
                  ("eps", group.get("eps"), hyper["adam_epsilon"])]
+        if hyper["weight_decay"] > 0:  # without decay, Adam and AdamW are the same update
+            pairs.append(("decoupled_weight_decay", group.get("decoupled_weight_decay"), adamw))
+        unmatched = [("amsgrad", group.get("amsgrad"), False, "paddle's Adam keeps no AMSGrad maxima")]
     pairs.append(("weight_decay", group.get("weight_decay"), hyper["weight_decay"]))
+    unmatched.append(("maximize", group.get("maximize"), False, "paddle's optimizers only minimise"))
+    for name, held, wanted, why in unmatched:
+        if held is not None and not _same_setting(held, wanted):
+            raise OptimizerStateError(f"{where}: the optimizer's param_groups hold {name} = {held!r}, which "
+                                      f"crossattn cannot carry over ({why}); its state is not translated (a "
+                                      f".safetensors or .npz destination takes the weights alone)")
     for name, held, wanted in pairs:
-        if held is None:
-            continue
-        if isinstance(wanted, bool) and bool(held) == wanted:
-            continue
-        if not isinstance(wanted, bool) and isinstance(held, (int, float, np.number)) and \
-                math.isclose(float(held), wanted, rel_tol=1e-6, abs_tol=1e-12):
+        if held is None or _same_setting(held, wanted):
             continue
         raise OptimizerStateError(f"{where}: the optimizer's param_groups hold {name} = {held!r} and "
                                   f"`{HYPER_KEY}` says {wanted!r}; which one the run used cannot be told, so "
                                   f"its state is not carried over")
 
 
+def _same_setting(held: Any, wanted: Any) -> bool:
+    if isinstance(wanted, bool):
+        return isinstance(held, (bool, np.bool_, int)) and bool(held) == wanted
+    return not isinstance(held, bool) and isinstance(held, (int, float, np.number)) and \
+        math.isclose(float(held), wanted, rel_tol=1e-6, abs_tol=1e-12)
+
+
+def _groups_agree(groups: Sequence[Mapping], where: str) -> None:
+    """One learning rate for every group: the translated state has one (`optimizer_config.lr`, moved by one
+    schedule), and paddle's optimizer applies one to all its parameters."""
+    rates = [group.get("lr") for group in groups]
+    numbers = [float(r) for r in rates if isinstance(r, (int, float, np.number)) and not isinstance(r, bool)]
+    if len(numbers) > 1 and not all(math.isclose(r, numbers[0], rel_tol=1e-9, abs_tol=0.0) for r in numbers):
+        shown = ", ".join(f"{r:g}" for r in numbers[:5])
+        raise OptimizerStateError(f"{where}: the optimizer's {len(numbers)} param_groups train at different "
+                                  f"learning rates ({shown}); crossattn translates one optimizer with one rate, so "
+                                  f"its state is not carried over (a .safetensors or .npz destination takes the "
+                                  f"weights alone)")
+
+
 def _read_paddle(state_dict: Mapping, names: Mapping[str, str], hyper: dict, step: int,
-                 where: str) -> dict[str, dict[str, np.ndarray]]:
+                 where: str, live: bool = False) -> dict[str, dict[str, np.ndarray]]:
     fam = family(hyper["optimizer"])
     expected = MOMENTS[fam] if hyper["optimizer"] != "sgd" or hyper["momentum"] > 0 else ()
     by_var = {var: key for key, var in names.items()}
@@ -221,6 +253,8 @@ def _read_paddle(state_dict: Mapping, names: Mapping[str, str], hyper: dict, ste
         value = _array(value)
         if acc in wanted:
             moments[wanted[acc]][by_var[var]] = value
+            continue
+        if live:
             continue
         beta = hyper["adam_beta1"] if acc == "beta1_pow_acc" else hyper["adam_beta2"]
         have = float(value.reshape(-1)[0])
