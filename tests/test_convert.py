@@ -205,6 +205,19 @@ def test_entries_beside_weights_under_another_key_are_named_as_not_written(tiny,
     assert_same_state(load_native(tmp_path / "user.pdparams", "pdparams"), base["paddle"])
 
 
+def test_a_users_training_file_under_model_converts_its_weights_and_names_what_is_left(tiny, tmp_path):
+    """{model, optimizer, epoch} saved by a user's own loop (no `optimizer_config`): convert refused the whole file,
+    `--key model` too, where the same file under `state_dict` converted its weights."""
+    base = states(tiny)
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in base["torch"].items()},
+                "optimizer": {"state": {}, "param_groups": []}, "epoch": 3}, tmp_path / "user.pt")
+    report = convert(tmp_path / "user.pt", tmp_path / "user.pdparams", tiny)
+    assert report.passed
+    assert any("only the weights under `model` are written" in n and "`optimizer`, `epoch`" in n
+               and "no `optimizer_config` record" in n for n in report.notes), report.notes
+    assert_same_state(load_native(tmp_path / "user.pdparams", "pdparams"), base["paddle"])
+
+
 def test_explicit_prefix_and_a_prefix_that_is_not_everywhere(tiny, tmp_path):
     base = states(tiny)
     save_native(tmp_path / "bb.npz", "npz", {f"backbone.{k}": v for k, v in base["paddle"].items()})

@@ -235,15 +235,22 @@ def _training_entries(raw: Any, located: Located, target: str, dst_format: str, 
     """A training checkpoint's optimizer state, epoch and step, carried into a framework format."""
     if not isinstance(raw.content, Mapping):
         return {}
+    left = [str(k) for k in raw.content if k != located.key]
+    shown = ", ".join(f"`{k}`" for k in left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
     if located.key != "model" and located.key in raw.content:
-        left = [str(k) for k in raw.content if k != located.key]
         if left:
-            shown = ", ".join(f"`{k}`" for k in left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
             notes.append(f"only the weights under `{located.key}` are written; the file's other entries ({shown}) "
                          f"are not: an optimizer state is translated from crossattn's training checkpoints (weights "
                          f"under `model`, with `optimizer_config`), whose names and settings it knows")
         return {}
     if located.key != "model" or "optimizer" not in raw.content:
+        return {}
+    unrecorded = [k for k in (optimizer_state.HYPER_KEY, optimizer_state.NAMES_KEY) if k not in raw.content]
+    if unrecorded:
+        notes.append(f"only the weights under `model` are written; the file's other entries ({shown}) are not: it "
+                     f"has no `{unrecorded[0]}` record (it was not written by crossattn's training loop), so which "
+                     f"parameter each optimizer moment belongs to and the settings it was made with cannot be told "
+                     f"for the other framework")
         return {}
     if dst_format not in FRAMEWORKS or located.framework == target:
         notes.append(f"the source's optimizer state is not written: {dst_format} holds the weights only"
