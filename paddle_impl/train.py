@@ -268,7 +268,8 @@ class Trainer:
     def save(self, path: str, epoch: int, step: int) -> None:
         payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch,
                    "step": step, "framework": FRAMEWORK, optimizer_state.NAMES_KEY: self.parameter_names(),
-                   optimizer_state.HYPER_KEY: optimizer_state.hyperparameters(self.config)}
+                   optimizer_state.HYPER_KEY: optimizer_state.hyperparameters(self.config),
+                   optimizer_state.LR_KEY: float(self.optimizer.get_lr())}
         if self.scaler is not None:
             payload["scaler"] = self.scaler.state_dict()
         paddle.save(payload, path)

@@ -370,3 +370,33 @@ def test_a_torch_setting_paddle_cannot_follow_is_refused(groups, optimizer, deca
 def test_settings_that_change_nothing_are_translated(groups, optimizer, decay):
     """Without weight decay Adam and AdamW are one update; equal rates in several groups are one rate."""
     assert optimizer_state.read(_sgd_content(groups, optimizer, decay), "torch", settings_recorded=True).step == 3
+
+
+@pytest.mark.parametrize("source", ["torch", "paddle"])
+def test_a_converted_checkpoint_keeps_the_rate_its_last_step_took(spec_file, base_config, data, tmp_path, source):
+    """torch -> paddle -> torch gave back the schedule's peak rate in param_groups (0.05 for 0.01415): torch's own
+    load_state_dict and a scheduler of the user's then trained at the wrong rate."""
+    import cli
+
+    config = base_config.replace(**OPTIMIZERS["sgd"], schedule="cosine")
+    run_dir = tmp_path / "run"
+    runner.train(spec_file, config, source, "cpu", run_dir, log=quiet, stop_after=1, datasets=data)
+    checkpoint = next((run_dir / "checkpoints").iterdir())
+    target = "paddle" if source == "torch" else "torch"
+    there = checkpoint.with_suffix(".pdparams" if target == "paddle" else ".pt")
+    back = tmp_path / ("back" + checkpoint.suffix)
+    for src, dst in ((checkpoint, there), (there, back)):
+        result = CliRunner().invoke(cli.cli, ["convert", str(src), str(dst), "--spec", str(run_dir / "spec.yaml")])
+        assert result.exit_code == 0, result.output
+    files = {"torch": checkpoint if source == "torch" else there, "paddle": there if source == "torch" else checkpoint}
+    torch_file = torch.load(files["torch"], weights_only=True)
+    import paddle
+
+    paddle_file = paddle.load(str(files["paddle"]))
+    assert 0 < paddle_file["lr"] < config.lr  # a cosine schedule's value after one of two epochs
+    assert torch_file["lr"] == paddle_file["lr"]
+    assert all(group["lr"] == paddle_file["lr"] for group in torch_file["optimizer"]["param_groups"])
+    round_trip = torch.load(back, weights_only=True) if source == "torch" else paddle.load(str(back))
+    assert round_trip["lr"] == paddle_file["lr"]
+    if source == "torch":
+        assert all(group["lr"] == paddle_file["lr"] for group in round_trip["optimizer"]["param_groups"])

@@ -91,6 +91,9 @@ def native_optimizer_state(build: Callable[[str], torch.nn.Module],
     model = build(FRAMEWORK)
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     groups = make_optimizer(model, TrainConfig(**opt.hyper)).state_dict()["param_groups"]
+    if opt.lr is not None:  # the rate the last step took, where a scheduler of the user's goes on from
+        for group in groups:
+            group["lr"] = opt.lr
     return optimizer_state.torch_state_dict(opt, names, groups), names
 
 
@@ -260,7 +263,8 @@ class Trainer:
     def save(self, path: str, epoch: int, step: int) -> None:
         payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch,
                    "step": step, "framework": FRAMEWORK, optimizer_state.NAMES_KEY: self.parameter_names(),
-                   optimizer_state.HYPER_KEY: optimizer_state.hyperparameters(self.config)}
+                   optimizer_state.HYPER_KEY: optimizer_state.hyperparameters(self.config),
+                   optimizer_state.LR_KEY: float(self.optimizer.param_groups[0]["lr"])}
         if self.scaler is not None:
             payload["scaler"] = self.scaler.state_dict()
         torch.save(payload, path)

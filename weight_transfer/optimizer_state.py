@@ -53,6 +53,8 @@ HYPER_KEYS = ("optimizer", "lr", "weight_decay", "adam_beta1", "adam_beta2", "ad
 #: checkpoint entries written beside the framework's own optimizer state
 NAMES_KEY = "parameter_names"
 HYPER_KEY = "optimizer_config"
+#: the learning rate the checkpoint's last step took (a schedule moves it away from `optimizer_config.lr`)
+LR_KEY = "lr"
 
 
 class OptimizerStateError(CrossattnError):
@@ -68,6 +70,8 @@ class OptimizerState:
     framework: str
     #: neutral moment name -> {parameter key: array}; empty before the first step
     moments: dict[str, dict[str, np.ndarray]]
+    #: the learning rate the last step took (a schedule's value, not the config's peak); None where not recorded
+    lr: float | None = None
 
     @property
     def family(self) -> str:
@@ -137,7 +141,22 @@ def read(content: Mapping[str, Any], framework: str, where: str = "checkpoint",
                                       f"infinity; a run in that state has diverged, and carrying it over would "
                                       f"only move the damage (a .safetensors or .npz destination takes the "
                                       f"weights alone)")
-    return OptimizerState(hyper, step, framework, moments)
+    return OptimizerState(hyper, step, framework, moments, _current_lr(content, framework, where))
+
+
+def _current_lr(content: Mapping[str, Any], framework: str, where: str) -> float | None:
+    """The rate of the last step: the file's `lr` entry (crossattn's loops write it), else torch's first group's."""
+    value = content.get(LR_KEY)
+    if value is None and framework == "torch" and isinstance(content["optimizer"], Mapping):
+        groups = content["optimizer"].get("param_groups") or [{}]
+        value = groups[0].get("lr") if isinstance(groups[0], Mapping) else None
+    if value is None:
+        return None
+    value = _array(value).reshape(-1)[0] if not isinstance(value, (int, float)) else value
+    if isinstance(value, bool) or not np.isreal(value) or not math.isfinite(float(value)) or float(value) < 0:
+        raise OptimizerStateError(f"{where}: the learning rate recorded for the last step is {value!r}; expected a "
+                                  f"finite number, 0 or more")
+    return float(value)
 
 
 def _valid_hyper(hyper: dict[str, Any], where: str) -> dict[str, Any]:
@@ -302,7 +321,7 @@ def translate(state: OptimizerState, target_slots: Mapping[str, Slot], target_fr
             raise OptimizerStateError(f"{where}: {len(values) - len(moved)} `{moment}` tensor(s) have no "
                                       f"{target_framework} parameter to go to")
         moments[moment] = moved
-    return OptimizerState(dict(state.hyper), state.step, target_framework, moments)
+    return OptimizerState(dict(state.hyper), state.step, target_framework, moments, state.lr)
 
 
 # --------------------------------------------------------------------------- writing
@@ -368,8 +387,15 @@ def training_entries(content: Any, source: str, target: str, pair: Any, where: s
     module = importlib.import_module(f"{target}_impl.train")
     optimizer, names = module.native_optimizer_state(pair.build, state)
     notes.append(f"optimizer state ({state.hyper['optimizer']}, {state.step} steps) translated to {target}")
-    return {"optimizer": optimizer, "epoch": int(content.get("epoch", 0)), "step": state.step,
-            "framework": target, NAMES_KEY: names, HYPER_KEY: dict(state.hyper)}
+    if state.lr is None and target == "torch" and state.step > 0:
+        notes.append(f"the source records no learning rate for its last step, so torch's param_groups hold "
+                     f"`optimizer_config.lr` = {state.hyper['lr']:g}, the schedule's peak: crossattn's loop sets "
+                     f"each step's rate itself; a scheduler of your own should be re-created at step {state.step}")
+    entries = {"optimizer": optimizer, "epoch": int(content.get("epoch", 0)), "step": state.step,
+               "framework": target, NAMES_KEY: names, HYPER_KEY: dict(state.hyper)}
+    if state.lr is not None:
+        entries[LR_KEY] = state.lr
+    return entries
 
 
 def write_training_checkpoint(path: Path, fmt: str, tensors: Mapping[str, np.ndarray],
