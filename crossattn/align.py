@@ -381,14 +381,25 @@ def align(pair: Any, config: TrainConfig, settings: AlignSettings,
 
 
 def _functional_dropout(sides: dict[str, _Side]) -> list[str]:
-    """A note of the dropout calls held off, per framework, with their rates: a rate that differs is a
-    difference training would show, which align's held steps cannot."""
-    said = {fw_name: sorted({f"{key} (p={rate:g})" for key, rate in side.dropout_calls.held.items()})
-            for fw_name, side in sides.items()}
-    if not any(said.values()):
-        return []
-    return ["dropout called as a function held off (run as at inference): "
-            + "; ".join(f"{fw_name}: {', '.join(names) or 'none'}" for fw_name, names in said.items())]
+    """A note of the dropout calls, per framework, with their rates: plain dropout (a layer's or a function's)
+    takes the mask of a stream both frameworks share, so where it sits and how it scales are in the trajectories;
+    a rate of another kind that differs is a difference training would show, which align's held steps cannot."""
+    from crossattn.check import MASKED_KINDS
+    from crossattn.dropout_calls import layer_of
+
+    said = {fw_name: {"masked": set(), "held": set()} for fw_name in sides}
+    for fw_name, side in sides.items():
+        for key, rate in side.dropout_calls.held.items():
+            layer, kind = layer_of(key)
+            said[fw_name]["masked" if kind.split("#")[0] in MASKED_KINDS else "held"].add(f"{key} (p={rate:g})")
+    out = []
+    for how, text in (("masked", "plain dropout applied with the masks of one stream both frameworks share (the n-th "
+                                 "call the same mask)"),
+                      ("held", "dropout called as a function held off (run as at inference)")):
+        if any(said[fw][how] for fw in said):
+            out.append(f"{text}: " + "; ".join(f"{fw}: {', '.join(sorted(said[fw][how])[:5]) or 'none'}"
+                                               for fw in said))
+    return out
 
 
 def _truths(exact_state: dict[str, dict[str, np.ndarray]] | None, dst: str, src: str,

@@ -631,12 +631,27 @@ def _dropout_rates(pair: TwinPair, ref, got, tol: Tolerance, notes: list[str], t
     candidate = {_held_in_source_naming(name, oriented): rate for name, rate in getattr(got, "held_dropout", {}).items()}
     if not reference and not candidate:
         return []
-    functional = sorted(name for name in {*reference, *candidate} if layer_of(name)[1])
-    if train:
+    masked = sorted(name for name in {*reference, *candidate} if layer_of(name)[1].split("#")[0] in MASKED_KINDS)
+    held = [name for name in reference if name not in masked]
+    functional = sorted(name for name in {*reference, *candidate} if layer_of(name)[1] and name not in masked)
+    if masked:
+        counts = {pair.src_fw: sum(1 for n in reference if n in masked), pair.dst_fw: sum(1 for n in candidate
+                                                                                     if n in masked)}
+        notes.append(f"plain dropout applied with the mask of one stream both frameworks share (the n-th call's mask "
+                     f"the same array in both, scaled as each framework's dropout scales), so where it sits and how "
+                     f"it scales are compared like any op: "
+                     + ", ".join(f"`{layer_of(name)[0]}`" for name in masked[:3])
+                     + (f" and {len(masked) - 3} more" if len(masked) > 3 else "")
+                     + ("" if len(set(counts.values())) == 1 else
+                        f"; the two apply a different number of masks ({counts[pair.src_fw]} in {pair.src_fw}, "
+                        f"{counts[pair.dst_fw]} in {pair.dst_fw})")
+                     + ("" if train else "; called with dropout on in eval mode: such a model drops at inference"))
+    if held and train:
         notes.append(f"dropout held off (run as at inference: the identity, or paddle's downscale_in_infer scaling "
-                     f"by 1 - p) in both frameworks in train mode ({len(reference)} layer(s) or call(s)): its masks "
-                     f"come from each framework's own generator; each rate is compared, its train-mode scaling is not")
-    else:
+                     f"by 1 - p) in both frameworks in train mode ({len(held)} layer(s) or call(s): channel, alpha, "
+                     f"attention or recurrent dropout): its masks come from each framework's own generator; each "
+                     f"rate is compared, its train-mode scaling is not")
+    elif held:
         notes.append("dropout called as a function with dropout on in eval mode, held off and its rate compared: "
                      "such a model drops at inference")
     if functional:
@@ -665,9 +680,15 @@ def _dropout_rates(pair: TwinPair, ref, got, tol: Tolerance, notes: list[str], t
     return out
 
 
+#: the dropout kinds applied with the shared stream's mask (`torch_impl/paddle_impl.functional_dropout`)
+MASKED_KINDS = ("[dropout]", "[dropout(mode=downscale_in_infer)]")
+
+
 def _shared_draws_note(pair: TwinPair, ref, got) -> list[str]:
-    """What the step's random tensors were: the shared stream's values, in the order of the calls."""
-    drawn = {pair.src_fw: getattr(ref, "shared_draws", []), pair.dst_fw: getattr(got, "shared_draws", [])}
+    """What the step's random tensors were: the shared stream's values, in the order of the calls (dropout's own
+    masks are `_dropout_rates`' note)."""
+    drawn = {fw: [d for d in getattr(result, "shared_draws", []) if not d.endswith("[dropout]")]
+             for fw, result in ((pair.src_fw, ref), (pair.dst_fw, got))}
     if not any(drawn.values()):
         return []
     counts = ", ".join(f"{len(calls)} in {framework}" for framework, calls in drawn.items())

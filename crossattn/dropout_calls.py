@@ -1,13 +1,15 @@
-"""Dropout called as a function inside a forward, held off in a comparison step and recorded by its caller.
+"""Dropout in a comparison step: plain dropout masked alike in both frameworks, the rest held off; each call recorded.
 
-A dropout layer is held off by putting it in eval mode (the adapters'
-`set_train_mode`). A dropout called as a function (`F.dropout(x, p,
-training=self.training)`, attention's `dropout_p`) has no layer to switch: each
-framework's wrapper of those functions (`torch_impl.functional_dropout`,
-`paddle_impl.functional_dropout`) runs it as at inference instead and records
-it here, named by the layer whose forward made the call, so its rate is
-compared like a layer's. A call made with dropout on in an eval-mode step is
-recorded too: that model drops at inference, which the other may not.
+Plain (elementwise) dropout, a layer's call or a function's, takes the mask of
+the stream both frameworks share (`uniform`, named `layer[dropout]`), scaled as
+each framework scales, so where it sits and how it scales are compared. The
+other kinds (channel, alpha, attention, recurrent dropout) are held off: a
+layer by eval mode (the adapters' `set_train_mode`), a function call
+(`torch_impl.functional_dropout`, `paddle_impl.functional_dropout`) run as at
+inference. Every call is recorded here, named by the layer whose forward made
+it, so its rate is compared like a layer's. A call made with dropout on in an
+eval-mode step is recorded too: that model drops at inference, which the other
+may not.
 
 A random tensor drawn inside a forward (a hand-written DropPath's
 `bernoulli_` or `keep + rand` mask, noise) has no rate to compare and no

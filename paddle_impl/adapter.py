@@ -231,13 +231,16 @@ def _take_grads(model: nn.Layer, dtype: np.dtype) -> dict[str, np.ndarray]:
 
 
 def set_train_mode(model: nn.Layer, train: bool) -> dict[str, float]:
-    """Train or eval mode with dropout always off (identity): its masks come from each framework's own
-    generator, and no two frameworks draw the same. Returns each dropout layer so held, with its rate (an
-    attention layer's own dropout of its weights too, and a recurrent layer's between its layers: they have no
-    other train-mode behaviour)."""
+    """Train or eval mode. Plain dropout layers (no `axis`) stay in it: their call takes the mask of the stream
+    both frameworks share (under `held_dropout_calls`); the other dropout kinds are held off, as no two
+    frameworks draw their masks alike. Returns each dropout layer so held, with its rate (an attention layer's own
+    dropout of its weights too, and a recurrent layer's between its layers: they have no other train-mode
+    behaviour)."""
     model.train() if train else model.eval()
     held = {}
     for name, layer in model.named_sublayers():
+        if isinstance(layer, nn.Dropout) and layer.axis is None:
+            continue  # plain dropout: the shared stream's mask (`paddle_impl.functional_dropout`)
         if isinstance(layer, (nn.Dropout, nn.Dropout2D, nn.Dropout3D, nn.AlphaDropout)):
             layer.eval()
             held[name] = float(layer.p)

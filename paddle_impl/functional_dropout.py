@@ -1,4 +1,8 @@
-"""paddle's dropout functions run as at inference in a comparison step, each call recorded (`crossattn.dropout_calls`).
+"""paddle's dropout functions in a comparison step, each call recorded (`crossattn.dropout_calls`).
+
+Plain (elementwise) dropout is applied with the mask of the stream both
+frameworks share, as torch's twin is (`torch_impl.functional_dropout`); the
+other kinds run as at inference.
 
 paddle has no function mode, so within `held_dropout_calls` the functions are
 replaced on `paddle.nn.functional`, where a model's `F.dropout(...)` looks
@@ -18,9 +22,10 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import paddle
 import paddle.nn.functional as F
 
-from crossattn.dropout_calls import DropoutCalls
+from crossattn.dropout_calls import DropoutCalls, bernoulli
 from paddle_impl.shared_draws import shared_draws
 
 
@@ -60,6 +65,19 @@ def _kind(call: _Call, arguments: dict[str, Any]) -> str:
     return kind if mode == "upscale_in_train" else f"{kind}(mode={mode})"
 
 
+#: the kinds applied with the shared stream's mask: elementwise dropout in either of paddle's scaling modes
+MASKED = ("dropout", "dropout(mode=downscale_in_infer)")
+
+
+def masked_dropout(x: paddle.Tensor, rate: float, calls: DropoutCalls, upscale: bool) -> paddle.Tensor:
+    """x times the shared stream's keep mask (the array torch's twin takes), over 1 - p in paddle's
+    upscale_in_train mode (all zeros at p = 1), unscaled in downscale_in_infer's train mode."""
+    keep = 1.0 - rate
+    mask = bernoulli(calls.uniform("dropout", tuple(x.shape)), keep)
+    scale = (mask / keep if keep > 0 else mask * 0.0) if upscale else mask
+    return x * paddle.to_tensor(scale).astype(x.dtype)
+
+
 def _held(original: Callable, call: _Call, calls: DropoutCalls) -> Callable:
     signature = inspect.signature(original)
 
@@ -71,7 +89,10 @@ def _held(original: Callable, call: _Call, calls: DropoutCalls) -> Callable:
         rate = float(arguments[call.rate])
         if not arguments[call.training] or (call.needs_rate and rate <= 0):
             return original(*args, **kwargs)
-        calls.record(_kind(call, arguments), rate)
+        kind = _kind(call, arguments)
+        calls.record(kind, rate)
+        if kind in MASKED:
+            return masked_dropout(arguments["x"], rate, calls, kind == "dropout")
         arguments[call.training] = False
         return original(*bound.args, **bound.kwargs)
 

@@ -268,7 +268,7 @@ def test_a_planted_paddle_beta_is_a_drift_not_a_refused_checkpoint(tmp_path, mon
     assert not report.passed
 
 
-def test_dropout_is_held_off_and_said(tmp_path):
+def test_dropout_is_masked_alike_and_said(tmp_path):
     from crossattn.spec import resolve_spec
 
     spec = tmp_path / "mnist.yaml"
@@ -276,7 +276,8 @@ def test_dropout_is_held_off_and_said(tmp_path):
                     .replace("input_shape: [2, 1, 28, 28]", "input_shape: [2, 1, 28, 28]"))
     report = align(ModelPair.from_spec(load_spec(spec)), align_config(steps=2, **OPTIMIZERS["sgd"]),
                    AlignSettings(steps=2, batch_size=2))
-    assert any("dropout held off" in note for note in report.notes), report.notes
+    assert any("plain dropout applied with the masks of one stream both frameworks share" in note
+               for note in report.notes), report.notes
     assert report.first_drift is None
 
 

@@ -1,4 +1,5 @@
-"""Dropout in a user's pair: held off (identity) in train-mode steps in both frameworks, its rate compared."""
+"""Dropout in a user's pair: plain dropout applied in train-mode steps with a mask both frameworks share, the other
+kinds held off (identity); every rate compared."""
 
 from __future__ import annotations
 
@@ -39,15 +40,47 @@ def _cases(paddle_rate, dtype="float64"):
 def test_an_equal_pair_with_dropout_passes_in_train_mode(dtype):
     cases = _cases(0.5, dtype)
     assert len(cases) == 2 and all(c.passed for c in cases)
-    assert any("dropout held off (run as at inference" in note for note in cases[0].notes)
-    assert [c.tensor for c in cases[0].comparisons if c.category == "dropout"] == ["drop.p"]
+    assert any("plain dropout applied with the mask of one stream both frameworks share" in note and "`drop`" in note
+               for note in cases[0].notes), cases[0].notes
+    assert [c.tensor for c in cases[0].comparisons if c.category == "dropout"] == ["drop[dropout].p"]
+
+
+class PaddleDropoutMoved(paddle.nn.Layer):
+    """The planted port: dropout after the second layer instead of before it (the same rate and name)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.drop, self.fc2 = paddle.nn.Linear(12, 16), paddle.nn.Dropout(0.5), paddle.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.drop(self.fc2(paddle.nn.functional.relu(self.fc1(x))))
+
+
+class PaddleDropoutPastRelu(PaddleNet):
+    """Dropout before the ReLU: relu(m x / (1 - p)) = m relu(x) / (1 - p), the same function."""
+
+    def forward(self, x):
+        return self.fc2(paddle.nn.functional.relu(self.drop(self.fc1(x))))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("paddle_model, passes", [("PaddleDropoutMoved", False), ("PaddleDropoutPastRelu", True)])
+def test_where_a_dropout_sits_is_compared(paddle_model, passes, dtype):
+    """Held off on both sides, a dropout moved past a layer passed: masking 16 features or 4 outputs (biases
+    included) are different functions in training. Moved past a ReLU it is the same function, and passes."""
+    pair = ModelPair.from_factories(f"{__name__}:TorchNet", f"{__name__}:{paddle_model}", {}, input_shape=(4, 12))
+    cases = check_spec(pair, modes=("train",), dtype=dtype)
+    assert all(c.passed is passes for c in cases), [c.failures for c in cases]
+    if not passes:
+        assert {"output", "input.grad"} <= {c.tensor for c in cases[0].failures}
 
 
 @pytest.mark.parametrize("paddle_rate, said", [(0.3, "rate 0.3 vs reference 0.5"), (None, "dropout in torch only")])
 def test_a_different_rate_or_a_missing_dropout_fails(paddle_rate, said):
     first = _cases(paddle_rate)[0]  # torch -> paddle
-    assert [(c.tensor, c.passed) for c in first.failures] == [("drop.p", False)]
-    assert said in first.failures[0].note
+    rows = [c for c in first.failures if c.category == "dropout"]
+    assert [c.tensor for c in rows] == ["drop[dropout].p"] and said in rows[0].note
+    assert "output" in {c.tensor for c in first.failures}  # another rate keeps another mask, and scales otherwise
 
 
 class PaddleNamedOtherwise(paddle.nn.Layer):
@@ -75,7 +108,7 @@ def _renamed_cases(rates):
 def test_dropout_layers_a_structural_map_cannot_name_are_matched_in_order():
     cases = _renamed_cases((0.5,))
     assert len(cases) == 2 and all(c.passed for c in cases), [c.failures for c in cases]
-    assert any("matched in the order the models register or call them: `drop` -> `dropouts.0`" in n for n in cases[0].notes)
+    assert any("matched in the order the models register or call them: `drop[dropout]` -> `dropouts.0[dropout]`" in n for n in cases[0].notes)
 
 
 @pytest.mark.parametrize("rates, said", [((0.4,), "rate 0.4 vs reference 0.5"),

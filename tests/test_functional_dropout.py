@@ -1,4 +1,5 @@
-"""Dropout called as a function in a user's pair: held off in both frameworks, named by its layer, rate compared."""
+"""Dropout called as a function in a user's pair: plain dropout masked by a stream both frameworks share, the other
+kinds held off, each call named by its layer and its rate compared."""
 
 from __future__ import annotations
 
@@ -107,14 +108,16 @@ def test_a_different_rate_or_a_dropout_on_one_side_fails(paddle_args, row, said)
     first = check_spec(_pair({}, paddle_args), modes=("train",))[0]  # torch -> paddle
     failing = {c.tensor: c.note for c in first.failures}
     assert row in failing and said in failing[row], failing
-    assert all(c.category == "dropout" for c in first.failures)  # the outputs themselves agree
+    # another rate of plain dropout keeps another mask: the outputs differ too; attention dropout is held off
+    assert ("output" in failing) is (row == "blocks.0[dropout].p")
 
 
 def test_a_dropout_left_on_at_inference_on_one_side_fails_the_eval_case():
     """torch's `F.dropout(x, p)` defaults to training=True: the model drops at inference, paddle's does not."""
     cases = check_spec(_pair({"always": True}, {}), modes=("eval",))
     assert cases and not any(c.passed for c in cases)
-    assert all({c.tensor for c in case.failures} == {"blocks.0[dropout].p", "blocks.1[dropout].p"} for case in cases)
+    assert all({"blocks.0[dropout].p", "blocks.1[dropout].p", "output"} <= {c.tensor for c in case.failures}
+               for case in cases)
     assert any("drops at inference" in note for note in cases[0].notes)
 
 
@@ -149,8 +152,8 @@ def test_a_dropout_layer_against_a_dropout_function_is_matched_in_order(paddle_r
                                     {"torch": {}, "paddle": {"rate": paddle_rate}}, input_shape=(4, 6))
     first = check_spec(pair, modes=("train",))[0]
     assert first.passed is passes, first.failures
-    assert _rows(first) == {"drop.p": passes}
-    assert any("`drop` -> `(model)[dropout]`" in note for note in first.notes)
+    assert _rows(first) == {"drop[dropout].p": passes}
+    assert any("`drop[dropout]` -> `(model)[dropout]`" in note for note in first.notes)
 
 
 def test_paddle_channel_dropout_over_axes_0_and_1_is_torchs_dropout2d():
@@ -162,7 +165,8 @@ def test_paddle_channel_dropout_over_axes_0_and_1_is_torchs_dropout2d():
         PF.dropout(x, 0.5, training=False)
     assert calls.held == {"(model)[dropout2d]": 0.25, "(model)[dropout(mode=downscale_in_infer)]": 0.25}
     assert float(out.sum()) == x.size  # held: identity
-    assert float(scaled.max()) == pytest.approx(0.75)  # held as at paddle's inference in that mode
+    kept = scaled.numpy()  # plain dropout: the shared mask, unscaled in downscale_in_infer's train mode
+    assert set(kept.ravel().tolist()) == {0.0, 1.0} and 0.5 < kept.mean() < 1.0
     assert PF.dropout is original  # restored on leaving
 
 

@@ -227,13 +227,16 @@ def _take_grads(model: nn.Module, dtype: np.dtype) -> dict[str, np.ndarray]:
 
 
 def set_train_mode(model: nn.Module, train: bool) -> dict[str, float]:
-    """Train or eval mode with dropout always off (identity): its masks come from each framework's own
-    generator, and no two frameworks draw the same. Returns each dropout layer so held, with its rate (an
-    attention layer's own dropout of its weights too, and a recurrent layer's between its layers: they have no
-    other train-mode behaviour)."""
+    """Train or eval mode. Plain dropout layers stay in it: their call takes the mask of the stream both
+    frameworks share (under `comparison_calls`); the other dropout kinds are held off (identity), as no two
+    frameworks draw their masks alike. Returns each dropout layer so held, with its rate (an attention layer's own
+    dropout of its weights too, and a recurrent layer's between its layers: they have no other train-mode
+    behaviour)."""
     model.train(train)
     held = {}
     for name, module in model.named_modules():
+        if isinstance(module, nn.Dropout):
+            continue  # plain dropout: the shared stream's mask (`torch_impl.functional_dropout`)
         if isinstance(module, nn.modules.dropout._DropoutNd):
             module.eval()
             held[name] = float(module.p)
