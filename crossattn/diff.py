@@ -32,7 +32,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from crossattn.conventions import BN_MOMENTUM_TORCH, shared_bn_rule
-from crossattn.check import (Judge, _as64, _build, _in_source_naming, _inputs, bn_layers, bn_momentum_rows,
+from crossattn.check import (BuiltTwins, Judge, _as64, _build, _buffers_as_built, _in_source_naming, _inputs, as_pair,
+                             bn_layers, bn_momentum_rows,
                              few_values_per_channel, momenta_in_source_naming, param_grad_comparisons, prepare_pair,
                              probe_input, running_stat_comparisons, widened)
 from weight_transfer.transfer import map_layer_name
@@ -88,12 +89,16 @@ class DiffReport:
     #: detached or frozen on one side, differs here while every layer's output and gradients agree)
     param_grads: list[Comparison] = dataclasses.field(default_factory=list)
     rounding: list[str] = dataclasses.field(default_factory=list)  # known framework roundings, by layer
+    #: the pair's own buffers as each factory builds them (check's `[as built]` rows): the traced run gives both
+    #: models the source's value, so a wrong index or mask built by one factory shows only here
+    as_built: list[Comparison] = dataclasses.field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return (self.first_output is None and self.first_grad is None and self.forward is None
                 and self.backward is None and all(c.passed for c in self.end_to_end)
-                and all(c.passed for c in self.buffers) and all(c.passed for c in self.param_grads))
+                and all(c.passed for c in self.buffers) and all(c.passed for c in self.param_grads)
+                and all(c.passed for c in self.as_built))
 
     def to_json(self) -> dict:
         return {"title": self.title, "direction": self.direction, "mode": self.mode,
@@ -104,6 +109,7 @@ class DiffReport:
                 "end_to_end": [c.to_json() for c in self.end_to_end],
                 "buffers": [c.to_json() for c in self.buffers],
                 "param_grads": [c.to_json() for c in self.param_grads], "rounding": self.rounding,
+                "as_built": [c.to_json() for c in self.as_built],
                 "unmatched_reference": self.unmatched_reference, "unmatched_candidate": self.unmatched_candidate,
                 "layers": [{"layer": r.layer, "candidate": r.candidate, "output": r.output.to_json(),
                             "grad": r.grad.to_json() if r.grad else None,
@@ -314,7 +320,8 @@ def diff_spec(spec: Spec | ModelPair, direction: str = "torch->paddle", mode: st
     """Trace a pair (weights drawn in the source and transferred) and compare layer by layer."""
     tol = tol or tolerance_for(dtype)
     train = mode == "train"
-    pair = prepare_pair(spec, direction, dtype, seed, after_transfer)
+    built = BuiltTwins(as_pair(spec), dtype)
+    pair = prepare_pair(spec, direction, dtype, seed, after_transfer, built)
     x, cotangent = _inputs(pair.models, seed, dtype, probe)
     name_map = pair.models.layer_map(pair.src_fw, pair.dst_fw)
     ref, got, unfed = trace_pair(pair.src, pair.src_model, pair.dst, pair.dst_model, x, cotangent, train, name_map,
@@ -334,6 +341,7 @@ def diff_spec(spec: Spec | ModelPair, direction: str = "torch->paddle", mode: st
                         rounding=pair.models.conventions + _rewritten(ref, got, ref64, got64) + rows[7],
                         end_to_end=_end_to_end(judged, ref, unfed, ref64, unfed64))
     report.param_grads = param_grad_comparisons(pair, ref, got, ref64, got64, judged)
+    report.as_built = _buffers_as_built(pair, built, tol)
     if train:
         report.buffers = _buffers(ref, _in_source_naming(pair, got.state_after),
                                   _in_source_naming(pair, got.state_before), pair.src_slots, pair.src_fw,

@@ -113,6 +113,12 @@ def diff_table(report) -> str:
             lines.append(f"  DIFF {c.tensor}: norm rel {_num(c.norm_rel)}, {c.score:.2g}x the allowed error")
         if len(failed_params) > SHOWN_PARAMS:
             lines.append(f"  ... and {len(failed_params) - SHOWN_PARAMS} more (--json lists all)")
+    failed_built = [c for c in getattr(report, "as_built", []) if not c.passed]
+    if getattr(report, "as_built", []):
+        lines.append(f"buffers as each factory builds them: {len(report.as_built) - len(failed_built)} of "
+                     f"{len(report.as_built)} agree")
+        for c in failed_built:
+            lines.append(f"  DIFF {c.tensor}: {c.note.split(';')[0] if c.note else 'norm rel ' + _num(c.norm_rel)}")
     if report.unmatched_reference:
         lines.append("reference layers without a match: " + ", ".join(report.unmatched_reference))
     if report.unmatched_candidate:
@@ -133,6 +139,10 @@ def diff_table(report) -> str:
     if report.forward is None and report.backward is None and not failed_buffers and any(
             not c.passed for c in report.end_to_end):
         lines.append("the end-to-end result differs although no layer does: code outside every traced layer")
+    if failed_built:
+        lines.append(f"the factories build `{failed_built[0].tensor.removesuffix(' [as built]')}` differently: the "
+                     f"traced run gives both models the source's value, so no layer differs here; the model built "
+                     f"by the candidate's factory runs with its own")
     if (report.forward is None and report.backward is None and report.first_output is None
             and report.first_grad is None and failed_params):
         lines.append(f"the gradient of `{failed_params[0].tensor.removesuffix('.grad')}` differs although every "

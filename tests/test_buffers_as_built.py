@@ -76,3 +76,20 @@ def test_a_buffer_built_differently_fails_in_both_directions(dtype, paddle_args,
     assert cases and not any(c.passed for c in cases)
     for case in cases:
         assert [c.tensor for c in case.failures if c.tensor.endswith("[as built]")] == [wrong]
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_diff_names_a_buffer_one_factory_builds_wrong(mode):
+    """check failed the pair on its `[as built]` rows; diff, which also runs both models with the source's value,
+    said "no layer diverges" and exited 0."""
+    from crossattn.diff import diff_spec
+    from crossattn.report import diff_table
+
+    wrong = diff_spec(_pair(offset=N), mode=mode)
+    assert not wrong.passed
+    assert [c.tensor for c in wrong.as_built if not c.passed] == ["index [as built]"]
+    text = diff_table(wrong)
+    assert "the factories build `index` differently" in text and "no layer diverges" not in text
+    assert wrong.to_json()["as_built"][0]["passed"] is False
+    right = diff_spec(_pair(), mode=mode)
+    assert right.passed and all(c.passed for c in right.as_built) and "no layer diverges" in diff_table(right)
