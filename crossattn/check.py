@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from crossattn.compare import Comparison, compare, judge
-from crossattn.conventions import BN_MOMENTUM_TORCH, replay_running_stats, same_bn_update, shared_bn_rule
+from crossattn.conventions import BN_MOMENTUM_TORCH, KEPT_CAST as KEPT, replay_running_stats, same_bn_update, shared_bn_rule
 from crossattn.dropout_calls import MODEL, layer_of
 from crossattn.frameworks import adapter
 from crossattn.errors import CrossattnError, ForwardError
@@ -602,6 +602,12 @@ def _check_case(spec: ModelPair, pair: TwinPair, mode: str, tol: Tolerance, seed
     comparisons += param_grad_comparisons(pair, ref, got, ref64, got64, judged)
     notes: list[str] = list(pair.models.conventions)
     rounded = sorted({r for result in (ref, got, ref64, got64) for r in getattr(result, "rounded", ())})
+    kept = [r.removeprefix(KEPT) for r in rounded if r.startswith(KEPT)]
+    rounded = [r for r in rounded if not r.startswith(KEPT)]
+    if kept:
+        notes.append(f"the model's own casts of float64 tensors to float32 kept in float64 in the float64 steps "
+                     f"(at the float32 users run they do nothing; in float64 they rounded one side only): "
+                     + ", ".join(kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else ""))
     if rounded:
         notes.append(f"torch's calls given the float32 values paddle applies (`torch_impl.comparison_calls`): "
                      f"{', '.join(rounded)}")

@@ -90,3 +90,7 @@ def bn_stats_update(rule: str, new_weight: float) -> tuple[float, float, bool]:
         keep = float(np.float32(1.0 - new_weight))
         return keep, 1.0 - keep, False
     raise ValueError(f"bn_stats rule {rule!r} has no shared update; expected one of {BN_STATS_RULES[:2]}")
+
+#: the marker of a model's own cast to float32 that a float64 comparison step kept in float64, among a step's
+#: `rounded` records (`torch_impl.float64_casts`, `paddle_impl.float64_casts`; check notes them apart)
+KEPT_CAST = "float64 kept: "

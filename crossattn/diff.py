@@ -36,6 +36,7 @@ from crossattn.check import (BuiltTwins, Judge, _as64, _build, _buffers_as_built
                              bn_layers, bn_momentum_rows,
                              few_values_per_channel, momenta_in_source_naming, param_grad_comparisons, prepare_pair,
                              probe_input, running_stat_comparisons, widened)
+from crossattn.conventions import KEPT_CAST
 from weight_transfer.transfer import map_layer_name
 from crossattn.compare import Comparison
 from crossattn.errors import CrossattnError
@@ -358,11 +359,15 @@ def _rewritten(*traces: LayerTrace | None) -> list[str]:
     """The calls a torch trace gave paddle's float32 values, and the dropout calls a trace held off, as notes
     (none when nothing was changed)."""
     rounded = sorted({r for trace in traces if trace is not None for r in trace.rounded})
+    kept = [r.removeprefix(KEPT_CAST) for r in rounded if r.startswith(KEPT_CAST)]
+    rounded = [r for r in rounded if not r.startswith(KEPT_CAST)]
     held = sorted({f"{key} (p={rate:g})" for trace in traces if trace is not None
                    for key, rate in trace.held_dropout.items()})
     return ([f"torch's calls given the float32 values paddle applies (`torch_impl.comparison_calls`): "
              f"{', '.join(rounded)}"] if rounded else []) + \
-        ([f"dropout called as a function held off (run as at inference): {', '.join(held)}"] if held else [])
+        ([f"the model's own casts of float64 tensors to float32 kept in float64: {', '.join(kept)}"] if kept else []) + \
+        ([f"dropout calls (plain dropout masked by the shared stream, the rest held off as at inference): "
+          f"{', '.join(held)}"] if held else [])
 
 
 def transfer_by_name_map(ref_fw: str, ref_model, got_fw: str, got_model, name_map: Mapping[str, str]):

@@ -17,6 +17,7 @@ from paddle.nn.layer.rnn import RNNBase
 from crossattn.dropout_calls import DropoutCalls
 from crossattn.errors import CrossattnError, TransferError, forward_of
 from crossattn.tracing import LayerTrace, call_key
+from paddle_impl.float64_casts import float64_kept
 from paddle_impl.functional_dropout import held_dropout_calls
 from paddle_impl.layers import ZERO_INIT_ATTR
 from weight_transfer.slots import Slot, join, state_problems, with_aliases
@@ -35,7 +36,8 @@ class StepResult:
     state: dict[str, np.ndarray]
     #: per BatchNorm, per call: (batch mean, biased batch variance, values per channel)
     bn_batches: dict[str, list[tuple[np.ndarray, np.ndarray, int]]]
-    #: constants given the float32 value paddle applies: none here (the torch twin's field)
+    #: the model's own casts to float32 a float64 step kept in float64 (`paddle_impl.float64_casts`); the torch
+    #: twin's field also holds the constants it gave paddle's float32 values
     rounded: list[str] = dataclasses.field(default_factory=list)
     #: dropout held off, with its rates: layers in a train-mode step (`set_train_mode`), and in any step dropout
     #: called as a function with dropout on (`paddle_impl.functional_dropout`)
@@ -202,11 +204,14 @@ def dropout_calls(model: nn.Layer) -> DropoutCalls:
 
 
 def _forward_backward(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], np.ndarray],
-                      dropouts: DropoutCalls | None = None) -> tuple[paddle.Tensor, paddle.Tensor]:
-    """Forward `x`, then backward sum(output * cotangent); returns (input, output) tensors. Dropout called as a
-    function is held off (into `dropouts`)."""
+                      dropouts: DropoutCalls | None = None,
+                      kept: set[str] | None = None) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """Forward `x`, then backward sum(output * cotangent); returns (input, output) tensors. Dropout is masked
+    alike or held (into `dropouts`); in a float64 step the model's own casts to float32 are kept in float64
+    (into `kept`: `paddle_impl.float64_casts`)."""
     inputs = paddle.to_tensor(np.ascontiguousarray(x), stop_gradient=False)
-    with held_dropout_calls(DropoutCalls() if dropouts is None else dropouts), _recurrent_for_backward(model):
+    with held_dropout_calls(DropoutCalls() if dropouts is None else dropouts), _recurrent_for_backward(model), \
+            float64_kept(set() if kept is None else kept, x.dtype == np.float64):
         with forward_of("paddle", x.shape):
             output = model(inputs)
     if not isinstance(output, paddle.Tensor):
@@ -281,15 +286,16 @@ def step(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]], 
     held = set_train_mode(model, train)
     batches: dict[str, list] = {}
     dropouts = dropout_calls(model)
+    kept: set[str] = set()
     handles = _bn_batch_hooks(model, batches) if train else []
     try:
-        inputs, output = _forward_backward(model, x, cotangent, dropouts)
+        inputs, output = _forward_backward(model, x, cotangent, dropouts, kept)
     finally:
         for handle in handles:
             handle.remove()
     grads = _take_grads(model, x.dtype)
     input_grad = inputs.grad.numpy() if inputs.grad is not None else np.zeros_like(x)
-    return StepResult(output.numpy(), input_grad, grads, _untrained_state(model), batches,
+    return StepResult(output.numpy(), input_grad, grads, _untrained_state(model), batches, sorted(kept),
                       held_dropout={**(held if train else {}), **dropouts.held},
                       shared_draws=list(dropouts.draws))
 
@@ -371,11 +377,13 @@ def trace(model: nn.Layer, x: np.ndarray, cotangent: Callable[[tuple[int, ...]],
     if train:  # registered after the feeding hooks: a fed BatchNorm records the statistics it normalised with
         handles += _bn_batch_hooks(model, record.bn_batches)
     dropouts = dropout_calls(model)
+    kept: set[str] = set()
     try:
-        inputs, output = _forward_backward(model, x, cotangent, dropouts)
+        inputs, output = _forward_backward(model, x, cotangent, dropouts, kept)
     finally:
         for handle in handles:
             handle.remove()
+    record.rounded = sorted(kept)
     record.held_dropout = dict(dropouts.held)
     record.output = output.numpy().copy()
     record.input_grad = inputs.grad.numpy().copy() if inputs.grad is not None else np.zeros_like(x)

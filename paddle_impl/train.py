@@ -29,6 +29,7 @@ from weight_transfer import optimizer_state
 from paddle_impl import adapter
 from paddle_impl.layers import apply_bn_stats, bilinear_resize
 from paddle_impl import finite
+from paddle_impl.float64_casts import float64_kept
 from paddle_impl.functional_dropout import held_dropout_calls
 
 FRAMEWORK = "paddle"
@@ -303,7 +304,8 @@ def step_arrays(model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer, x
                 lr: float, dropouts: DropoutCalls | None = None) -> float:
     """train_step on numpy inputs (`crossattn align`'s), dropout called as a function held off (into
     `dropouts`); the loss as a float."""
-    with held_dropout_calls(DropoutCalls() if dropouts is None else dropouts):
+    with held_dropout_calls(DropoutCalls() if dropouts is None else dropouts), \
+            float64_kept(set(), x.dtype == np.float64):
         loss, _ = train_step(model, optimizer, paddle.to_tensor(x), paddle.to_tensor(labels), lr)
     return float(loss.detach().astype("float64").item())
 

@@ -172,16 +172,17 @@ def test_paddle_channel_dropout_over_axes_0_and_1_is_torchs_dropout2d():
 
 def test_diff_notes_the_dropout_calls_it_held():
     report = diff_spec(_pair(), mode="train")
-    assert any("dropout called as a function held off" in note for note in report.rounding), report.rounding
+    assert any("dropout calls (plain dropout masked by the shared stream" in note and "[attention dropout]" in note
+               for note in report.rounding), report.rounding
 
 
-def test_align_holds_dropout_functions_in_both_frameworks_and_says_so():
+def test_align_masks_dropout_functions_alike_in_both_frameworks_and_says_so():
     from crossattn.align import AlignSettings, align
     from crossattn.training.config import TrainConfig
 
     report = align(_classifier_pair(), TrainConfig(), AlignSettings(steps=2, batch_size=4))
     assert report.passed, [row.worst for row in report.rows]
-    assert any("dropout called as a function held off" in note and "torch: (model)[dropout] (p=0.2)" in note
+    assert any("plain dropout applied with the masks of one stream" in note and "torch: (model)[dropout] (p=0.2)" in note
                and "paddle: (model)[dropout] (p=0.2)" in note for note in report.notes), report.notes
 
 

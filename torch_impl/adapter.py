@@ -203,7 +203,7 @@ def _forward_backward(model: nn.Module, x: np.ndarray, cotangent: Callable[[tupl
     constants paddle holds in float32 take that value (`torch_impl.paddle_constants`, noted in `rounded`), and
     dropout called as a function is held off (into `dropouts`)."""
     inputs = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
-    with comparison_calls(rounded, dropouts):
+    with comparison_calls(rounded, dropouts, float64=x.dtype == np.float64):
         with forward_of("torch", x.shape):
             output = model(inputs)
     if not torch.is_tensor(output):

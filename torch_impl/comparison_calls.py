@@ -4,8 +4,8 @@ Convolutions whose kernel choice is slow run in channels-last layout
 (`conv_layout`); calls whose constants paddle holds in float32 take those
 values (`paddle_constants`), float64 interpolation paddle's weights
 (`paddle_interpolate`) and float64 average pools (a local response norm's
-too) paddle's backward (`paddle_pool_grads`); dropout called as a function runs as at inference,
-recorded (`functional_dropout`); random tensors take the values of a stream both
+too) paddle's backward (`paddle_pool_grads`); a float64 step keeps the model's own casts to float32 in
+float64 (`float64_casts`); dropout is masked alike or held, recorded (`functional_dropout`); random tensors take the values of a stream both
 frameworks share (`shared_draws`). Everything else runs as the model wrote it.
 """
 
@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 
 from crossattn.dropout_calls import DropoutCalls
 from torch_impl.conv_layout import CONV2D, convolution
+from torch_impl.float64_casts import CASTS, kept_cast
 from torch_impl.functional_dropout import HELD_DROPOUT, dropout_call
 from torch_impl.paddle_constants import HELD_CALLS, held_call
 from torch_impl.paddle_interpolate import interpolate_as_paddle
@@ -27,12 +28,16 @@ from torch_impl.shared_draws import SHARED_DRAWS, shared_draw
 
 
 class _ComparisonCalls(TorchFunctionMode):
-    def __init__(self, rounded: set[str], dropouts: DropoutCalls) -> None:
+    def __init__(self, rounded: set[str], dropouts: DropoutCalls, float64: bool = False) -> None:
         super().__init__()
-        self.rounded, self.dropouts = rounded, dropouts
+        self.rounded, self.dropouts, self.float64 = rounded, dropouts, float64
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.float64 and func in CASTS:
+            kept = kept_cast(func, args, kwargs, self.rounded)
+            if kept is not None:
+                return kept
         if func in CONV2D:
             return convolution(func, args, kwargs)
         if func in HELD_CALLS:
@@ -51,9 +56,10 @@ class _ComparisonCalls(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def comparison_calls(rounded: set[str] | None = None, dropouts: DropoutCalls | None = None) -> Iterator[set[str]]:
-    """Within: the rewrites; `rounded` collects the constants given paddle's float32 values, `dropouts` the
-    dropout calls held off."""
+def comparison_calls(rounded: set[str] | None = None, dropouts: DropoutCalls | None = None,
+                     float64: bool = False) -> Iterator[set[str]]:
+    """Within: the rewrites; `rounded` collects the constants given paddle's float32 values (and, in a `float64`
+    step, the model's own casts to float32 kept in float64: `float64_casts`), `dropouts` the dropout calls."""
     rounded = set() if rounded is None else rounded
-    with _ComparisonCalls(rounded, DropoutCalls() if dropouts is None else dropouts):
+    with _ComparisonCalls(rounded, DropoutCalls() if dropouts is None else dropouts, float64):
         yield rounded

@@ -300,7 +300,7 @@ def step_arrays(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: np.
     holds in float32 take that value (`torch_impl.paddle_constants`), dropout called as a function is held off
     (into `dropouts`); the loss as a float."""
     device = next(model.parameters()).device
-    with comparison_calls(dropouts=dropouts):
+    with comparison_calls(dropouts=dropouts, float64=x.dtype == np.float64):
         loss, _ = train_step(model, optimizer, torch.from_numpy(x).to(device), torch.from_numpy(labels).to(device),
                              lr)
     return float(loss.detach().double())
