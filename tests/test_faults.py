@@ -7,6 +7,7 @@ Each fault must end in a clear message and exit status, keep every good file, an
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -351,3 +352,52 @@ def test_resume_of_a_finished_run_says_so(files, config, data, tmp_path):
     result = runner.resume_run(run, device="cpu", log=lines.append, datasets=data)
     assert any("has finished its 3 epochs" in line and "--epochs" in line for line in lines), lines
     assert [r["epoch"] for r in result.rows] == [1, 2, 3]
+
+
+def test_a_failed_fresh_run_in_a_folder_that_was_there_removes_only_what_it_wrote(files, config, data, tmp_path,
+                                                                                 monkeypatch):
+    """The failed run's clean-up removed the whole folder, with the user's own file beside it."""
+    import torch_impl.finite
+
+    monkeypatch.setattr(torch_impl.finite, "grads_finite", lambda model: False)
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(TrainingDiverged):
+        runner.train(files["spec"], config, "torch", "cpu", run, log=quiet, datasets=data)
+    assert run.is_dir() and list(run.iterdir()) == []  # the folder stays; what the run wrote is gone
+
+
+@pytest.mark.parametrize("planted", ["checkpoints/best_model.pth", "spec.yaml", "config.yaml"])
+def test_a_folder_holding_someone_elses_files_under_the_runs_names_is_refused(files, config, data, tmp_path,
+                                                                              planted):
+    """A `checkpoints` folder of the user's weights, or a spec.yaml of theirs, passed the check: the run then
+    overwrote the spec, and its failure removed the folder with the weights in it."""
+    run = tmp_path / "run"
+    (run / planted).parent.mkdir(parents=True, exist_ok=True)
+    (run / planted).write_text("mine")
+    with pytest.raises(CrossattnError, match="holds files crossattn did not write"):
+        runner.train(files["spec"], config, "torch", "cpu", run, log=quiet, datasets=data)
+    assert (run / planted).read_text() == "mine"
+
+
+@pytest.mark.parametrize("damage, words", [
+    ('{"framework": "torch",', "cannot read the run's record"),
+    ("[]", "holds a list, not the JSON object"),
+])
+def test_a_damaged_run_record_is_named(files, config, data, tmp_path, damage, words):
+    run = tmp_path / "run"
+    runner.train(files["spec"], config, "torch", "cpu", run, log=quiet, stop_after=1, datasets=data)
+    (run / "run.json").write_text(damage)
+    with pytest.raises(CrossattnError, match=re.escape(words)):
+        runner.resume_run(run, device="cpu", log=quiet, datasets=data)
+
+
+def test_damaged_metrics_are_named_and_change_nothing(files, config, data, tmp_path):
+    """The resume rewrote config.yaml and run.json before reading metrics.jsonl, then died in a traceback."""
+    run = tmp_path / "run"
+    runner.train(files["spec"], config, "torch", "cpu", run, log=quiet, stop_after=1, datasets=data)
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text()[:40])
+    before = {name: (run / name).read_bytes() for name in ("config.yaml", "run.json")}
+    with pytest.raises(CrossattnError, match=r"metrics.jsonl, line 1: not a JSON row"):
+        runner.resume_run(run, device="cpu", epochs=5, log=quiet, datasets=data)
+    assert {name: (run / name).read_bytes() for name in before} == before

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from crossattn.atomic import atomic_write_text
+from crossattn.errors import CrossattnError
 
 METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
                  "epoch_seconds", "images_per_second")
@@ -27,10 +28,28 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1,
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """One row per finished epoch; a damaged file is named with its line, not a traceback."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CrossattnError(f"{path}: cannot read the run's metrics ({exc})") from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise CrossattnError(f"{path}, line {number}: not a JSON row ({exc}); each line holds one finished "
+                                 f"epoch's metrics as crossattn writes them (restore the file, or remove the "
+                                 f"damaged lines and the epochs after them)") from None
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            raise CrossattnError(f"{path}, line {number}: expected a JSON object with a whole-number `epoch`")
+        rows.append(row)
+    return rows
 
 
 def _csv_text(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str:

@@ -127,8 +127,16 @@ def prepare(run_dir: str | os.PathLike, config_yaml: str, spec_path: str | os.Pa
         raise CrossattnError(f"run directory {run_dir} already holds a run; pass --resume {run_dir} to continue "
                              f"it, or choose another --run-dir")
     foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in OWN_FILES) if run_dir.is_dir() else []
-    if foreign or (run_dir / "config.yaml").exists() and "framework" not in read_info(run_dir):
-        shown = ", ".join(foreign[:5]) or "config.yaml"
+    checkpoints = run_dir / CHECKPOINT_DIR
+    if checkpoints.is_dir():  # a folder of that common name holding files of someone else's
+        foreign += sorted(f"{CHECKPOINT_DIR}/{p.name}" for p in checkpoints.iterdir())
+    elif checkpoints.exists():
+        foreign.append(CHECKPOINT_DIR)
+    ours = [name for name in ("config.yaml", "spec.yaml", "run.json") if (run_dir / name).exists()]
+    if ours and "framework" not in _info_or_empty(run_dir):  # not left by an interrupted crossattn run
+        foreign += ours
+    if foreign:
+        shown = ", ".join(foreign[:5])
         raise CrossattnError(f"run directory {run_dir} holds files crossattn did not write ({shown}); "
                              f"choose an empty or new --run-dir so nothing of yours is overwritten")
     created = not run_dir.exists()
@@ -144,19 +152,39 @@ def prepare(run_dir: str | os.PathLike, config_yaml: str, spec_path: str | os.Pa
     return run_dir
 
 
-@contextlib.contextmanager
-def removed_unless_started(run_dir: str | os.PathLike) -> Iterator[None]:
-    """Around a fresh run: a failure before its first epoch finished removes the folder it made.
+#: what a fresh run writes before its first epoch ends (`prepare`, the run loop); a failure then removes only these
+WRITTEN_FIRST = ("config.yaml", "spec.yaml", "run.json", "metrics.jsonl", "metrics.csv")
 
-    Such a folder holds no trained state, only the copies `prepare` wrote; leaving it would
+
+@contextlib.contextmanager
+def removed_unless_started(run_dir: str | os.PathLike, created: bool = True) -> Iterator[None]:
+    """Around a fresh run: a failure before its first epoch finished removes what the run wrote, and the folder
+    itself only where the run made it (`created`); a folder that was there stays, with anything else in it.
+
+    Such a run holds no trained state, only the copies `prepare` wrote; leaving them would
     make the next `train --run-dir` refuse the folder for holding a run.
     """
     try:
         yield
     except Exception:  # an interrupt keeps the folder: --resume continues it
-        if not list_checkpoints(run_dir) and not (Path(run_dir) / "metrics.jsonl").exists():
-            remove(run_dir)
+        run_dir = Path(run_dir)
+        if not list_checkpoints(run_dir) and not (run_dir / "metrics.jsonl").exists():
+            if created:
+                remove(run_dir)
+            else:
+                for name in WRITTEN_FIRST:
+                    (run_dir / name).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    (run_dir / CHECKPOINT_DIR).rmdir()  # only when empty
         raise
+
+
+def _info_or_empty(run_dir: Path) -> dict[str, Any]:
+    try:
+        info = read_info(run_dir)
+    except CrossattnError:
+        return {}
+    return info
 
 
 def write_info(run_dir: str | os.PathLike, info: dict[str, Any]) -> None:
@@ -164,8 +192,19 @@ def write_info(run_dir: str | os.PathLike, info: dict[str, Any]) -> None:
 
 
 def read_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """run.json's record ({} where there is none); a damaged one is named, not a traceback."""
     path = Path(run_dir) / "run.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CrossattnError(f"{path}: cannot read the run's record ({type(exc).__name__}: {exc}); expected the "
+                             f"JSON object crossattn writes (framework, spec, device, counts)") from None
+    if not isinstance(info, dict):
+        raise CrossattnError(f"{path}: holds a {type(info).__name__}, not the JSON object crossattn writes "
+                             f"(framework, spec, device, counts)")
+    return info
 
 
 def require_resumable(run_dir: str | os.PathLike) -> Path:

@@ -203,8 +203,9 @@ def train(spec_path: str | os.PathLike, config: TrainConfig, framework: str, dev
     module.check_amp(config.amp, module.resolve_device(device))
     info = {"framework": framework, "spec": spec.name, "spec_type": spec.type, "device_requested": device}
     datasets = datasets or load_datasets(config)  # missing data fails before the run directory exists
+    created = not Path(run_dir).exists()
     run = runs.prepare(run_dir, config.to_yaml(), spec_path, info)
-    with runs.removed_unless_started(run):
+    with runs.removed_unless_started(run, created):
         return _run(run, spec, config, framework, device, log, stop_after, datasets, resume=False)
 
 
@@ -270,11 +271,12 @@ def _run(run: Path, spec: Spec, config: TrainConfig, framework: str, device: str
                      "steps_per_epoch": per_epoch, "train_images": len(train_set), "test_images": len(test_set)})
         if config.channels_last:
             info["channels_last"] = module.CHANNELS_LAST_NOTE
+        if resume:  # read before anything of the run is rewritten: a damaged record changes nothing
+            rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["epoch"] <= first_epoch]
         runs.write_info(run, info)
         if resume:
             if persist_config:
                 atomic_write_text(run / "config.yaml", config.to_yaml())
-            rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["epoch"] <= first_epoch]
             log(f"resuming {run} after epoch {first_epoch} of {config.epochs}")
         log(f"{framework} on {trainer.device_name}: {spec.name}, {params:,} parameters, {macs / 1e6:.1f} M "
             f"multiply-adds per image, {len(train_set)} train / {len(test_set)} test images, {per_epoch} steps/epoch")
