@@ -133,7 +133,7 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
     --paddle-model, --input-shape and, where names differ, --name-map.
     Exit status 0 only if every tensor passes.
     """
-    from crossattn.atomic import atomic_write_text
+    from crossattn.atomic import write_output
     from crossattn.check import DIRECTIONS, MODES
     from crossattn.check_runner import CheckJob, run_checks, start_workers
     from crossattn.frameworks import require, require_installed
@@ -228,7 +228,7 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
         settings = {"dtype": dtype, "atol": tol.atol, "rtol": tol.rtol, "seed": seed,
                     "directions": list(directions), "modes": list(modes),
                     "probes": ["normal", *dict.fromkeys(p for job in jobs for p in job.probe_names)]}
-        atomic_write_text(json_path, to_json(cases, settings, [r.to_json() for r in layer_reports]))
+        write_output(json_path, to_json(cases, settings, [r.to_json() for r in layer_reports]), "--json")
         click.echo(f"wrote {json_path}")
     if passed != len(cases):
         sys.exit(1)
@@ -276,7 +276,7 @@ def diff_command(spec: str | None, direction: str, mode: str, single_step: bool,
     """
     import json
 
-    from crossattn.atomic import atomic_write_text
+    from crossattn.atomic import write_output
     from crossattn.diff import diff_pair
     from crossattn.report import diff_table
     from crossattn.tolerances import Tolerance, tolerance_for
@@ -298,7 +298,7 @@ def diff_command(spec: str | None, direction: str, mode: str, single_step: bool,
     report = diff_pair(pair, direction, mode, single_step, tol, seed, dtype, do_transfer, probe)
     click.echo(diff_table(report))
     if json_path:
-        atomic_write_text(json_path, json.dumps(report.to_json(), indent=2))
+        write_output(json_path, json.dumps(report.to_json(), indent=2), "--json")
         click.echo(f"wrote {json_path}")
     if not report.passed:
         sys.exit(1)

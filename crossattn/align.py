@@ -518,9 +518,6 @@ PLOT_HINT = "plot skipped: matplotlib is not installed; pip install 'crossattn[p
 
 def plot(report: AlignReport, path: Any) -> bool:
     """Both loss curves, and their difference and the parameters' norm-relative difference on a log axis."""
-    import os
-    from pathlib import Path
-
     try:
         import matplotlib
 
@@ -556,9 +553,10 @@ def plot(report: AlignReport, path: Any) -> bool:
     bottom.grid(alpha=0.3)
     figure.suptitle(f"{report.pair}: {src} vs {dst}, {report.config.optimizer}, {report.settings.dtype}")
     figure.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-    os.replace(tmp, path)
+    from crossattn.atomic import save_figure
+
+    try:
+        save_figure(figure, path, "--plot", dpi=120)
+    finally:
+        plt.close(figure)
     return True

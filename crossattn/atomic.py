@@ -59,3 +59,45 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         from crossattn.errors import CrossattnError
 
         raise CrossattnError(f"{path}: cannot write it ({exc.strerror or exc}); nothing was written") from None
+
+
+#: the files this process read as a command's input (resolved path -> what it was), so no output replaces one
+_INPUTS: dict[str, str] = {}
+
+
+def note_input(path: str | os.PathLike, what: str = "input") -> None:
+    """Record `path` as an input of the running command (specs, configs, model arguments, name maps, weights)."""
+    try:
+        _INPUTS.setdefault(str(Path(path).resolve()), what)
+    except (OSError, RuntimeError):
+        pass
+
+
+def refuse_input_as_output(path: str | os.PathLike, option: str) -> None:
+    """A user error when the output `option` names a file this command read: writing there would replace it."""
+    try:
+        resolved = str(Path(path).resolve())
+    except (OSError, RuntimeError):
+        return
+    if resolved in _INPUTS:
+        from crossattn.errors import CrossattnError
+
+        raise CrossattnError(f"{option} {path}: that is the {_INPUTS[resolved]} this command read; writing there "
+                             f"would replace it, so nothing was written: give {option} another path")
+
+
+def write_output(path: str | os.PathLike, text: str, option: str) -> Path:
+    """A command's report or proposal, written whole; never onto one of the command's own inputs."""
+    refuse_input_as_output(path, option)
+    return atomic_write_text(path, text)
+
+
+def save_figure(figure: object, path: str | os.PathLike, option: str = "--plot", dpi: int = 110) -> Path:
+    """A matplotlib figure as a PNG, written whole; a path that cannot be written is a user error naming it."""
+    refuse_input_as_output(path, option)
+    try:
+        return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi))
+    except OSError as exc:
+        from crossattn.errors import CrossattnError
+
+        raise CrossattnError(f"{option} {path}: cannot write it ({exc.strerror or exc}); nothing was written") from None

@@ -285,7 +285,7 @@ def plot(rows: Sequence[BenchRow], path: str | os.PathLike) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    from crossattn.atomic import atomic_write
+    from crossattn.atomic import save_figure
 
     labels = [f"{r.name}\n{'x'.join(map(str, r.input_shape))}" for r in rows]
     series = [(fw, what) for what in ("forward", "forward_backward") for fw in FRAMEWORKS
@@ -306,8 +306,10 @@ def plot(rows: Sequence[BenchRow], path: str | os.PathLike) -> bool:
     ax.set_title(f"crossattn bench ({rows[0].device}, {rows[0].dtype})" if rows else "crossattn bench")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    try:
+        save_figure(fig, path, "--plot", dpi=110)
+    finally:
+        plt.close(fig)
     return True
 
 

@@ -74,7 +74,7 @@ def align_command(spec: str | None, torch_model: str | None, paddle_model: str |
     own random draws).
     """
     from crossattn.align import PLOT_HINT, AlignSettings, align_config, plot, table
-    from crossattn.atomic import atomic_write_text
+    from crossattn.atomic import write_output
     from crossattn.tolerances import Tolerance, tolerance_for
 
     try:
@@ -108,7 +108,7 @@ def align_command(spec: str | None, torch_model: str | None, paddle_model: str |
     else:
         click.echo(table(report))
         if json_path:
-            atomic_write_text(json_path, json.dumps(report.to_json(), indent=2) + "\n")
+            write_output(json_path, json.dumps(report.to_json(), indent=2) + "\n", "--json")
             click.echo(f"wrote {json_path}")
     if plot_path:
         say(f"wrote {plot_path}" if plot(report, plot_path) else PLOT_HINT)

@@ -45,7 +45,7 @@ def bench_command(specs: tuple[str, ...], framework: str, device: str, batch: in
     import os
 
     from crossattn import bench
-    from crossattn.atomic import atomic_write_text
+    from crossattn.atomic import write_output
 
     jobs = _jobs(specs, framework, device, batch, bench.parse_size(size), dtype, repeat, warmup,
                  threads or os.cpu_count() or 1, torch_model, paddle_model, model_args, input_shape)
@@ -69,7 +69,7 @@ def bench_command(specs: tuple[str, ...], framework: str, device: str, batch: in
                    f"{'/'.join(map(str, info.get('load_average', [])))}; {repeat} timed calls after {warmup} "
                    f"warm-up; times: median (min-max) ms")
     if json_path and not quiet:
-        atomic_write_text(json_path, json.dumps(report, indent=2))
+        write_output(json_path, json.dumps(report, indent=2), "--json")
         click.echo(f"wrote {json_path}")
     if plot_path:
         if bench.plot(rows, plot_path):

@@ -45,7 +45,7 @@ def map_command(torch_model: str | None, paddle_model: str | None, model_args: s
     map, 1 a partial map (see its comments), 2 a mistake in the input.
     Takes the pair options every command takes; --input-shape is not needed.
     """
-    from crossattn.atomic import atomic_write_text
+    from crossattn.atomic import write_output
     from crossattn.model_pair import ModelPair
     from crossattn.name_mapping import propose_name_map
 
@@ -61,7 +61,7 @@ def map_command(torch_model: str | None, paddle_model: str | None, model_args: s
     proposal = propose_name_map(pair.slots("torch"), pair.slots("paddle"), strict=False)
     text = map_yaml(proposal.mapping, proposal.notes, proposal.ambiguous, torch_model, paddle_model)
     if output:
-        atomic_write_text(output, text)
+        write_output(output, text, "--output")
         for note in proposal.notes:
             click.echo(f"note: {note}")
         for item in proposal.ambiguous:

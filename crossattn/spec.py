@@ -19,6 +19,7 @@ from typing import Any
 
 
 
+from crossattn.atomic import note_input
 from crossattn.errors import CrossattnError, OptionError, SpecError, shown
 from crossattn.options import MAX_INT, Options, option_errors, parse_options
 
@@ -273,9 +274,11 @@ def read_text_file(path: str | Path, missing_hint: str, limit: int = MAX_YAML_BY
     if len(data) > limit:
         raise SpecError(file, None, None, f"is larger than {limit:,} bytes; a YAML file here is smaller")
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(file, None, None, f"is not UTF-8 text (byte {exc.start}); is it the right file?") from None
+    note_input(path, "YAML file")
+    return text
 
 
 def _check_depth(text: str, file: str) -> None:

@@ -78,3 +78,40 @@ def test_a_missing_framework_is_named_before_any_work(monkeypatch):
     result = CliRunner().invoke(cli.cli, ["check", "se_default", "eca_default"], standalone_mode=False)
     assert "needs paddle, which is not installed" in str(result.exception)
     assert "paddlepaddle" in str(result.exception)
+
+
+def test_an_output_onto_the_commands_own_input_is_refused(tmp_path):
+    """`check SPEC --json SPEC` replaced the spec with the report, and `map --model-args A -o A` the model
+    arguments with the name map; both exited 0."""
+    from crossattn.spec import resolve_spec
+
+    spec = tmp_path / "se.yaml"
+    spec.write_text(resolve_spec("se_default").read_text())
+    before = spec.read_bytes()
+    for command in (["check", str(spec), "--workers", "1", "--json", str(spec)],
+                    ["diff", str(spec), "--json", str(tmp_path / "." / "se.yaml")]):
+        result = CliRunner().invoke(cli.cli, command, standalone_mode=False)
+        assert "that is the YAML file this command read" in str(result.exception), result.output
+        assert spec.read_bytes() == before
+    result = CliRunner().invoke(cli.cli, ["check", str(spec), "--workers", "1", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0 and (tmp_path / "r.json").is_file()
+
+
+def test_a_plot_that_cannot_be_written_is_a_user_error_leaving_nothing(tmp_path):
+    """align's and the ablation's plots wrote a fixed temp name beside the target and raised the OSError."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pytest
+
+    from crossattn.atomic import save_figure
+    from crossattn.errors import CrossattnError
+
+    blocker = tmp_path / "a.pt"
+    blocker.write_text("a file, not a folder")
+    figure = plt.figure()
+    with pytest.raises(CrossattnError, match=r"--plot .*a.pt/x.png: cannot write it"):
+        save_figure(figure, blocker / "x.png")
+    plt.close(figure)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]

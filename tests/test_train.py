@@ -424,6 +424,20 @@ def test_ablation_refuses_to_mix_recipes(files, tmp_path):
                      device="cpu", log=lambda s: None)
 
 
+def test_an_ablation_whose_config_leaves_bn_stats_out_runs_again(files, tmp_path):
+    """The run records the BatchNorm rule it resolved; the recipe check compared it with the config's blank and
+    refused the folder the ablation had written itself, advising to delete it."""
+    from crossattn.training.ablation import run_ablation
+
+    config = tmp_path / "no_bn_stats.yaml"
+    config.write_text("\n".join(line for line in resolve_train_config("fast_cpu").read_text().splitlines()
+                                if not line.startswith("bn_stats")) + "\n")
+    ablation = _ablation_file(tmp_path, files["tiny"], [files["tiny_nl"]], config)
+    out = tmp_path / "out"
+    for _ in range(2):
+        run_ablation(ablation, "torch", out, epochs=1, device="cpu", log=lambda s: None)
+
+
 def test_resume_skips_a_damaged_newest_checkpoint(files, config, data, tmp_path):
     run = tmp_path / "run"
     runner.train(files["tiny"], config, "torch", "cpu", run, log=lambda s: None, stop_after=2, datasets=data)

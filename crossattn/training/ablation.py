@@ -123,6 +123,11 @@ def _check_same_recipe(job: Job, config: Any) -> None:
     if not (job.run_dir / "config.yaml").is_file():
         return
     stored = load_train_config(job.run_dir / "config.yaml")
+    if getattr(config, "bn_stats", None) is None:  # a run records the rule it resolved, as `train` resolves it
+        from crossattn.spec import load_spec
+        from crossattn.bn_stats import bn_stats_rule
+
+        config = config.replace(bn_stats=bn_stats_rule(config.bn_stats, load_spec(job.spec)))
     differ = [f.name for f in dataclasses.fields(config)
               if f.name not in _RECIPE_FREE and getattr(stored, f.name) != getattr(config, f.name)]
     spec_path = job.run_dir / "spec.yaml"
@@ -247,10 +252,12 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path) -> bool:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-    os.replace(tmp, path)
+    from crossattn.atomic import save_figure
+
+    try:
+        save_figure(figure, path, "the ablation's plot", dpi=120)
+    finally:
+        plt.close(figure)
     return True
 
 
