@@ -596,3 +596,22 @@ def test_a_cumulative_batch_norm_is_named_both_ways(tmp_path):
     assert any("counter starts at 0 here" in n for n in back.notes)
     plain = convert(tmp_path / "cum.pdparams", tmp_path / "plain.pt", tiny_twins())
     assert not any("momentum None" in n for n in plain.notes)
+
+
+@pytest.mark.parametrize("shape", ["doubling", "cycle"])
+def test_a_pickle_referring_to_one_dict_many_times_is_read_once(tiny, tmp_path, shape):
+    """A 700-byte .pdparams whose dicts each refer twice to the next took 2^depth visits (40 s and 2 GB at 21
+    levels); a dict holding itself recursed without end."""
+    import pickle
+
+    nested: dict = {"x": np.zeros(1, np.float32)}
+    if shape == "doubling":
+        for _ in range(40):
+            nested = {"a": nested, "b": nested}
+    else:
+        nested["self"] = nested
+    path = tmp_path / "bomb.pdparams"
+    path.write_bytes(pickle.dumps({"fc1.weight": np.zeros((2, 2), np.float32), "junk": nested}, protocol=4))
+    with pytest.raises(CrossattnError, match="found no mapping of names to tensors|mis-shaped|missing"):
+        convert(path, tmp_path / "out.pt", tiny)  # 2^40 visits would not return at all
+    assert not (tmp_path / "out.pt").exists()

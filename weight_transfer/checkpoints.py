@@ -275,12 +275,21 @@ class ArrayOnlyUnpickler(pickle.Unpickler):
                                     f"which a paddle state dict never does")
 
 
-def _unwrap_nested_tensors(value: Any) -> Any:
-    """paddle.save stores a tensor nested in a larger dict (a training checkpoint) as (name, array)."""
+def _unwrap_nested_tensors(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """paddle.save stores a tensor nested in a larger dict (a training checkpoint) as (name, array).
+
+    Each dict is rebuilt once however often the pickle refers to it (`memo`, by identity): a file of a few hundred
+    bytes can refer to one dict from two keys at every level, 2^depth visits without it, and to itself.
+    """
+    memo = {} if memo is None else memo
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], np.ndarray):
         return value[1]
     if isinstance(value, dict):
-        return type(value)((k, _unwrap_nested_tensors(v)) for k, v in value.items())
+        if id(value) in memo:
+            return memo[id(value)]
+        out = memo[id(value)] = {}
+        out.update((k, _unwrap_nested_tensors(v, memo)) for k, v in value.items())
+        return out
     return value
 
 
@@ -311,10 +320,15 @@ def _read_paddle(path: Path, trust_pickle: bool) -> RawCheckpoint:
         raise CheckpointError(f"{path}: malformed {PADDLE_SLICES} entry ({type(exc).__name__}: {exc})") from None
 
 
-def _paddle_bookkeeping_removed(content: Any) -> Any:
-    """Drop paddle.save's parameter-name table; join arrays it split for old pickle protocols."""
+def _paddle_bookkeeping_removed(content: Any, memo: dict[int, Any] | None = None) -> Any:
+    """Drop paddle.save's parameter-name table; join arrays it split for old pickle protocols (each dict once,
+    by identity, as in `_unwrap_nested_tensors`)."""
     if not isinstance(content, dict):
         return content
+    memo = {} if memo is None else memo
+    if id(content) in memo:
+        return memo[id(content)]
+    out = memo[id(content)] = {}
     content = dict(content)
     content.pop(PADDLE_NAME_TABLE, None)
     slices = content.pop(PADDLE_SLICES, None)
@@ -322,7 +336,8 @@ def _paddle_bookkeeping_removed(content: Any) -> Any:
         for key, info in slices.items():
             parts = [content.pop(part) for part in info["slices"]]
             content[key] = np.concatenate(parts).reshape(info["OriginShape"])
-    return {k: _paddle_bookkeeping_removed(v) for k, v in content.items()}
+    out.update((k, _paddle_bookkeeping_removed(v, memo)) for k, v in content.items())
+    return out
 
 
 def _torch_installed() -> bool:
