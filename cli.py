@@ -94,7 +94,7 @@ def validate_command(specs: tuple[str, ...]) -> None:
               help="Absolute tolerance (default: per dtype, see docs).")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v),
               help="Norm-relative tolerance (default: per dtype).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights and inputs.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of weights and inputs.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write every comparison to this JSON file.")
 @click.option("--full", is_flag=True, help="Print every tensor, not only the worst per case.")
@@ -250,7 +250,7 @@ def check_command(specs: tuple[str, ...], all_specs: bool, direction: str, mode:
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
 @click.option("--atol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--probe", type=click.Choice(["normal", "large", "positive", "negative", "resized"]),
               default="normal", show_default=True,
               help="The input: standard normal, or `check`'s large probe (both signs, one batch), or one sign "

@@ -52,7 +52,7 @@ def _finite(param: click.Parameter, value: float | None) -> float | None:
                    "[default: the spec's bn_stats, else torch].")
 @click.option("--atol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, callback=lambda c, p, v: _finite(p, v))
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights, inputs and labels.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the weights, inputs and labels.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the report as JSON ('-': to stdout).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,

@@ -34,7 +34,7 @@ FRAMEWORK_CHOICE = click.Choice(["torch", "paddle"])
                    "SRC, one with DST as written) on the spec's input and compare the outputs.")
 @click.option("--full-verify", is_flag=True,
               help="Verification also forwards both twins in float64 (slower, about twice the memory).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the verification input.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the verification input.")
 @click.option("--allow-nonfinite", is_flag=True, help="Convert weights holding NaN or infinite values anyway.")
 @click.option("--allow-lossy-cast", is_flag=True,
               help="Convert tensors whose cast to the model's dtype loses information (complex, out of range).")

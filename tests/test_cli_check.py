@@ -115,3 +115,11 @@ def test_a_plot_that_cannot_be_written_is_a_user_error_leaving_nothing(tmp_path)
         save_figure(figure, blocker / "x.png")
     plt.close(figure)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
+
+
+def test_a_negative_seed_is_refused_by_every_command_that_takes_one(tmp_path):
+    """numpy's `expected non-negative integer` ended check, diff, align and convert in a traceback."""
+    for command in (["check", "se_default"], ["diff", "se_default"], ["align", "se_default"],
+                    ["convert", str(tmp_path / "a.pt"), str(tmp_path / "b.pdparams"), "--spec", "se_default"]):
+        result = CliRunner().invoke(cli.cli, command + ["--seed", "-1"])
+        assert result.exit_code == 2 and "'--seed': -1 is not in the range x>=0" in result.output, result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import pickle
 import sys
 
@@ -615,3 +616,25 @@ def test_a_pickle_referring_to_one_dict_many_times_is_read_once(tiny, tmp_path, 
     with pytest.raises(CrossattnError, match="found no mapping of names to tensors|mis-shaped|missing"):
         convert(path, tmp_path / "out.pt", tiny)  # 2^40 visits would not return at all
     assert not (tmp_path / "out.pt").exists()
+
+
+@pytest.mark.parametrize("odd, words", [("meta", "on torch's meta device"), ("sparse", "sparse_coo tensor"),
+                                        ("int", None), ("negated", None)])
+def test_odd_torch_tensors_are_named_or_read_for_what_they_hold(tiny, tmp_path, odd, words):
+    """A meta, sparse or lazily negated tensor ended convert in a traceback, and an integer tensor for a float weight
+    converted with --no-verify but failed the verification's forward."""
+    base = {k: torch.from_numpy(v) for k, v in states(tiny)["torch"].items()}
+    key = next(k for k, v in base.items() if v.dim() == 4)
+    base[key] = {"meta": lambda t: t.to("meta"), "sparse": lambda t: t.to_sparse(),
+                 "int": lambda t: (t * 100).round().int(), "negated": lambda t: t.neg()._neg_view()}[odd](base[key])
+    torch.save(base, tmp_path / "odd.pt")
+    if words is not None:
+        with pytest.raises(CrossattnError, match=re.escape(words)):
+            convert(tmp_path / "odd.pt", tmp_path / "odd.pdparams", tiny)
+        assert not (tmp_path / "odd.pdparams").exists()
+        return
+    report = convert(tmp_path / "odd.pt", tmp_path / "odd.pdparams", tiny)
+    assert report.passed
+    written = load_native(tmp_path / "odd.pdparams", "pdparams")
+    expected = base[key].resolve_neg().double().numpy() if odd == "negated" else base[key].double().numpy()
+    assert np.array_equal(written[key].astype(np.float64), expected)

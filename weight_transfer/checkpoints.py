@@ -404,13 +404,25 @@ def to_numpy(value: Any, key: str, source: str) -> np.ndarray:
     """A numpy view of a tensor (no copy where the framework allows); numeric dtypes only."""
     if not isinstance(value, np.ndarray):
         torch = sys.modules.get("torch")
-        if torch is not None and isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16:
-            value = value.float()  # numpy has no bfloat16; every bfloat16 value is exact in float32
+        if torch is not None and isinstance(value, torch.Tensor):
+            if value.is_meta:
+                raise CheckpointError(f"{source}: tensor `{key}` is on torch's meta device: it has a shape and no "
+                                      f"values (saved from a model built without storage); save the trained "
+                                      f"model's state instead")
+            if value.layout != torch.strided:
+                raise CheckpointError(f"{source}: tensor `{key}` is a {str(value.layout).removeprefix('torch.')} "
+                                      f"tensor; save it dense (`.to_dense()`) first")
+            if value.is_conj() or value.is_neg():
+                value = value.resolve_conj().resolve_neg()  # a lazily conjugated or negated view: its values
+            if value.dtype == torch.bfloat16:
+                value = value.float()  # numpy has no bfloat16; every bfloat16 value is exact in float32
         try:
             value = value.detach().cpu().numpy()
         except TypeError as exc:  # float8 has no numpy dtype
             raise CheckpointError(f"{source}: tensor `{key}` has dtype {value.dtype}, which numpy cannot hold "
                                   f"({exc}); cast the checkpoint to float32 first") from None
+        except RuntimeError as exc:  # a tensor numpy cannot view in any other way
+            raise CheckpointError(f"{source}: tensor `{key}` cannot be read as an array ({exc})") from None
     if value.dtype.kind not in TENSOR_KINDS:
         raise CheckpointError(f"{source}: `{key}` holds a {value.dtype} array, not numbers")
     return value

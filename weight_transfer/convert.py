@@ -524,6 +524,9 @@ def _lazy_output(twins: ModelPair, framework: str, state: dict[str, np.ndarray],
 
 def _as_slot_dtype(value: np.ndarray, slot: Any) -> np.ndarray:
     value = np.asarray(value)
+    floating_slot = slot is not None and np.issubdtype(np.dtype(slot.dtype), np.floating)
+    if floating_slot and (np.issubdtype(value.dtype, np.integer) or value.dtype == np.bool_):
+        return value.astype(slot.dtype)  # an integer tensor the transfer cast for a float slot: so the reference
     if slot is None or not np.issubdtype(value.dtype, np.inexact):
         return value
     if np.iscomplexobj(value):  # only reached with --allow-lossy-cast: the transfer kept the real part too
