@@ -286,10 +286,12 @@ def _unwrap_nested_tensors(value: Any, memo: dict[int, Any] | None = None) -> An
         return value[1]
     if isinstance(value, dict):
         if id(value) in memo:
+            if memo[id(value)] is None:  # reached again inside itself
+                raise RecursionError("a dict that holds itself")
             return memo[id(value)]
-        out = memo[id(value)] = {}
-        out.update((k, _unwrap_nested_tensors(v, memo)) for k, v in value.items())
-        return out
+        memo[id(value)] = None
+        memo[id(value)] = {k: _unwrap_nested_tensors(v, memo) for k, v in value.items()}
+        return memo[id(value)]
     return value
 
 
@@ -327,8 +329,11 @@ def _paddle_bookkeeping_removed(content: Any, memo: dict[int, Any] | None = None
         return content
     memo = {} if memo is None else memo
     if id(content) in memo:
+        if memo[id(content)] is None:
+            raise RecursionError("a dict that holds itself")
         return memo[id(content)]
-    out = memo[id(content)] = {}
+    key = id(content)
+    memo[key] = None
     content = dict(content)
     content.pop(PADDLE_NAME_TABLE, None)
     slices = content.pop(PADDLE_SLICES, None)
@@ -336,8 +341,8 @@ def _paddle_bookkeeping_removed(content: Any, memo: dict[int, Any] | None = None
         for key, info in slices.items():
             parts = [content.pop(part) for part in info["slices"]]
             content[key] = np.concatenate(parts).reshape(info["OriginShape"])
-    out.update((k, _paddle_bookkeeping_removed(v, memo)) for k, v in content.items())
-    return out
+    memo[key] = {k: _paddle_bookkeeping_removed(v, memo) for k, v in content.items()}
+    return memo[key]
 
 
 def _torch_installed() -> bool:
@@ -657,8 +662,17 @@ def _write_torch(path: Path, tensors: Mapping[str, np.ndarray], framework: str, 
         import shutil
 
         free = shutil.disk_usage(path.parent).free
-        raise CheckpointError(f"{path}: cannot write it ({free / (1 << 20):,.1f} MiB free there; torch.save said: "
-                              f"{str(exc).strip().splitlines()[-1][:200]}); nothing was written") from None
+        raise CheckpointError(f"{_destination_of(path)}: cannot write it ({free / (1 << 20):,.1f} MiB free there; "
+                              f"torch.save said: {str(exc).strip().splitlines()[-1][:200]}); nothing was "
+                              f"written") from None
+
+
+def _destination_of(tmp: Path) -> Path:
+    """The file a temp name of `atomic_write` (`.NAME.XXXX.tmp`) stands for, for messages."""
+    name = tmp.name
+    if name.startswith(".") and name.endswith(".tmp") and name.count(".") >= 3:
+        return tmp.with_name(name[1:].rsplit(".", 2)[0])
+    return tmp
 
 
 def _write_paddle(path: Path, tensors: Mapping[str, np.ndarray], framework: str, spec_type: str) -> None:
@@ -684,9 +698,18 @@ def _write_paddle(path: Path, tensors: Mapping[str, np.ndarray], framework: str,
 def _write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], framework: str, spec_type: str) -> None:
     from safetensors.numpy import save_file
 
+    from safetensors import SafetensorError
+
     state = {k: _contiguous(v) for k, v in tensors.items()}
-    save_file(state, str(path), metadata={"framework": framework, "spec": spec_type,
-                                          METADATA_KEY: tensors_digest(state)})
+    try:
+        save_file(state, str(path), metadata={"framework": framework, "spec": spec_type,
+                                              METADATA_KEY: tensors_digest(state)})
+    except SafetensorError as exc:  # not an OSError: a full disk or a file-size limit reads as this
+        import shutil
+
+        free = shutil.disk_usage(path.parent).free
+        raise CheckpointError(f"{_destination_of(path)}: cannot write it ({free / (1 << 20):,.1f} MiB free there; "
+                              f"safetensors said: {str(exc).strip()[:200]}); nothing was written") from None
 
 
 def _write_npz(path: Path, tensors: Mapping[str, np.ndarray], framework: str, spec_type: str) -> None:

@@ -116,8 +116,12 @@ def transfer(source: Mapping[str, np.ndarray], source_framework: str, target_slo
         layout = rule.layout if rule else "same"
         converted = _convert(value, layout, slot.shape, target_framework)
         if tuple(converted.shape) != tuple(slot.shape):
+            laid_out = ""
+            if layout == "transpose" and len(slot.shape) == 2:  # both shapes as the source framework names them
+                laid_out = (f", which is {list(slot.shape[::-1])} in {source_framework}'s layout ({rule.why}): is the "
+                            f"source already in {target_framework}'s layout?")
             problems.append(f"mis-shaped `{source_key}`: {source_framework} shape {list(value.shape)}, "
-                            f"{target_framework} `{key}` expects {list(slot.shape)}")
+                            f"{target_framework} `{key}` expects {list(slot.shape)}{laid_out}")
             continue
         if layout == "transpose":
             report.transposed.append(key)
