@@ -58,7 +58,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     except OSError as exc:
         from crossattn.errors import CrossattnError
 
-        raise CrossattnError(f"{path}: cannot write it ({exc.strerror or exc}); nothing was written") from None
+        raise CrossattnError(f"{path}: cannot write it ({why_not_written(path, exc)}); nothing was written") from None
+
+
+def why_not_written(path: str | os.PathLike, exc: OSError) -> str:
+    """The reason a write failed, naming a file that stands where a folder of the path should be."""
+    for parent in Path(path).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+            break
+    return str(exc.strerror or exc)
 
 
 #: the files this process read as a command's input (resolved path -> what it was), so no output replaces one
@@ -100,4 +110,5 @@ def save_figure(figure: object, path: str | os.PathLike, option: str = "--plot",
     except OSError as exc:
         from crossattn.errors import CrossattnError
 
-        raise CrossattnError(f"{option} {path}: cannot write it ({exc.strerror or exc}); nothing was written") from None
+        raise CrossattnError(f"{option} {path}: cannot write it ({why_not_written(path, exc)}); nothing was "
+                             f"written") from None

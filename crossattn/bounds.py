@@ -38,7 +38,11 @@ class TooLarge(CrossattnError):
 
 
 def gib(n: float) -> str:
-    return f"{n / (1 << 30):,.1f} GiB"
+    """A byte count in GiB, or in MiB / KiB / bytes where GiB would round to 0.0."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= (1 << shift) / 10:
+            return f"{n / (1 << shift):,.1f} {unit}"
+    return f"{int(n):,} bytes"
 
 
 def memory_budget() -> int:

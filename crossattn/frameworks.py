@@ -29,6 +29,11 @@ def require(framework: str) -> ModuleType:
             warnings.filterwarnings("ignore", message="No ccache found")
             module = importlib.import_module(_MODULES[framework])
     except ImportError as exc:
+        if _installed(_MODULES[framework]):  # present but broken: a missing library, a half-finished import
+            raise FrameworkMissing(
+                f"this command needs {framework}, which is installed but failed to import ({exc}); an import cut "
+                f"short (Ctrl-C) leaves that behind for this process only: run the command again, and if it "
+                f"fails the same way, reinstall it ({_HINTS[framework]})") from None
         raise FrameworkMissing(
             f"this command needs {framework}, which is not installed ({exc}); install it with: "
             f"{_HINTS[framework]}"
@@ -37,6 +42,15 @@ def require(framework: str) -> ModuleType:
         # paddle repeats at every train-mode BatchNorm call that it tracks global statistics (it always has)
         warnings.filterwarnings("ignore", message="When training, we now always track global mean and variance")
     return module
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def adapter(framework: str) -> ModuleType:

@@ -123,3 +123,33 @@ def test_a_negative_seed_is_refused_by_every_command_that_takes_one(tmp_path):
                     ["convert", str(tmp_path / "a.pt"), str(tmp_path / "b.pdparams"), "--spec", "se_default"]):
         result = CliRunner().invoke(cli.cli, command + ["--seed", "-1"])
         assert result.exit_code == 2 and "'--seed': -1 is not in the range x>=0" in result.output, result.output
+
+
+def test_small_memory_figures_and_a_file_in_the_path_are_said_plainly(tmp_path):
+    """`needs about 0.0 GiB, more than the 0.0 GiB`, and `File exists` for a parent that is a file."""
+    import pytest
+
+    from crossattn.atomic import atomic_write_text
+    from crossattn.bounds import gib
+    from crossattn.errors import CrossattnError
+
+    assert (gib(61_440), gib(1024), gib(3 << 30), gib(12)) == ("60.0 KiB", "1.0 KiB", "3.0 GiB", "12 bytes")
+    (tmp_path / "a.pt").write_text("x")
+    with pytest.raises(CrossattnError, match=r"a.pt is a file, not a folder"):
+        atomic_write_text(tmp_path / "a.pt" / "r.json", "{}")
+
+
+def test_a_framework_that_is_installed_but_fails_to_import_is_not_called_missing(monkeypatch):
+    import importlib
+
+    import pytest
+
+    from crossattn import frameworks
+    from crossattn.errors import CrossattnError
+
+    def broken(name, *args, **kwargs):
+        raise ImportError("generic_type: type \"AmpLevel\" is already registered!")
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(CrossattnError, match="installed but failed to import"):
+        frameworks.require("torch")
